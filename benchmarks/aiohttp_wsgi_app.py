@@ -1,0 +1,42 @@
+"""The prior art: aiohttp-wsgi's ``WSGIHandler`` under aiohttp's gunicorn worker.
+
+    BENCH_APP=hello BENCH_THREADS=8 \\
+        gunicorn -k aiohttp.worker.GunicornWebWorker aiohttp_wsgi_app:app_factory
+
+``BENCH_APP`` picks the WSGI app from benchmarks/apps.py (hello, sleep, stream,
+upload); ``BENCH_THREADS`` sizes the executor the WSGI app runs in (the
+equivalent of ``--threads`` for the threaded gunicorn workers).
+
+Note how aiohttp-wsgi works (0.10.0, checked against aiohttp 3.14): it reads the
+whole request body into a SpooledTemporaryFile (spilling to disk past 512 KiB)
+before calling the app,
+and joins the whole response body into one bytes object before sending it, so
+the 1 GiB stream/upload scenarios show its memory behaviour rather than a
+streaming bridge.  It imports and runs unpatched on aiohttp 3.14.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from aiohttp_wsgi import WSGIHandler
+
+import apps
+
+
+def make_app() -> web.Application:
+    name = os.environ.get("BENCH_APP", "hello")
+    threads = int(os.environ.get("BENCH_THREADS", "8"))
+    handler = WSGIHandler(
+        apps.WSGI_APPS[name],
+        executor=ThreadPoolExecutor(threads, thread_name_prefix="aiohttp-wsgi"),
+        # everything else at its defaults: bodies over 512 KiB spill to a temp file,
+        # max_request_body_size is exactly 1 GiB (the upload scenario fits)
+    )
+    app = web.Application()
+    app.router.add_route("*", "/{path_info:.*}", handler)
+    return app
+
+
+async def app_factory() -> web.Application:
+    return make_app()

@@ -1,0 +1,221 @@
+"""One WSGI call, run in an app thread: hooks, start_response, iteration, close(), access log."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from datetime import timedelta
+from typing import Any, Callable, Iterable
+
+from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel
+from .errors import AppError, ClientDisconnected, HTTPError
+from .records import RequestRecord, ResponseRecord
+from .response import BodyFramer, Framing, Head, Phase, StartResponse, framing
+
+
+class FileWrapper:
+    """wsgi.file_wrapper (PEP 3333): a real file goes out with the loop's sendfile, else iterated."""
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> "FileWrapper":
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+def _file_span(wrapper: FileWrapper, length: int | None) -> tuple[int, int, int] | None:
+    """(fd, offset, count) when the wrapped object is a regular file sendfile can take."""
+    try:
+        fd = wrapper.filelike.fileno()
+        info = os.fstat(fd)
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    available = max(0, info.st_size - offset)
+    return fd, offset, available if length is None else min(length, available)
+
+
+class AppCall:
+    """Everything one request needs in its app thread; `run` is the thread's job."""
+
+    def __init__(self, app: Callable[..., Any], environ: dict[str, Any], channel: Channel,
+                 version: tuple[int, int], req: RequestRecord, server: Any, started: float) -> None:
+        self.app = app
+        self.environ = environ
+        self.channel = channel
+        self.version = version
+        self.req = req
+        self.server = server        # the Server: worker, log, settings, sendfile support
+        self.started = started      # time.time() when the request head was parsed
+        self.method: str = environ["REQUEST_METHOD"]
+        self.start = StartResponse(self.method, self._write)
+        self.framer: BodyFramer | None = None
+        self.resp = ResponseRecord()
+
+    # -- the job -------------------------------------------------------------------------
+    def run(self) -> None:
+        worker = self.server.worker
+        try:
+            worker.cfg.pre_request(worker, self.req)
+            result = self.app(self.environ, self.start)
+            try:
+                self._consume(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()  # PEP 3333: exactly once, however iteration ended
+        except ClientDisconnected:
+            self.server.log.debug("Client went away during %s %s", self.method, self.req.uri)
+            self.resp.status = self.resp.status or "499 Client Closed Request"
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._finish(worker)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
+        try:
+            if self.start.phase is Phase.SENT:
+                self.channel.put((ABORT,), 0, wait=False)
+            else:
+                error = exc if isinstance(exc, HTTPError) and exc.status >= 500 else AppError()
+                self.resp.status, self.resp.status_code = f"{error.status} {error.reason}", error.status
+                self.channel.put((ERROR, error), 0, wait=False)
+        except ClientDisconnected:
+            pass
+
+    def _finish(self, worker: Any) -> None:
+        resp = self.resp
+        if self.framer is not None:
+            resp.sent = self.framer.sent
+        elapsed = max(0.0, time.time() - self.started)
+        try:
+            self.server.log.access(resp, self.req, self.environ, timedelta(seconds=elapsed))
+        except Exception:
+            self.server.log.exception("Access log failed")
+        try:
+            worker.cfg.post_request(worker, self.req, self.environ, resp)
+        except Exception:
+            self.server.log.exception("Exception in post_request hook")
+
+    # -- the response --------------------------------------------------------------------
+    def _consume(self, result: Iterable[bytes]) -> None:
+        if isinstance(result, FileWrapper) and self._send_file(result):
+            return
+        if isinstance(result, (list, tuple)):
+            # Known in full already: one hop to the loop for the whole response.
+            self._send_all(result)
+            return
+        for chunk in result:
+            self._write(chunk)
+        self._end()
+
+    def _begin(self) -> tuple[Head, BodyFramer]:
+        head = self.start.head
+        if head is None:
+            raise AppError("the application returned without calling start_response")
+        mode = framing(self.method, head.code, self.version, head.content_length)
+        framer = BodyFramer(mode, head.content_length)
+        self.framer = framer
+        self.start.phase = Phase.SENT
+        resp = self.resp
+        resp.status, resp.status_code, resp.headers = head.status, head.code, head.headers
+        resp.response_length, resp.chunked = head.content_length, mode is Framing.CHUNKED
+        resp.headers_sent = True
+        if head.content_length is not None:
+            resp.headers = head.headers + [("Content-Length", str(head.content_length))]
+        return head, framer
+
+    def _write(self, chunk: bytes) -> None:
+        """The body chunk callable: start_response's `write` and each item of the iterable."""
+        if type(chunk) is not bytes:
+            if not isinstance(chunk, bytes):
+                raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
+        if not chunk:
+            return
+        if self.start.phase is not Phase.SENT:
+            head, framer = self._begin()
+            data = framer.frame(chunk)
+            self.channel.put((HEAD, head, framer.mode, data), len(data))
+        else:
+            assert self.framer is not None
+            data = self.framer.frame(chunk)
+            if data:
+                self.channel.put((DATA, data), len(data))
+
+    def _end(self) -> None:
+        head = None
+        if self.start.phase is not Phase.SENT:
+            head, framer = self._begin()
+        else:
+            assert self.framer is not None
+            framer = self.framer
+        tail, complete = framer.finish()
+        if head is not None:
+            self.channel.put((HEAD, head, framer.mode, b""), 0, wait=False)
+        self._report_overflow(framer, complete)
+        self.channel.put((END, tail, complete), 0, wait=False)
+
+    def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+        body = []
+        for chunk in chunks:
+            if not isinstance(chunk, bytes):
+                raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
+            body.append(chunk)
+        if self.start.phase is Phase.SENT:  # the app used write() before returning
+            for chunk in body:
+                self._write(chunk)
+            self._end()
+            return
+        head, framer = self._begin()
+        data = framer.frame(b"".join(body)) if body else b""
+        tail, complete = framer.finish()
+        self._report_overflow(framer, complete)
+        self.channel.put((HEAD, head, framer.mode, data + tail), len(data), wait=False)
+        self.channel.put((END, b"", complete), 0, wait=False)
+
+    def _send_file(self, wrapper: FileWrapper) -> bool:
+        head = self.start.head
+        if head is None or self.start.phase is Phase.SENT or not self.server.can_sendfile:
+            return False
+        span = _file_span(wrapper, head.content_length)
+        if span is None:
+            return False
+        _fd, offset, count = span
+        if head.content_length is None and framing(self.method, head.code, self.version, 0) is not Framing.NONE:
+            # We know the length: say it, rather than chunking a file.
+            head.content_length = count
+        head, framer = self._begin()
+        if framer.mode is not Framing.NONE and count:
+            framer.remaining = (framer.remaining or 0) - count
+            framer.sent = count
+            self.channel.put((HEAD, head, framer.mode, b""), 0)
+            self.channel.put((FILE, wrapper.filelike, offset, count), count)
+        else:
+            self.channel.put((HEAD, head, framer.mode, b""), 0)
+        tail, complete = framer.finish()
+        self.channel.put((END, tail, complete), 0, wait=False)
+        self.channel.flush()  # the file must stay open until the loop has sent it
+        return True
+
+    def _report_overflow(self, framer: BodyFramer, complete: bool) -> None:
+        if framer.overflow:
+            self.server.log.warning(
+                "%s %s: the application sent %d bytes past its Content-Length; dropped",
+                self.method, self.req.uri, framer.overflow)
+        if not complete:
+            self.server.log.warning(
+                "%s %s: the application sent fewer bytes than its Content-Length; closing",
+                self.method, self.req.uri)

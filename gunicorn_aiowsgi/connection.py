@@ -1,0 +1,207 @@
+"""One client connection: aiohttp's RequestHandler plus PROXY preambles, head/idle timeouts and gunicorn's error answers."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import http_exceptions
+from aiohttp.web_protocol import RequestHandler
+
+from . import proxy_protocol
+from .environ import Peer, is_trusted, make_peer
+from .errors import (BadRequest, Forbidden, HeaderFieldsTooLarge, HTTPError, NotImplementedCoding,
+                     URITooLong, error_page)
+
+if TYPE_CHECKING:
+    from .server import Server
+
+
+class ConnState(enum.Enum):
+    """What the connection is waiting for; decides which timeout applies (RFC 9112 section 9.8)."""
+
+    PREAMBLE = "preamble"   # a PROXY protocol preamble (header timeout)
+    IDLE = "idle"           # the first byte of the next request (keepalive, or header timeout at first)
+    HEAD = "head"           # the rest of a request head already begun (header timeout)
+    BUSY = "busy"           # a request is being read, run or answered (no connection timeout)
+
+
+class Reply:
+    """What our handler gives back to aiohttp: the response is already written; keep the connection?
+
+    aiohttp's RequestHandler only calls prepare() and write_eof() and reads keep_alive.
+    """
+
+    __slots__ = ("keep_alive", "payload")
+
+    def __init__(self, keep_alive: bool, payload: bytes = b"") -> None:
+        self.keep_alive = keep_alive
+        self.payload = payload
+
+    async def prepare(self, request: Any) -> None:
+        if self.payload:
+            await request.writer.write(self.payload)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+KEEP = Reply(True)
+CLOSE = Reply(False)
+
+
+def error_reply(error: HTTPError) -> Reply:
+    """gunicorn's util.write_error response: HTML page, Connection: close."""
+    page = error_page(error.status, error.reason, str(error) if error.client_error else "")
+    head = (f"HTTP/1.1 {error.status} {error.reason}\r\nConnection: close\r\n"
+            f"Content-Type: text/html\r\nContent-Length: {len(page)}\r\n\r\n")
+    return Reply(False, head.encode("latin-1") + page)
+
+
+def parse_error(exc: BaseException, line_done: bool) -> HTTPError:
+    """Map aiohttp's parser errors onto the statuses gunicorn gives (414, 431, 501, 400)."""
+    text = getattr(exc, "message", None) or str(exc)
+    if isinstance(exc, http_exceptions.LineTooLong):
+        return HeaderFieldsTooLarge(text) if line_done else URITooLong(text)
+    if "Too many headers" in text:
+        return HeaderFieldsTooLarge(text)
+    if isinstance(exc, http_exceptions.TransferEncodingError) and "not supported" in text.lower():
+        return NotImplementedCoding(text)
+    return BadRequest(text)
+
+
+class Connection(RequestHandler):
+    """aiohttp's HTTP/1.1 protocol for one socket, with the timeouts and addresses gunicorn users expect."""
+
+    __slots__ = ("server", "peer", "state", "proxy", "requests", "line_done", "since", "timer",
+                 "body_read", "early")
+
+    def __init__(self, server: "Server", **kwargs: Any) -> None:
+        super().__init__(server, loop=server.loop, **kwargs)
+        self.server = server
+        self.peer: Peer | None = None
+        self.proxy = (proxy_protocol.ProxyParser(server.settings.proxy_protocol)
+                      if proxy_protocol.enabled(server.settings.proxy_protocol) else None)
+        self.state = ConnState.PREAMBLE if self.proxy else ConnState.IDLE
+        self.requests = 0          # requests answered on this connection (count)
+        self.line_done = False     # the request line of the current head is complete
+        self.since = server.loop.time()  # when the current state began (loop seconds)
+        self.timer: Any = None
+        self.body_read = False     # the current request's body is in; later bytes are the next head
+        self.early = False         # bytes of the next request arrived while this one was busy
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.peer = make_peer(self.server.settings, transport.get_extra_info("peername"),
+                              transport.get_extra_info("sockname"))
+        self.server.opened(self)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        super().connection_lost(exc)
+        self.server.closed(self)
+
+    # -- timeouts ------------------------------------------------------------------------
+    def _deadline(self) -> float | None:
+        settings = self.server.settings
+        if self.state is ConnState.BUSY:
+            return None
+        if self.state is ConnState.IDLE and self.requests:
+            return self.since + settings.keepalive
+        return self.since + settings.header_timeout
+
+    def _arm(self) -> None:
+        deadline = self._deadline()
+        if deadline is not None and self.timer is None:
+            self.timer = self.server.loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        deadline = self._deadline()
+        if deadline is None or self.transport is None:
+            return
+        if self.server.loop.time() < deadline:  # the state moved on since: re-check later
+            self.timer = self.server.loop.call_at(deadline, self._expire)
+            return
+        if self.state is not ConnState.IDLE:
+            self.server.log.debug("Closing %s: request head not received within %ss",
+                                  self.peer, self.server.settings.header_timeout)
+        self.force_close()
+
+    def enter(self, state: ConnState) -> None:
+        if state is ConnState.IDLE and self.early:
+            # Never time a kept-alive connection out while a request may be arriving on it.
+            state = ConnState.HEAD
+        self.state = state
+        self.since = self.server.loop.time()
+        if state is ConnState.BUSY:
+            self.body_read = self.early = False
+        elif state is ConnState.IDLE:
+            self.line_done = False
+        self._arm()
+
+    @property
+    def idle(self) -> bool:
+        return self.state is ConnState.IDLE
+
+    # -- bytes in ------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.proxy is not None:
+            data = self._preamble(data)
+            if not data:
+                return
+        if self.state is ConnState.IDLE:
+            self.enter(ConnState.HEAD)
+        elif self.state is ConnState.BUSY and self.body_read:
+            self.early = True
+        if not self.line_done and self.state is ConnState.HEAD:
+            self.line_done = b"\n" in data
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before and self.state is ConnState.HEAD:
+            self.enter(ConnState.BUSY)
+
+    def _preamble(self, data: bytes) -> bytes:
+        """Consume a PROXY protocol preamble before aiohttp sees any byte."""
+        assert self.proxy is not None and self.peer is not None
+        settings = self.server.settings
+        try:
+            result = self.proxy.feed(data)
+        except proxy_protocol.ProxyProtocolError as exc:
+            self._refuse(BadRequest(f"Invalid PROXY line: {exc}"))
+            return b""
+        if result is None:
+            return b""
+        self.proxy = None
+        info, rest = result
+        if info is not None:
+            if self.peer.remote_port is not None and not is_trusted(
+                    self.peer.remote_addr, settings.proxy_allow_ips, settings.proxy_networks):
+                self._refuse(Forbidden("Request forbidden"))
+                return b""
+            self.peer = self.server.peer_from_proxy(self.peer, info)
+        self.enter(ConnState.IDLE)
+        return rest
+
+    def _refuse(self, error: HTTPError) -> None:
+        """Answer a connection-level error directly and close (no request was parsed)."""
+        self.server.log_client_error(self.peer, error)
+        if self.transport is not None:
+            self.transport.write(error_reply(error).payload)
+        self.force_close()
+
+    # -- errors --------------------------------------------------------------------------
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> Reply:  # type: ignore[override]
+        """aiohttp calls this for parse errors and for exceptions escaping our handler."""
+        if isinstance(exc, http_exceptions.HttpProcessingError):
+            error = parse_error(exc, self.line_done)
+            self.server.log_client_error(self.peer, error)
+        else:
+            error = HTTPError("internal error")
+            self.server.log.exception("Error handling request", exc_info=exc)
+        return error_reply(error)

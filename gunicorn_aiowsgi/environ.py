@@ -1,0 +1,223 @@
+"""Build the PEP 3333 environ from plain request values, the way gunicorn's http.wsgi.create does."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .errors import BadRequest, ExpectationFailed, HTTPError
+from .settings import Settings
+
+SERVER_SOFTWARE = "gunicorn/aiowsgi"
+
+# RFC 9112 section 3.2 / RFC 3986 section 2: a request-target is printable ASCII only.
+TARGET_INVALID = re.compile(rb"[^\x21-\x7e]")
+# RFC 9110 section 5.5: field values must not hold CTLs other than HTAB.
+VALUE_INVALID = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9110 section 5.3: fields that cannot be combined into a list; a repeat is ambiguous.
+SINGLETONS = frozenset(("HOST", "CONTENT-LENGTH", "CONTENT-TYPE"))
+# gunicorn's nonstandard method restriction: upper-case, 3 to 20 characters, no "#".
+METHOD_BADCHAR = re.compile(r"[a-z#]")
+
+
+class ConfigurationProblem(HTTPError):
+    """gunicorn answers a path outside SCRIPT_NAME with 500 and logs it as the client's."""
+
+    status = 500
+    client_error = True
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Addresses of one connection, resolved once when it is accepted (and after a PROXY preamble)."""
+
+    remote_addr: str                  # client address; "" on a unix socket
+    remote_port: str | None           # client port as text; None on a unix socket
+    server_name: str | None           # listener address; None on a unix socket (Host decides)
+    server_port: str | None           # listener port as text
+    trusted: bool                     # may set forwarding and secure-scheme headers
+    proxy: dict[str, str] | None = None  # PROXY_* environ keys when a PROXY preamble was sent
+
+
+def is_trusted(addr: str, allow: tuple[str, ...], networks: tuple[Any, ...]) -> bool:
+    """gunicorn's _ip_in_allow_list: "*" or membership of a configured network."""
+    if "*" in allow:
+        return True
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def make_peer(settings: Settings, peername: Any, sockname: Any) -> Peer:
+    """Resolve a connection's addresses; unix-socket peers are always trusted, as in gunicorn."""
+    if isinstance(peername, tuple) and isinstance(sockname, tuple):
+        addr = peername[0]
+        return Peer(addr, str(peername[1]), sockname[0], str(sockname[1]),
+                    is_trusted(addr, settings.forwarded_allow_ips, settings.forwarded_networks))
+    return Peer(peername.decode() if isinstance(peername, bytes) else (peername or ""),
+                None, None, None, True)
+
+
+def proxied_peer(peer: Peer, info: Any) -> Peer:
+    """The addresses a PROXY preamble gives (gunicorn's proxy_environ); UNKNOWN keeps the socket's."""
+    if info.client_addr is None:
+        return peer
+    proxy = {"PROXY_PROTOCOL": info.protocol, "REMOTE_ADDR": info.client_addr,
+             "REMOTE_PORT": str(info.client_port), "PROXY_ADDR": info.proxy_addr or "",
+             "PROXY_PORT": str(info.proxy_port)}
+    return Peer(info.client_addr, str(info.client_port), peer.server_name, peer.server_port,
+                peer.trusted, proxy)
+
+
+def base_environ(settings: Settings, errors: Any, file_wrapper: Any) -> dict[str, Any]:
+    """The keys that are the same for every request of a worker (PEP 3333 'wsgi.*')."""
+    return {
+        "wsgi.version": (1, 0),
+        "wsgi.errors": errors,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": settings.workers > 1,
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": file_wrapper,
+        "wsgi.input_terminated": True,
+        "SERVER_SOFTWARE": SERVER_SOFTWARE,
+    }
+
+
+def check_method(settings: Settings, method: str) -> str:
+    """gunicorn's method rules (aiohttp has already checked it is a token)."""
+    if METHOD_BADCHAR.search(method) or not 3 <= len(method) <= 20:
+        raise BadRequest(f"Invalid Method '{method}'")
+    return method.upper() if settings.casefold_http_method else method
+
+
+def split_target(method: str, target: bytes) -> tuple[str, str, str]:
+    """Request-target to (RAW_URI, path, query) as gunicorn's parse_request_line does."""
+    if not target or TARGET_INVALID.search(target):
+        raise BadRequest(f"Invalid Request Line '{target.decode('latin-1')}'")
+    uri = target.decode("latin-1")
+    # RFC 9112 section 3.2.4: asterisk-form only with OPTIONS; 3.2.3: authority-form only
+    # with CONNECT; otherwise origin-form ("/...") or absolute-form ("scheme://...").
+    if (uri == "*" and method != "OPTIONS") or (
+            method != "CONNECT" and uri != "*" and not uri.startswith("/") and "://" not in uri):
+        raise BadRequest(f"Invalid Request Line '{uri}'")
+    if uri.startswith("/") and not uri.startswith("//"):
+        path, _, query = uri.partition("?")
+        return uri, path.partition("#")[0], query.partition("#")[0]
+    try:
+        parts = urllib.parse.urlsplit("." + uri if uri.startswith("//") else uri)
+    except ValueError:
+        raise BadRequest(f"Invalid Request Line '{uri}'") from None
+    path = parts.path[1:] if uri.startswith("//") else parts.path
+    return uri, path or "", parts.query or ""
+
+
+def _header_name(name: str, settings: Settings, trusted: bool) -> str | None:
+    """Apply header_map to a name holding "_" (gunicorn 22+): keep, drop (None) or refuse."""
+    if trusted and (name in settings.forwarder_headers or "*" in settings.forwarder_headers):
+        return name
+    if settings.header_map == "dangerous":
+        return name
+    if settings.header_map == "drop":
+        return None
+    raise BadRequest(f"Invalid header name '{name}'")
+
+
+def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
+                version: tuple[int, int], raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, str | None, str]:
+    """Map header fields into environ; returns (expect 100-continue, Host, scheme from headers)."""
+    secure = settings.secure_scheme_headers if peer.trusted else {}
+    scheme = None
+    host = None
+    expect = False
+    seen: set[str] = set()
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode("latin-1").upper()
+        value = raw_value.decode("latin-1").strip(" \t")
+        if VALUE_INVALID.search(value):
+            raise BadRequest(f"Invalid HTTP Header: '{name}'")
+        if name in SINGLETONS:
+            if name in seen:
+                raise BadRequest(f"Invalid HTTP Header: '{name}'")
+            seen.add(name)
+        if name == "EXPECT":
+            # RFC 9110 section 10.1.1: an HTTP/1.0 client's 100-continue is ignored.
+            if value.lower() != "100-continue":
+                raise ExpectationFailed(value)
+            expect = version >= (1, 1)
+        if name in secure:
+            this = "https" if value == secure[name] else "http"
+            if scheme is not None and scheme != this:
+                raise BadRequest("Contradictory scheme headers")
+            scheme = this
+        if "_" in name:
+            kept = _header_name(name, settings, peer.trusted)
+            if kept is None:
+                continue
+            if name == "SCRIPT_NAME":
+                environ["SCRIPT_NAME"] = value
+        if name == "HOST":
+            host = value
+        elif name == "CONTENT-TYPE":
+            environ["CONTENT_TYPE"] = value
+            continue
+        elif name == "CONTENT-LENGTH":
+            environ["CONTENT_LENGTH"] = value
+            continue
+        key = "HTTP_" + name.replace("-", "_")
+        if key in environ:
+            environ[key] += "," + value
+        else:
+            environ[key] = value
+    return expect, host, scheme or ("https" if settings.is_ssl else "http")
+
+
+def _server_from_host(host: str | None, scheme: str) -> tuple[str, str]:
+    """On a unix socket, SERVER_NAME/PORT come from Host, as gunicorn does."""
+    if not host:
+        return "", ""
+    name, sep, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not sep:
+        return host, "443" if scheme == "https" else "80" if scheme == "http" else ""
+    return name, port
+
+
+def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: str,
+                  target: bytes, version: tuple[int, int],
+                  raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, Any], bool]:
+    """The environ for one request, minus wsgi.input; returns it and whether 100-continue is expected.
+
+    Raises a BadRequest (or another HTTPError) for what gunicorn would refuse.
+    """
+    raw_uri, path, query = split_target(method, target)
+    environ = base.copy()
+    environ["REQUEST_METHOD"] = check_method(settings, method)
+    environ["QUERY_STRING"] = query
+    environ["RAW_URI"] = raw_uri
+    environ["SERVER_PROTOCOL"] = "HTTP/%d.%d" % version
+    environ["SCRIPT_NAME"] = settings.script_name
+    expect, host, scheme = add_headers(environ, settings, peer, version, raw_headers)
+    environ["wsgi.url_scheme"] = scheme
+    environ["REMOTE_ADDR"] = peer.remote_addr
+    if peer.remote_port is not None:
+        environ["REMOTE_PORT"] = peer.remote_port
+    if peer.server_name is not None:
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = peer.server_name, peer.server_port
+    else:
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_from_host(host, scheme)
+    script_name = environ["SCRIPT_NAME"]
+    if script_name:
+        if not path.startswith(script_name):
+            raise ConfigurationProblem(
+                f"Request path {path!r} does not start with SCRIPT_NAME {script_name!r}")
+        path = path[len(script_name):]
+    # PEP 3333: PATH_INFO holds the percent-decoded bytes as latin-1 ("/caf%C3%A9" -> "/caf\xc3\xa9").
+    environ["PATH_INFO"] = urllib.parse.unquote_to_bytes(path).decode("latin-1")
+    if peer.proxy:
+        environ.update(peer.proxy)
+    return environ, expect
+

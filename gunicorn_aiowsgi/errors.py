@@ -1,0 +1,95 @@
+"""The one exception family of the worker, each with the HTTP status it should be answered with."""
+
+from __future__ import annotations
+
+import html
+from http import HTTPStatus
+
+
+class HTTPError(Exception):
+    """A request that cannot be served; `status` says how to answer it (h11's ProtocolError idea).
+
+    `client_error` tells whether it is the client's fault (logged as a warning with the peer
+    address, like gunicorn's handle_error) or ours/the app's (logged with a traceback).
+    """
+
+    status = 500
+    client_error = False
+
+    def __init__(self, message: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+    @property
+    def reason(self) -> str:
+        try:
+            return HTTPStatus(self.status).phrase
+        except ValueError:
+            return "Error"
+
+
+class BadRequest(HTTPError):
+    """RFC 9112 section 2.2: a malformed request is answered 400 and the connection closed."""
+
+    status = 400
+    client_error = True
+
+
+class Forbidden(BadRequest):
+    status = 403
+
+
+class PayloadTooLarge(BadRequest):
+    """RFC 9110 section 15.5.14: the body exceeds the configured maximum."""
+
+    status = 413
+
+
+class URITooLong(BadRequest):
+    """RFC 9110 section 15.5.15: gunicorn's limit_request_line."""
+
+    status = 414
+
+
+class ExpectationFailed(BadRequest):
+    """RFC 9110 section 10.1.1: an Expect value other than 100-continue."""
+
+    status = 417
+
+
+class HeaderFieldsTooLarge(BadRequest):
+    """RFC 6585 section 5: gunicorn's limit_request_fields / limit_request_field_size."""
+
+    status = 431
+
+
+class NotImplementedCoding(BadRequest):
+    """RFC 9112 section 6.1: a transfer coding the server does not understand."""
+
+    status = 501
+
+
+class AppError(HTTPError):
+    """The application misbehaved (raised, bad status or header, broke PEP 3333)."""
+
+    status = 500
+
+
+class InsufficientStorage(HTTPError):
+    """RFC 4918 section 11.5: the request body could not be spooled to disk."""
+
+    status = 507
+
+
+class ClientDisconnected(Exception):
+    """The client went away; nothing can be answered. Not an HTTPError on purpose."""
+
+
+def error_page(status: int, reason: str, message: str = "") -> bytes:
+    """The body gunicorn's util.write_error sends, so error pages look the same."""
+    return (
+        "<html>\n  <head>\n    <title>%(reason)s</title>\n  </head>\n  <body>\n"
+        "    <h1><p>%(reason)s</p></h1>\n    %(mesg)s\n  </body>\n</html>\n"
+        % {"reason": reason, "mesg": html.escape(message)}
+    ).encode("latin-1", "replace")

@@ -1,0 +1,109 @@
+"""Accepting connections on gunicorn's listening sockets, at most worker_connections open at once."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any, Callable
+
+# Connections taken per readiness event: enough to empty a burst, few enough to stay fair to
+# requests already in progress (asyncio's own server takes up to `backlog` at a time).
+ACCEPT_BATCH = 64
+# After EMFILE/ENFILE: how long to leave the backlog alone before trying again (seconds).
+FD_EXHAUSTED_PAUSE = 0.5
+# Time a client has to finish the TLS handshake (seconds); asyncio's default.
+TLS_HANDSHAKE_TIMEOUT = 60.0
+
+
+class Listener:
+    """Our own accept loop instead of loop.create_server, for two reasons gunicorn users see:
+
+    - create_server calls listen() again with its own backlog (100), overriding gunicorn's
+      `backlog`; we never call listen(), so the master's backlog stands.
+    - worker_connections: past the limit we stop accepting, so new clients wait in the kernel's
+      backlog (and can be taken by another worker) instead of being accepted and starved.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[Any],
+                 factory: Callable[[], asyncio.Protocol], ssl_context: Any, limit: int, log: Any) -> None:
+        self.loop = loop
+        self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
+        self.factory = factory
+        self.ssl = ssl_context
+        self.limit = limit
+        self.log = log
+        self.open = 0                # accepted connections not yet closed (count)
+        self.accepting = False
+        self.stopped = False
+        self._retry: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        for sock in self.sockets:
+            sock.setblocking(False)
+        self.resume()
+
+    def resume(self) -> None:
+        if self.accepting or self.stopped:
+            return
+        self.accepting = True
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def pause(self) -> None:
+        if not self.accepting:
+            return
+        self.accepting = False
+        for sock in self.sockets:
+            self.loop.remove_reader(sock.fileno())
+
+    def stop(self) -> None:
+        """Stop accepting for good (shutdown); the sockets stay open: they belong to the master."""
+        self.stopped = True
+        self.pause()
+        if self._retry is not None:
+            self._retry.cancel()
+
+    def closed_one(self) -> None:
+        """A connection ended; take new ones again if the limit had stopped us."""
+        self.open -= 1
+        if self.open < self.limit and self._retry is None:
+            self.resume()
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if self.open >= self.limit:
+                self.pause()
+                return
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log.error("Cannot accept: %s; pausing for %ss", exc, FD_EXHAUSTED_PAUSE)
+                    self.pause()
+                    self._retry = self.loop.call_later(FD_EXHAUSTED_PAUSE, self._after_pause)
+                    return
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                raise
+            conn.setblocking(False)
+            self.open += 1
+            self.loop.create_task(self._connect(conn))
+
+    def _after_pause(self) -> None:
+        self._retry = None
+        if self.open < self.limit:
+            self.resume()
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                self.factory, conn, ssl=self.ssl,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self.ssl else None)
+        except Exception as exc:
+            # No protocol saw this connection (a failed TLS handshake, say): count it closed here.
+            self.log.debug("Connection setup failed: %r", exc)
+            conn.close()
+            self.closed_one()

@@ -1,0 +1,178 @@
+"""The pure response core: start_response's state machine, header checks, head rendering, body framing."""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any, Callable
+
+from .errors import AppError
+
+# RFC 9110 section 5.6.2: field names are tokens.
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
+# RFC 9110 section 5.5: field-vchar / SP / HTAB / obs-text; no CR, LF, NUL or other CTLs.
+FIELD_VALUE = re.compile(r"[ \t\x21-\x7e\x80-\xff]*")
+# RFC 9112 section 4 and PEP 3333: "NNN reason", reason may be empty.
+STATUS = re.compile(r"[0-9]{3}(?: [ \t\x21-\x7e\x80-\xff]*)?")
+# RFC 9110 section 7.6.1: hop-by-hop fields are the server's to send, never the app's (PEP 3333).
+HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "te", "trailers", "trailer", "transfer-encoding", "upgrade",
+))
+
+
+class Phase(enum.Enum):
+    """Where a response is in its life, seen from start_response (h11-style named states)."""
+
+    NOT_STARTED = "not started"   # start_response not called yet
+    STARTED = "started"           # status and headers set, nothing sent
+    SENT = "sent"                 # the head went to the loop; headers can no longer change
+
+
+class Framing(enum.Enum):
+    """How the body is delimited on the wire (RFC 9112 section 6)."""
+
+    LENGTH = "content-length"     # the app's Content-Length, enforced
+    CHUNKED = "chunked"           # HTTP/1.1 without a length
+    CLOSE = "close"               # HTTP/1.0 without a length: the connection ends the body
+    NONE = "none"                 # HEAD, 1xx, 204, 304: no body whatever the app yields
+
+
+class Head:
+    """A validated status and header list, ready to be framed and rendered."""
+
+    __slots__ = ("status", "code", "headers", "content_length", "close")
+
+    def __init__(self, status: str, code: int, headers: list[tuple[str, str]],
+                 content_length: int | None, close: bool) -> None:
+        self.status = status                  # "200 OK"
+        self.code = code                      # 200
+        self.headers = headers                # app headers minus hop-by-hop ones
+        self.content_length = content_length  # the app's Content-Length, if any
+        self.close = close                    # the app sent "Connection: close"
+
+
+def check_status(status: Any) -> int:
+    if not isinstance(status, str):
+        raise AppError(f"status {status!r} is not a str (PEP 3333)")
+    if not STATUS.fullmatch(status):
+        raise AppError(f"invalid status {status!r}")
+    return int(status[:3])
+
+
+def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool]:
+    """Validate the app's headers; returns (kept headers, Content-Length, Connection: close)."""
+    if not isinstance(headers, list):
+        raise AppError(f"headers must be a list, not {type(headers).__name__} (PEP 3333)")
+    kept = []
+    length = None
+    close = False
+    for item in headers:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise AppError(f"header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if not isinstance(name, str) or not TOKEN.fullmatch(name):
+            raise AppError(f"invalid header name {name!r}")
+        if not isinstance(value, str) or not FIELD_VALUE.fullmatch(value):
+            # The name only: the value may hold a secret (a cookie, a token).
+            raise AppError(f"invalid value for header {name!r}")
+        lname = name.lower()
+        value = value.strip(" \t")
+        if lname == "content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise AppError(f"invalid Content-Length {value!r}")
+            length = int(value)
+            continue  # rendered once by render_head, after the others
+        if lname in HOP_BY_HOP:
+            close = close or (lname == "connection" and "close" in value.lower())
+            continue
+        kept.append((name, value))
+    return kept, length, close
+
+
+def framing(method: str, code: int, version: tuple[int, int], length: int | None) -> Framing:
+    """RFC 9110 section 6.4.1: HEAD, 1xx, 204 and 304 carry no body; else length, chunks or close."""
+    if method == "HEAD" or code in (204, 304) or code < 200:
+        return Framing.NONE
+    if length is not None:
+        return Framing.LENGTH
+    if version >= (1, 1):
+        return Framing.CHUNKED
+    return Framing.CLOSE
+
+
+def render_head(version: tuple[int, int], head: Head, mode: Framing, keep_alive: bool,
+                server: str, date: str) -> bytes:
+    """Status line and headers in one buffer, gunicorn's order: Server, Date, Connection, app's."""
+    lines = [f"HTTP/{version[0]}.{version[1]} {head.status}\r\nServer: {server}\r\nDate: {date}\r\n"
+             f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n"]
+    if mode is Framing.CHUNKED:
+        lines.append("Transfer-Encoding: chunked\r\n")
+    # RFC 9110 section 8.6: no Content-Length on 1xx or 204; HEAD and 304 may keep it.
+    drop_length = head.code == 204 or head.code < 200
+    for name, value in head.headers:
+        lines.append(f"{name}: {value}\r\n")
+    if head.content_length is not None and not drop_length:
+        lines.append(f"Content-Length: {head.content_length}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+class BodyFramer:
+    """Turns app chunks into wire bytes for one framing, enforcing the declared length."""
+
+    __slots__ = ("mode", "remaining", "sent", "overflow")
+
+    def __init__(self, mode: Framing, length: int | None) -> None:
+        self.mode = mode
+        self.remaining = length if mode is Framing.LENGTH else None
+        self.sent = 0             # body bytes (not framing) that will reach the client
+        self.overflow = 0         # bytes the app produced past its Content-Length, dropped
+
+    def frame(self, chunk: bytes) -> bytes:
+        if not chunk or self.mode is Framing.NONE:
+            return b""
+        if self.remaining is not None:
+            if len(chunk) > self.remaining:
+                self.overflow += len(chunk) - self.remaining
+                chunk = chunk[:self.remaining]
+            self.remaining -= len(chunk)
+        self.sent += len(chunk)
+        if self.mode is Framing.CHUNKED:
+            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        return chunk
+
+    def finish(self) -> tuple[bytes, bool]:
+        """The closing bytes and whether the body is complete (a short body must close)."""
+        if self.mode is Framing.CHUNKED:
+            return b"0\r\n\r\n", True
+        return b"", not self.remaining
+
+
+class StartResponse:
+    """PEP 3333's start_response for one request, run in the app thread."""
+
+    __slots__ = ("phase", "head", "method", "write")
+
+    def __init__(self, method: str, write: Callable[[bytes], None]) -> None:
+        self.phase = Phase.NOT_STARTED
+        self.head: Head | None = None
+        self.method = method
+        self.write = write
+
+    def __call__(self, status: str, headers: list[tuple[str, str]],
+                 exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info:
+            try:
+                if self.phase is Phase.SENT:
+                    # PEP 3333: too late to change the response; re-raise the app's error.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.phase is not Phase.NOT_STARTED:
+            raise AppError("start_response called a second time without exc_info (PEP 3333)")
+        code = check_status(status)
+        kept, length, close = check_headers(headers)
+        self.head = Head(status, code, kept, length, close)
+        self.phase = Phase.STARTED
+        return self.write

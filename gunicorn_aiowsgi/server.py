@@ -1,0 +1,273 @@
+"""The loop side of a request: parse into environ, receive the body, hand off to a thread, relay the response."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import inspect
+import time
+from email.utils import formatdate
+from typing import Any, Callable
+
+from aiohttp import web_server
+from aiohttp.web_protocol import RequestHandler
+
+from .application import AppCall, FileWrapper
+from .body import BodySpool
+from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, ThreadPool
+from .connection import CLOSE, KEEP, Connection, ConnState, Reply, error_reply
+from .environ import Peer, base_environ, build_environ, proxied_peer
+from .errors import HTTPError, PayloadTooLarge
+from .records import RequestRecord
+from .response import Framing, Head, render_head
+from .settings import Settings
+
+SERVER_HEADER = "gunicorn"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class BodyTimeout(asyncio.TimeoutError):
+    """No request body bytes arrived for body_timeout seconds."""
+
+
+class Exchange:
+    """One parsed request as aiohttp hands it to the handler: a light stand-in for BaseRequest.
+
+    aiohttp's RequestHandler only needs `_cancel`, `_finish`, `_task` and `writer` of it.
+    """
+
+    __slots__ = ("message", "payload", "protocol", "writer", "_task")
+
+    def __init__(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> None:
+        self.message = message
+        self.payload = payload
+        self.protocol = protocol
+        self.writer = writer
+        self._task = task
+
+    def _cancel(self, exc: BaseException) -> None:
+        self.payload.set_exception(exc)
+
+    def _finish(self) -> None:
+        return None
+
+
+def handler_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp RequestHandler options from gunicorn's limits (0 means gunicorn's maximum)."""
+    line = settings.limit_request_line
+    fields = settings.limit_request_fields
+    options = {
+        # Our Connection owns idle and head timeouts; aiohttp's own timer must never fire.
+        "keepalive_timeout": 10.0 ** 9,
+        "tcp_keepalive": True,
+        "access_log": None,
+        "lingering_time": 2.0,
+        "auto_decompress": False,
+        "max_line_size": 8190 if line <= 0 or line > 8190 else line,
+        "max_field_size": settings.limit_request_field_size or 8190,
+        "max_headers": 32768 if fields <= 0 or fields > 32768 else fields,
+    }
+    accepted = inspect.signature(RequestHandler.__init__).parameters
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+class Server(web_server.Server):
+    """aiohttp's low-level server with our Connection protocol and the WSGI handler."""
+
+    def __init__(self, worker: Any, settings: Settings, wsgi: Callable[..., Any], pool: ThreadPool,
+                 loop: asyncio.AbstractEventLoop, log: Any, errors: Any) -> None:
+        super().__init__(self.handle, request_factory=Exchange, loop=loop, **handler_options(settings))
+        self.worker = worker
+        self.settings = settings
+        self.wsgi = wsgi
+        self.pool = pool
+        self.loop = loop
+        self.log = log
+        self.base = base_environ(settings, errors, FileWrapper)
+        self.can_sendfile = (settings.sendfile and not settings.is_ssl
+                             and isinstance(loop, asyncio.BaseEventLoop))
+        self.conns: set[Connection] = set()
+        self.draining = False
+        self.in_app = 0                      # requests handed to threads, not finished (count)
+        self.on_close: Callable[[], None] = lambda: None
+        self._date = (0, "")
+
+    def __call__(self) -> Connection:
+        return Connection(self, **self._kwargs)
+
+    # -- connections ---------------------------------------------------------------------
+    def opened(self, conn: Connection) -> None:
+        self.conns.add(conn)
+
+    def closed(self, conn: Connection) -> None:
+        if conn in self.conns:
+            self.conns.discard(conn)
+            self.on_close()
+
+    def close_idle(self) -> None:
+        """Graceful shutdown: idle keep-alive connections go at once; busy ones finish first."""
+        for conn in list(self.conns):
+            if conn.state in (ConnState.IDLE, ConnState.PREAMBLE):
+                conn.force_close()
+
+    def close_all(self) -> None:
+        for conn in list(self.conns):
+            conn.force_close()
+
+    def peer_from_proxy(self, peer: Peer, info: Any) -> Peer:
+        return proxied_peer(peer, info)
+
+    def log_client_error(self, peer: Peer | None, error: HTTPError) -> None:
+        if error.client_error:
+            self.log.warning("Invalid request from ip=%s: %s", peer.remote_addr if peer else "", error)
+        else:
+            self.log.error("Error handling request: %s", error)
+
+    def http_date(self) -> str:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True))
+        return self._date[1]
+
+    # -- the handler ---------------------------------------------------------------------
+    async def handle(self, ex: Exchange) -> Reply:
+        conn: Connection = ex.protocol
+        conn.enter(ConnState.BUSY)
+        try:
+            reply = await self.serve(ex, conn)
+        except HTTPError as error:
+            self.log_client_error(conn.peer, error)
+            reply = error_reply(error)
+        conn.requests += 1
+        self.worker.request_done()
+        if reply.keep_alive:
+            conn.enter(ConnState.IDLE)
+        return reply
+
+    async def serve(self, ex: Exchange, conn: Connection) -> Reply:
+        msg = ex.message
+        started = time.time()
+        environ, expect = build_environ(self.base, self.settings, conn.peer, msg.method,
+                                        msg.path.encode("utf-8", "surrogateescape"),
+                                        msg.version, msg.raw_headers)
+        refused = await self.receive(ex, environ, expect)
+        if refused is not None:
+            return refused
+        conn.body_read = True
+        channel = Channel(self.loop, self.settings.write_buffer)
+        req = RequestRecord(environ, tuple(msg.version), msg.raw_headers, conn.peer, conn.requests + 1)
+        call = AppCall(self.wsgi, environ, channel, tuple(msg.version), req, self, started)
+        self.in_app += 1
+        try:
+            self.pool.submit(call.run)
+            return await self.relay(ex, channel, msg)
+        finally:
+            self.in_app -= 1
+
+    # -- request body --------------------------------------------------------------------
+    async def receive(self, ex: Exchange, environ: dict[str, Any], expect: bool) -> Reply | None:
+        """Read the whole body on the loop, so a slow upload never holds a thread."""
+        msg, payload = ex.message, ex.payload
+        if not msg.chunked and environ.get("CONTENT_LENGTH", "0") in ("0", ""):
+            environ["wsgi.input"] = io.BytesIO()
+            return None
+        limit = self.settings.max_body_size
+        length = environ.get("CONTENT_LENGTH")
+        if limit and not msg.chunked and length and int(length) > limit:
+            raise PayloadTooLarge(f"Content-Length {length} is larger than {limit}")
+        if expect:  # RFC 9110 section 10.1.1: only now that the body is wanted
+            await ex.writer.write(CONTINUE)
+        spool = BodySpool(self.settings)
+        try:
+            await self.pump(payload, spool)
+            environ["wsgi.input"] = spool.finish()
+        except HTTPError:
+            spool.close()
+            raise
+        except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
+            spool.close()
+            self.log.debug("Request body not received in full: %r", exc)
+            return CLOSE
+        except Exception as exc:  # aiohttp's payload errors: bad chunking, short body
+            spool.close()
+            self.log.warning("Invalid request body from ip=%s: %s", ex.protocol.peer.remote_addr, exc)
+            return CLOSE
+        if msg.chunked:  # a de-chunked body gets its length (gunicorn leaves it unset)
+            environ["CONTENT_LENGTH"] = str(spool.size)
+        return None
+
+    async def pump(self, payload: Any, spool: BodySpool) -> None:
+        """Move body bytes into the spool; no byte for body_timeout seconds ends the request."""
+        loop = self.loop
+        timeout = self.settings.body_timeout
+        progress = [loop.time()]
+        handle = None
+
+        def check() -> None:
+            nonlocal handle
+            left = progress[0] + timeout - loop.time()
+            if left <= 0:
+                payload.set_exception(BodyTimeout(f"no request body bytes for {timeout}s"))
+            else:
+                handle = loop.call_later(left, check)
+
+        if not payload.is_eof():
+            handle = loop.call_later(timeout, check)
+        try:
+            while True:
+                chunk = await payload.readany()
+                if not chunk:
+                    return
+                progress[0] = loop.time()
+                spool.write(chunk)
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+    # -- response ------------------------------------------------------------------------
+    def keep_alive(self, msg: Any, head: Head, mode: Framing) -> bool:
+        return (not msg.should_close and self.settings.keepalive > 0 and not self.draining
+                and not head.close and mode is not Framing.CLOSE)
+
+    async def relay(self, ex: Exchange, channel: Channel, msg: Any) -> Reply:
+        """Write what the app thread produces, in order, releasing credit as the socket drains."""
+        writer = ex.writer
+        keep = False
+        try:
+            while True:
+                for item in await channel.get():
+                    kind = item[0]
+                    if kind == HEAD:
+                        keep = self.keep_alive(msg, item[1], item[2])
+                        await writer.write(render_head(msg.version, item[1], item[2], keep,
+                                                       SERVER_HEADER, self.http_date()) + item[3])
+                        channel.release(len(item[3]))
+                    elif kind == DATA:
+                        await writer.write(item[1])
+                        channel.release(len(item[1]))
+                    elif kind == FILE:
+                        await self.sendfile(ex, item[1], item[2], item[3])
+                        channel.release(item[3])
+                    elif kind == END:
+                        if item[1]:
+                            await writer.write(item[1])
+                        return KEEP if keep and item[2] else CLOSE
+                    elif kind == ERROR:
+                        await writer.write(error_reply(item[1]).payload)
+                        return CLOSE
+                    elif kind == ABORT:
+                        ex.protocol.force_close()
+                        return CLOSE
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            self.log.debug("Client went away while sending a response: %r", exc)
+            ex.protocol.force_close()
+            return CLOSE
+        finally:
+            channel.close()
+
+    async def sendfile(self, ex: Exchange, file: Any, offset: int, count: int) -> None:
+        transport = ex.protocol.transport
+        if transport is None:
+            raise ConnectionResetError("connection lost")
+        await ex.writer.drain()
+        await self.loop.sendfile(transport, file, offset, count)

@@ -1,0 +1,175 @@
+"""The worker's settings: one frozen object built once from gunicorn's cfg and AIOWSGI_* variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class SettingsError(ValueError):
+    """A setting has a value the worker cannot use; reported at startup, before serving."""
+
+
+# Our own knobs. gunicorn's Config accepts no unknown settings, so these come from the
+# environment: `-e AIOWSGI_MAX_BODY_SIZE=10485760`, `raw_env` in gunicorn.conf.py, or the
+# process environment (Procfile, systemd Environment=, Kubernetes env:).
+# name -> (field, kind, default)
+ENV_SETTINGS: dict[str, tuple[str, str, Any]] = {
+    "AIOWSGI_BODY_MEMORY_LIMIT": ("body_memory_limit", "bytes", 1 * MIB),
+    "AIOWSGI_MAX_BODY_SIZE": ("max_body_size", "bytes", 0),
+    "AIOWSGI_HEADER_TIMEOUT": ("header_timeout", "seconds", 30.0),
+    "AIOWSGI_BODY_TIMEOUT": ("body_timeout", "seconds", 60.0),
+    "AIOWSGI_WRITE_BUFFER": ("write_buffer", "bytes", 256 * KIB),
+    "AIOWSGI_SMALL_RESPONSE": ("small_response", "bytes", 64 * KIB),
+    "AIOWSGI_QUEUE_LIMIT": ("queue_limit", "count", -1),
+    "AIOWSGI_HEALTH_PATH": ("health_path", "path", ""),
+    "AIOWSGI_HEALTH_QUEUE_FULL": ("health_queue_full", "bool", False),
+    "AIOWSGI_REQUEST_TIMEOUT": ("request_timeout", "seconds", 0.0),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads per request, resolved once per worker process."""
+
+    # -- from gunicorn's cfg ---------------------------------------------------------------
+    threads: int = 1                       # app threads per worker (count)
+    worker_connections: int = 1000         # open client connections per worker (count)
+    keepalive: float = 2.0                 # idle keep-alive lifetime (seconds); 0 = no keep-alive
+    graceful_timeout: float = 30.0         # drain time on TERM before a hard exit (seconds)
+    timeout: float = 30.0                  # master heartbeat timeout (seconds)
+    workers: int = 1                       # worker processes (count), for wsgi.multiprocess
+    limit_request_line: int = 4094         # request line length (bytes); 0 = aiohttp's maximum
+    limit_request_fields: int = 100        # header fields per request (count)
+    limit_request_field_size: int = 8190   # one header field line (bytes)
+    tmp_upload_dir: str | None = None      # where large bodies spool (directory)
+    sendfile: bool = True                  # zero-copy file_wrapper responses (flag)
+    is_ssl: bool = False                   # TLS on every listener (flag)
+    secure_scheme_headers: Mapping[str, str] = field(default_factory=dict)  # UPPER name -> value
+    forwarder_headers: frozenset[str] = frozenset()  # UPPER names allowed to hold "_"
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")  # trusted proxies (addresses)
+    forwarded_networks: tuple[Any, ...] = ()  # the same, parsed (ip networks)
+    header_map: str = "drop"               # what to do with "_" in header names (drop|refuse|dangerous)
+    proxy_protocol: str = "off"            # PROXY preamble (off|v1|v2|auto)
+    proxy_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")  # peers allowed to send it (addresses)
+    proxy_networks: tuple[Any, ...] = ()   # the same, parsed (ip networks)
+    casefold_http_method: bool = False     # upper-case the method (flag)
+    strip_header_spaces: bool = False      # strip spaces before ":" (flag); aiohttp refuses them
+    permit_obsolete_folding: bool = False  # accept obs-fold (flag); aiohttp refuses it
+    script_name: str = ""                  # SCRIPT_NAME from the environment (path)
+    # -- our own, from AIOWSGI_* ------------------------------------------------------------
+    body_memory_limit: int = 1 * MIB       # request body kept in memory before spooling (bytes)
+    max_body_size: int = 0                 # largest accepted request body (bytes); 0 = no limit
+    header_timeout: float = 30.0           # time to receive a complete request head (seconds)
+    body_timeout: float = 60.0             # longest pause between request body reads (seconds)
+    write_buffer: int = 256 * KIB          # response bytes queued before the app thread waits (bytes)
+    small_response: int = 64 * KIB         # a body collected in one thread hop up to (bytes)
+    queue_limit: int = -1                  # requests waiting for a thread (count); -1 = 16 x threads, 0 = no limit
+    health_path: str = ""                  # answered on the loop, 200/503 (path); "" = off
+    health_queue_full: bool = False        # health path says 503 while the queue is full (flag)
+    request_timeout: float = 0.0           # app time before a 504 (seconds); 0 = off
+
+    @property
+    def effective_queue_limit(self) -> int:
+        """The queue bound in force: 0 means unbounded."""
+        if self.queue_limit < 0:
+            return 16 * self.threads
+        return self.queue_limit
+
+
+def _networks(values: list[str] | tuple[str, ...]) -> tuple[Any, ...]:
+    nets = []
+    for value in values:
+        if value == "*":
+            continue
+        try:
+            nets.append(ipaddress.ip_network(value, strict=False))
+        except ValueError as exc:
+            raise SettingsError(f"not an address or network: {value!r}") from exc
+    return tuple(nets)
+
+
+def _parse_env(name: str, kind: str, raw: str) -> Any:
+    try:
+        if kind == "bytes" or kind == "count":
+            value: Any = int(raw)
+            if value < -1 or (kind == "bytes" and value < 0):
+                raise ValueError
+        elif kind == "seconds":
+            value = float(raw)
+            if value < 0:
+                raise ValueError
+        elif kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+                raise ValueError
+            value = raw.lower() in ("1", "true", "yes", "on")
+        else:
+            value = raw
+            if value and not value.startswith("/"):
+                raise ValueError
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind} value") from None
+    return value
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values = {}
+    for name, (attr, kind, _default) in ENV_SETTINGS.items():
+        raw = environ.get(name)
+        if raw is not None:
+            values[attr] = _parse_env(name, kind, raw.strip())
+    return values
+
+
+def _proxy_mode(value: Any) -> str:
+    # gunicorn < 25 had a boolean proxy_protocol; 25+ has off|v1|v2|auto.
+    if value is True:
+        return "auto"
+    if value in (False, None):
+        return "off"
+    return str(value)
+
+
+def from_cfg(cfg: Any, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from gunicorn's Config; raises SettingsError for unusable values."""
+    env = os.environ if environ is None else environ
+    allow = tuple(cfg.forwarded_allow_ips)
+    proxy_allow = tuple(cfg.proxy_allow_ips)
+    values: dict[str, Any] = dict(
+        threads=max(1, int(cfg.threads)),
+        worker_connections=max(1, int(cfg.worker_connections)),
+        keepalive=float(cfg.keepalive),
+        graceful_timeout=float(cfg.graceful_timeout),
+        timeout=float(cfg.timeout),
+        workers=int(cfg.workers),
+        limit_request_line=int(cfg.limit_request_line),
+        limit_request_fields=int(cfg.limit_request_fields),
+        limit_request_field_size=int(cfg.limit_request_field_size),
+        tmp_upload_dir=cfg.tmp_upload_dir,
+        sendfile=cfg.sendfile is not False,
+        is_ssl=bool(cfg.is_ssl),
+        secure_scheme_headers={k.upper(): v for k, v in cfg.secure_scheme_headers.items()},
+        forwarder_headers=frozenset(h.upper() for h in getattr(cfg, "forwarder_headers", [])),
+        forwarded_allow_ips=allow,
+        forwarded_networks=_networks(allow),
+        header_map=getattr(cfg, "header_map", "drop"),
+        proxy_protocol=_proxy_mode(cfg.proxy_protocol),
+        proxy_allow_ips=proxy_allow,
+        proxy_networks=_networks(proxy_allow),
+        casefold_http_method=bool(getattr(cfg, "casefold_http_method", False)),
+        strip_header_spaces=bool(getattr(cfg, "strip_header_spaces", False)),
+        permit_obsolete_folding=bool(getattr(cfg, "permit_obsolete_folding", False)),
+        script_name=env.get("SCRIPT_NAME", ""),
+    )
+    values.update(_from_env(env))
+    settings = Settings(**values)
+    if settings.header_timeout == 0 or settings.body_timeout == 0:
+        raise SettingsError("AIOWSGI_HEADER_TIMEOUT and AIOWSGI_BODY_TIMEOUT must be > 0")
+    if settings.tmp_upload_dir and not os.path.isdir(settings.tmp_upload_dir):
+        raise SettingsError(f"tmp_upload_dir {settings.tmp_upload_dir!r} is not a directory")
+    return settings

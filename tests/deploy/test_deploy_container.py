@@ -1,0 +1,128 @@
+"""deploy/Dockerfile and deploy/kubernetes.yaml, read as text (no docker engine or cluster
+here): what they say must agree with gunicorn.conf.py and example_app.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import yaml
+from deploy_helpers import CONF, DEPLOY, ROOT, bind_port, call, load_conf, load_example
+from gunicorn.config import Config
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (DEPLOY / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        instruction, _, args = (pending + line).partition(" ")
+        out.append((instruction.upper(), args.strip()))
+        pending = ""
+    return out
+
+
+def instructions(name: str) -> list[str]:
+    return [args for instr, args in dockerfile() if instr == name]
+
+
+def uid_of_user() -> int:
+    (user,) = instructions("USER")
+    name = user.split(":")[0]
+    if name.isdigit():
+        return int(name)
+    match = re.search(rf"useradd .*--uid (\d+).* {name}\b", " ".join(instructions("RUN")))
+    assert match, f"no uid for user {name}"
+    return int(match.group(1))
+
+
+def test_dockerfile_base_user_env_signal():
+    (base,) = instructions("FROM")
+    assert re.fullmatch(r"python:3\.1[0-3]-slim(-\w+)?", base), base
+    env = dict(pair.split("=", 1) for args in instructions("ENV") for pair in shlex.split(args))
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert uid_of_user() != 0
+    names = [i for i, _ in dockerfile()]
+    assert names.index("USER") < names.index("CMD"), "USER must come before CMD"
+    # gunicorn's graceful stop is TERM, docker's default STOPSIGNAL.
+    assert instructions("STOPSIGNAL") in ([], ["SIGTERM"])
+    assert not instructions("ENTRYPOINT")
+    # Everything COPY'd exists in the build context (the repository root).
+    for args in instructions("COPY"):
+        *sources, _dest = shlex.split(args)
+        for src in sources:
+            assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+
+
+def test_dockerfile_cmd_is_exec_form_and_runs_the_example():
+    (cmd,) = instructions("CMD")
+    argv = json.loads(cmd)  # exec form: gunicorn is PID 1 and receives docker stop's TERM
+    assert argv[0] == "gunicorn"
+    args = Config().parser().parse_args(argv[1:])
+    workdir = instructions("WORKDIR")[-1]
+    assert args.config == "deploy/gunicorn.conf.py" and (ROOT / args.config).samefile(CONF)
+    assert (ROOT / args.chdir).samefile(DEPLOY) and args.args == ["example_app:app"]
+    assert workdir == "/app"  # the repository root's counterpart: relative paths resolve there
+    (expose,) = instructions("EXPOSE")
+    assert int(expose) == bind_port(load_conf())
+
+    (health,) = instructions("HEALTHCHECK")
+    probe = json.loads(health.split(" CMD ", 1)[1])
+    assert f"127.0.0.1:{bind_port(load_conf())}/healthz" in probe[-1]
+
+
+def kube() -> dict[str, dict]:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "kubernetes.yaml").read_text()) if d]
+    by_kind = {d["kind"]: d for d in docs}
+    assert sorted(by_kind) == ["Deployment", "Service"]
+    return by_kind
+
+
+def test_kubernetes_agrees_with_the_app_the_config_and_the_image():
+    objs = kube()
+    deploy, service = objs["Deployment"], objs["Service"]
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    conf = load_conf(**env)
+
+    # The port gunicorn binds is the port declared, probed and targeted by the Service.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": bind_port(conf)}
+    (svc_port,) = service["spec"]["ports"]
+    assert svc_port["targetPort"] in ports or svc_port["targetPort"] in ports.values()
+
+    # Both probes hit a path the app answers with 200.
+    app = load_example().app
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["port"] in ports or get["port"] in ports.values()
+        assert call(app, get["path"])[0] == 200, get["path"]
+
+    # SIGKILL comes terminationGracePeriodSeconds after the preStop pause starts.
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pause = float(command[1])
+    assert pause >= 5, "give balancers time to stop sending new requests"
+    assert pod["terminationGracePeriodSeconds"] > conf["graceful_timeout"] + pause
+
+    # Non-root, and the same uid as the image's USER.
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == uid_of_user()
+
+    # The environment is what gunicorn.conf.py reads: workers match the CPU limit.
+    assert conf["workers"] == int(env["WEB_CONCURRENCY"]) == int(container["resources"]["limits"]["cpu"])
+    assert conf["threads"] == int(env["GUNICORN_THREADS"])
+    assert conf["forwarded_allow_ips"] == env["FORWARDED_ALLOW_IPS"]

@@ -1,0 +1,88 @@
+"""deploy/Procfile, run the way Heroku runs it: with honcho, PORT and WEB_CONCURRENCY set, and
+stopped with TERM to every process; a request in flight at that moment still completes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from deploy_helpers import (DEPLOY, ROOT, alive, base_env, free_port, get, master_pid, read_sse,
+                            spawn, wait_until)
+
+
+def procfile() -> dict[str, str]:
+    entries = {}
+    for line in (DEPLOY / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, command = line.partition(":")
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+def test_procfile_leaves_port_and_concurrency_to_gunicorn():
+    entries = procfile()
+    assert list(entries) == ["web"]
+    argv = shlex.split(entries["web"])
+    assert argv[:3] == ["gunicorn", "-k", "gunicorn_aiowsgi.Worker"]
+    assert not {"-b", "--bind", "-w", "--workers"} & set(argv), "PORT / WEB_CONCURRENCY must decide"
+
+    # What gunicorn makes of PORT and WEB_CONCURRENCY (--print-config listens on nothing).
+    out = subprocess.run([sys.executable, "-m", *argv, "--print-config"], cwd=ROOT,
+                         env=base_env(PORT="5123", WEB_CONCURRENCY="3"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    settings = dict(re.split(r"\s+=\s+", line, maxsplit=1) for line in out.stdout.splitlines()
+                    if re.match(r"^\w+\s+=", line))
+    assert settings["bind"] == "['0.0.0.0:5123']"
+    assert settings["workers"] == "3"
+    assert settings["worker_class"] == "gunicorn_aiowsgi.Worker"
+
+
+@pytest.mark.timeout(60)
+def test_honcho_runs_it_and_term_loses_no_request():
+    port = free_port()
+    # Heroku binds 0.0.0.0:$PORT (checked above); these tests stay on loopback, so GUNICORN_CMD_ARGS
+    # (which Heroku users set too) narrows the bind to 127.0.0.1 on the same $PORT.
+    web = spawn([sys.executable, "-m", "honcho", "start", "-f", str(DEPLOY / "Procfile"),
+                 "-d", str(ROOT), "--no-colour"],
+                env=base_env(PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_CMD_ARGS=(
+                    f"--bind 127.0.0.1:{port} --error-logfile {{error_log}} "
+                    "--access-logfile {access_log} --no-control-socket --log-level info")),
+                workers=2)
+    master = master_pid(web)
+    try:
+        assert web.port == port, web.log()
+        assert web.log().count("Booting worker with pid") == 2  # WEB_CONCURRENCY=2
+        assert get("127.0.0.1", port, "/")[0] == 200
+
+        first_event = threading.Event()
+        result: list = []
+        reader = threading.Thread(target=lambda: result.append(read_sse(
+            "127.0.0.1", port, on_event=lambda n: first_event.set() if n == 0 else None)))
+        reader.start()
+        assert first_event.wait(10), "the stream did not start"
+
+        # Heroku's shutdown: SIGTERM to every process of the dyno. honcho does the same to
+        # its children's process group (the gunicorn master and its workers).
+        web.signal(signal.SIGTERM)
+        reader.join(20)
+        assert result, "the stream in flight did not finish"
+        status, _, events = result[0]
+        assert status == 200 and [e["id"] for _, e in events] == [str(n) for n in range(1, 11)]
+
+        assert web.wait(30) is not None
+        wait_until(lambda: not alive(master), 10, "the gunicorn master to exit")
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        assert "Shutting down: Master" in web.log(), web.log()
+    finally:
+        web.stop()
+        if alive(master):  # honcho died before its child: do not leave gunicorn behind
+            os.kill(master, signal.SIGTERM)
