@@ -39,18 +39,26 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     method = environ.get("REQUEST_METHOD", "GET")
     if method not in ("GET", "HEAD"):
         body = b"method not allowed\n"
-        start_response("405 Method Not Allowed", [("Content-Type", "text/plain; charset=utf-8"),
-                                                  ("Content-Length", str(len(body))),
-                                                  ("Allow", "GET, HEAD")])
+        start_response(
+            "405 Method Not Allowed",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Allow", "GET, HEAD"),
+            ],
+        )
         return [body]
 
     if path == "/stream":
-        start_response("200 OK", [
-            ("Content-Type", "text/event-stream; charset=utf-8"),
-            ("Cache-Control", "no-cache"),
-            # Tells nginx not to buffer this response (deploy/nginx.conf also turns buffering off).
-            ("X-Accel-Buffering", "no"),
-        ])
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/event-stream; charset=utf-8"),
+                ("Cache-Control", "no-cache"),
+                # nginx: do not buffer this response (deploy/nginx.conf turns buffering off too).
+                ("X-Accel-Buffering", "no"),
+            ],
+        )
         return stream()
 
     if path == "/healthz":
@@ -59,9 +67,13 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         body = b"Hello from gunicorn-aiowsgi!\n"
     else:
         body = b"not found\n"
-        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
-                                         ("Content-Length", str(len(body)))])
+        start_response(
+            "404 Not Found",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
         return [body]
-    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
-                              ("Content-Length", str(len(body)))])
+    start_response(
+        "200 OK",
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+    )
     return [body]

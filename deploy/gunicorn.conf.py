@@ -22,6 +22,7 @@ worker_class = "gunicorn_aiowsgi.Worker"  # or "gunicorn_aiowsgi.UVLoopWorker" (
 # socket systemd passes in (LISTEN_FDS).
 bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]
 
+
 # --- How many -----------------------------------------------------------------------------
 # Processes: one per CPU core is a good start (each has its own event loop and GIL).
 # WEB_CONCURRENCY is what Heroku and others set; on Kubernetes set it to the CPU limit.

@@ -1,9 +1,260 @@
-"""WSGI apps the tests serve through real gunicorn masters."""
+"""WSGI apps the tests serve through real gunicorn masters (each also wrapped in wsgiref's validator)."""
+
+from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from urllib.parse import parse_qs
+from wsgiref.validate import validator
+
+MIB = 1024 * 1024
+MARKS = os.environ.get("AIOWSGI_TEST_MARKS", tempfile.gettempdir())
+
+
+def _query(environ: dict) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+
+
+def _mark(name: str, text: str) -> None:
+    """Leave a mark the test can read, since the app runs in another process."""
+    with open(os.path.join(MARKS, name), "a") as f:
+        f.write(text + "\n")
 
 
 def hello(environ, start_response):
     body = b"Hello, world!\n"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def environ_json(environ, start_response):
+    """Every str/int/bool/tuple environ value, plus the types of the wsgi.* objects."""
+    out = {}
+    for key, value in environ.items():
+        if isinstance(value, (str, int, bool, tuple)) or value is None:
+            out[key] = value
+        else:
+            out[key] = "<%s>" % type(value).__name__
+    out["_types"] = {k: type(v).__name__ for k, v in environ.items()}
+    body = json.dumps(out).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def body_read(environ, start_response):
+    """Read wsgi.input the way ?how= says and report what was read."""
+    how = _query(environ).get("how", "read")
+    stream = environ["wsgi.input"]
+    if how == "count":  # large bodies: read in 64 KiB pieces, keep only the ends
+        total, head, tail = 0, b"", b""
+        while True:
+            part = stream.read(65536)
+            if not part:
+                break
+            head = head or part[:64]
+            tail = (tail + part)[-64:]
+            total += len(part)
+        body = json.dumps({"len": total, "head": head.decode("latin-1"),
+                           "tail": tail.decode("latin-1")}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+    if how == "read":
+        data = stream.read()
+    elif how == "readn":
+        parts = []
+        while True:
+            part = stream.read(7)
+            if not part:
+                break
+            parts.append(part)
+        data = b"".join(parts)
+    elif how == "readline":
+        lines = []
+        while True:
+            line = stream.readline(5)
+            if not line:
+                break
+            lines.append(line)
+        data = b"|".join(lines)
+    elif how == "readlines":
+        data = b"|".join(stream.readlines())
+    else:
+        data = b"|".join(line for line in stream)
+    info = {"len": len(data), "content_length": environ.get("CONTENT_LENGTH"),
+            "input": type(stream).__name__, "head": data[:64].decode("latin-1"),
+            "tail": data[-64:].decode("latin-1")}
+    if _query(environ).get("echo"):
+        info["data"] = data.decode("latin-1")
+    body = json.dumps(info).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def stream(environ, start_response):
+    """?n= events, ?gap= seconds apart, each yielded on its own (server-sent events)."""
+    q = _query(environ)
+    n, gap = int(q.get("n", "5")), float(q.get("gap", "0.2"))
+    start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
+
+    def events():
+        for i in range(n):
+            if i:
+                time.sleep(gap)
+            yield b"data: %d %f\n\n" % (i, time.time())
+    return events()
+
+
+def big(environ, start_response):
+    """?mib= MiB in 1 MiB chunks from a generator; ?length=1 sends a Content-Length."""
+    q = _query(environ)
+    mib = int(q.get("mib", "64"))
+    headers = [("Content-Type", "application/octet-stream")]
+    if q.get("length"):
+        headers.append(("Content-Length", str(mib * MIB)))
+    start_response("200 OK", headers)
+    chunk = b"x" * MIB
+    return (chunk for _ in range(mib))
+
+
+class Tracked:
+    """An iterable that records close() and how far it got, under ?name=."""
+
+    def __init__(self, name: str, chunks: int, size: int, gap: float) -> None:
+        self.name, self.chunks, self.size, self.gap = name, chunks, size, gap
+        self.sent = 0
+
+    def __iter__(self):
+        for _ in range(self.chunks):
+            time.sleep(self.gap)
+            self.sent += 1
+            yield b"y" * self.size
+
+    def close(self) -> None:
+        _mark(self.name, "closed after %d thread=%s" % (self.sent, threading.current_thread().name))
+
+
+def tracked(environ, start_response):
+    q = _query(environ)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return Tracked(q.get("name", "tracked"), int(q.get("chunks", "1000")),
+                   int(q.get("size", "65536")), float(q.get("gap", "0.01")))
+
+
+def framing(environ, start_response):
+    """?declared= Content-Length vs ?actual= bytes; ?status=."""
+    q = _query(environ)
+    headers = [("Content-Type", "text/plain")]
+    if "declared" in q:
+        headers.append(("Content-Length", q["declared"]))
+    start_response(q.get("status", "200 OK").replace("_", " "), headers)
+    actual = int(q.get("actual", "5"))
+    return iter([b"z" * actual]) if q.get("gen") else [b"z" * actual]
+
+
+def bad_header(environ, start_response):
+    which = _query(environ).get("which", "crlf")
+    headers = {"crlf": [("X-Bad", "a\r\nSet-Cookie: evil=1")], "nul": [("X-Bad", "a\x00b")],
+               "name": [("Bad Name", "v")], "status": []}[which]
+    status = "20 OK" if which == "status" else "200 OK"
+    start_response(status, headers)
+    return [b"should not be sent"]
+
+
+def fail(environ, start_response):
+    """?when=before|after|none|nonlist|str|twice|never|exc_info|close."""
+    when = _query(environ).get("when", "before")
+    if when == "before":
+        raise RuntimeError("boom before headers")
+    if when == "none":
+        start_response("200 OK", [])
+        return None
+    if when == "nonlist":
+        start_response("200 OK", [])
+        return 42
+    if when == "str":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ["not bytes"]
+    if when == "twice":
+        start_response("200 OK", [])
+        start_response("200 OK", [])
+        return [b"x"]
+    if when == "never":
+        return [b"no start_response"]
+    if when == "exc_info":
+        start_response("200 OK", [("X-First", "1")])
+        try:
+            raise ValueError("replaced")
+        except ValueError:
+            start_response("500 Internal Server Error", [("X-Second", "1")], sys.exc_info())
+        return [b"replaced body"]
+    if when == "exc_info_late":
+        write = start_response("200 OK", [])
+        write(b"partial")
+        try:
+            raise ValueError("too late")
+        except ValueError:
+            start_response("500 Internal Server Error", [], sys.exc_info())
+        return [b"never"]
+
+    def gen():
+        yield b"first chunk"
+        raise RuntimeError("boom after headers")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return gen()
+
+
+def writer(environ, start_response):
+    """Uses the legacy write() callable, then returns more."""
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"one,")
+    write(b"two,")
+    return [b"three"]
+
+
+def files(environ, start_response):
+    """?kind=real|bytesio, ?size=, ?declared=, ?offset=: wsgi.file_wrapper."""
+    q = _query(environ)
+    size = int(q.get("size", str(3 * MIB)))
+    data = bytes(range(256)) * (size // 256) + b"e" * (size % 256)
+    headers = [("Content-Type", "application/octet-stream")]
+    if "declared" in q:
+        headers.append(("Content-Length", q["declared"]))
+    start_response("200 OK", headers)
+    if q.get("kind", "real") == "real":
+        f = tempfile.TemporaryFile()
+        f.write(data)
+        f.seek(int(q.get("offset", "0")))
+    else:
+        import io
+        f = io.BytesIO(data)
+    return environ["wsgi.file_wrapper"](f, 65536)
+
+
+def status(environ, start_response):
+    """?code= with a body the server must drop for HEAD/204/304."""
+    code = _query(environ).get("code", "200")
+    reasons = {"200": "OK", "204": "No Content", "304": "Not Modified"}
+    start_response(f"{code} {reasons.get(code, 'X')}", [("Content-Type", "text/plain"),
+                                                       ("Content-Length", "4")] if code != "204" else [])
+    return iter([b"body"]) if code != "204" else iter([])
+
+
+def router(environ, start_response):
+    """One app with every fixture under its path, so one master serves a whole module."""
+    name = environ["PATH_INFO"].strip("/").split("/")[0] or "hello"
+    app = ROUTES.get(name)
+    if app is None:
+        return environ_json(environ, start_response)
+    return app(environ, start_response)
+
+
+ROUTES = {"hello": hello, "environ": environ_json, "body": body_read, "stream": stream,
+          "big": big, "tracked": tracked, "framing": framing, "bad_header": bad_header,
+          "fail": fail, "writer": writer, "files": files, "status": status}
+
+# The same, inside wsgiref's validator: any PEP 3333 slip by the server fails the request.
+validated = validator(router)

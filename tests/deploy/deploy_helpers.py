@@ -23,19 +23,31 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
+from gunicorn.config import Config
 from server import ROOT, Gunicorn
 
 DEPLOY = ROOT / "deploy"
 CONF = DEPLOY / "gunicorn.conf.py"
 BIN = Path(sys.executable).parent  # the venv (or tox env) running the tests: gunicorn, honcho
+# gunicorn >= 25.1 opens a control socket in ~/.gunicorn unless told not to; older ones
+# have no such flag.
+NO_CONTROL_SOCKET = ["--no-control-socket"] if "control_socket_disable" in Config().settings else []
 
 
 def base_env(**extra: str) -> dict[str, str]:
     """The environment for a child: ours, the repo importable, the venv's scripts first on PATH,
     and none of the variables gunicorn or honcho would pick up from the developer's shell."""
     env = dict(os.environ)
-    for name in ("PORT", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "GUNICORN_THREADS",
-                 "FORWARDED_ALLOW_IPS", "LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET"):
+    for name in (
+        "PORT",
+        "WEB_CONCURRENCY",
+        "GUNICORN_CMD_ARGS",
+        "GUNICORN_THREADS",
+        "FORWARDED_ALLOW_IPS",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "NOTIFY_SOCKET",
+    ):
         env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
@@ -53,7 +65,12 @@ def load_example() -> ModuleType:
 
 def call(app: Any, path: str, method: str = "GET") -> tuple[int, dict[str, str], list[bytes]]:
     """Call a WSGI app in-process (through wsgiref's validator): status, headers, chunks."""
-    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": method, "SCRIPT_NAME": "", "QUERY_STRING": ""}
+    environ: dict = {
+        "PATH_INFO": path,
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+    }
     setup_testing_defaults(environ)
     seen: dict = {}
 
@@ -80,8 +97,13 @@ def load_conf(**env: str) -> dict[str, Any]:
     """deploy/gunicorn.conf.py's settings as gunicorn would read them, under `env` only."""
     saved = dict(os.environ)
     try:
-        for name in ("PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "FORWARDED_ALLOW_IPS",
-                     "GUNICORN_LOGLEVEL"):
+        for name in (
+            "PORT",
+            "WEB_CONCURRENCY",
+            "GUNICORN_THREADS",
+            "FORWARDED_ALLOW_IPS",
+            "GUNICORN_LOGLEVEL",
+        ):
             os.environ.pop(name, None)
         os.environ.update(env)
         return {k: v for k, v in runpy.run_path(str(CONF)).items() if not k.startswith("_")}
@@ -96,8 +118,15 @@ def bind_port(conf: dict[str, Any]) -> int:
     return int(bind.rpartition(":")[2])
 
 
-def spawn(argv: Sequence[str], *, env: dict[str, str], workers: int, cwd: Path = ROOT,
-          pass_fds: Sequence[int] = (), timeout: float = 30.0) -> Gunicorn:
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    workers: int,
+    cwd: Path = ROOT,
+    pass_fds: Sequence[int] = (),
+    timeout: float = 30.0,
+) -> Gunicorn:
     """Start a command that ends up running a gunicorn master, as a tests/server.py Gunicorn.
 
     `argv` and `env` values may hold {error_log} and {access_log}: the files the returned
@@ -105,13 +134,24 @@ def spawn(argv: Sequence[str], *, env: dict[str, str], workers: int, cwd: Path =
     error log. .pid is the process started (honcho, or a wrapper that execs gunicorn)."""
     g = Gunicorn.__new__(Gunicorn)
     g.dir = Path(tempfile.mkdtemp(prefix="aiowsgi-deploy-"))
-    g.error_log, g.access_log, g.stdout = g.dir / "error.log", g.dir / "access.log", g.dir / "stdout.log"
+    g.error_log, g.access_log, g.stdout = (
+        g.dir / "error.log",
+        g.dir / "access.log",
+        g.dir / "stdout.log",
+    )
     paths = {"error_log": g.error_log, "access_log": g.access_log}
     g.cmd = [a.format(**paths) for a in argv]
     full_env = {k: v.format(**paths) for k, v in env.items()}
-    g._out = open(g.stdout, "wb")
-    g.proc = subprocess.Popen(g.cmd, cwd=str(cwd), env=full_env, stdout=g._out, stderr=subprocess.STDOUT,
-                              start_new_session=True, pass_fds=tuple(pass_fds))
+    g._out = open(g.stdout, "wb")  # noqa: SIM115 - Gunicorn.stop() closes it
+    g.proc = subprocess.Popen(
+        g.cmd,
+        cwd=str(cwd),
+        env=full_env,
+        stdout=g._out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        pass_fds=tuple(pass_fds),
+    )
     g.pid = g.proc.pid
     g.url, g.host, g.port = "", "127.0.0.1", 0
     g._wait_listening(workers, timeout)
@@ -144,8 +184,9 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02
         time.sleep(interval)
 
 
-def get(host: str, port: int, path: str, headers: dict[str, str] | None = None,
-        timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def get(
+    host: str, port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path, headers=headers or {})
@@ -155,8 +196,9 @@ def get(host: str, port: int, path: str, headers: dict[str, str] | None = None,
         conn.close()
 
 
-def read_sse(host: str, port: int, path: str = "/stream", on_event: Any = None,
-             timeout: float = 15.0) -> tuple[int, dict[str, str], list[tuple[float, dict[str, str]]]]:
+def read_sse(
+    host: str, port: int, path: str = "/stream", on_event: Any = None, timeout: float = 15.0
+) -> tuple[int, dict[str, str], list[tuple[float, dict[str, str]]]]:
     """GET a server-sent-events stream; every event with the monotonic time it arrived.
 
     on_event(index) is called as each event arrives (e.g. to signal the server mid-stream)."""
@@ -192,13 +234,22 @@ def nginx(conf_text: str, workdir: Path, port: int) -> Iterator[subprocess.Popen
         raise RuntimeError("nginx is not installed: apt-get install -y nginx-light")
     conf = workdir / "nginx.conf"
     conf.write_text(conf_text)
-    check = subprocess.run(["nginx", "-t", "-p", str(workdir), "-c", str(conf)],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["nginx", "-t", "-p", str(workdir), "-c", str(conf)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 0, check.stderr
-    out = open(workdir / "nginx.out", "wb")
-    proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(workdir / "nginx.out", "wb") as out:
+        proc = subprocess.Popen(
+            ["nginx", "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
+
         def up() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"nginx exited: {(workdir / 'nginx.out').read_text()}")
@@ -207,6 +258,7 @@ def nginx(conf_text: str, workdir: Path, port: int) -> Iterator[subprocess.Popen
                 return True
             except OSError:
                 return False
+
         wait_until(up, 10, "nginx to listen")
         yield proc
     finally:
@@ -217,5 +269,3 @@ def nginx(conf_text: str, workdir: Path, port: int) -> Iterator[subprocess.Popen
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-        out.close()
-

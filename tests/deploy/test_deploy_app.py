@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -18,7 +19,11 @@ def example(monkeypatch):
 
 def test_routes(example):
     status, headers, body = call(example.app, "/")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain") and b"Hello" in b"".join(body)
+    assert (
+        status == 200
+        and headers["Content-Type"].startswith("text/plain")
+        and b"Hello" in b"".join(body)
+    )
     assert call(example.app, "/healthz")[::2] == (200, [b"ok\n"])
     assert call(example.app, "/nope")[0] == 404
     assert call(example.app, "/", "POST")[0] == 405
@@ -32,7 +37,11 @@ def test_stream_yields_one_event_per_chunk(example):
     assert headers["Cache-Control"] == "no-cache" and headers["X-Accel-Buffering"] == "no"
     assert len(chunks) == example.EVENTS == 10
     for n, chunk in enumerate(chunks, 1):
-        assert chunk.startswith(f"id: {n}\n".encode()) and chunk.endswith(b"\n\n") and chunk.count(b"\n\n") == 1
+        assert (
+            chunk.startswith(f"id: {n}\n".encode())
+            and chunk.endswith(b"\n\n")
+            and chunk.count(b"\n\n") == 1
+        )
     assert example.INTERVAL == 0  # patched; the real module says 0.5
     assert load_example().INTERVAL == 0.5
 
@@ -48,8 +57,9 @@ def test_quickstart_command_serves_and_streams_in_threads():
         first = threading.Barrier(4, timeout=10)
 
         def consume(i: int) -> None:
-            results[i] = read_sse(server.host, server.port,
-                                  on_event=lambda n: first.wait() if n == 0 else None)
+            results[i] = read_sse(
+                server.host, server.port, on_event=lambda n: first.wait() if n == 0 else None
+            )
 
         threads = [threading.Thread(target=consume, args=(i,)) for i in range(3)]
         start = time.monotonic()
@@ -68,8 +78,11 @@ def test_quickstart_command_serves_and_streams_in_threads():
             assert [e["id"] for _, e in events] == [str(n) for n in range(1, 11)]
             times = [t for t, _ in events]
             assert times[-1] - times[0] >= 3.0, "events came in a burst, not as they were yielded"
-            gaps = [b - a for a, b in zip(times, times[1:])]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
             assert min(gaps) >= 0.25, gaps
         assert elapsed < 8.0, f"3 streams of 4.5 s took {elapsed:.1f}s: not run side by side"
-        wait_until(lambda: server.access().count('"GET /stream HTTP/1.1" 200') == 3, 5,
-                   "three /stream lines in the access log")
+        wait_until(
+            lambda: server.access().count('"GET /stream HTTP/1.1" 200') == 3,
+            5,
+            "three /stream lines in the access log",
+        )

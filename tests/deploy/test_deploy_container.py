@@ -123,6 +123,10 @@ def test_kubernetes_agrees_with_the_app_the_config_and_the_image():
     assert security["runAsNonRoot"] is True and security["runAsUser"] == uid_of_user()
 
     # The environment is what gunicorn.conf.py reads: workers match the CPU limit.
-    assert conf["workers"] == int(env["WEB_CONCURRENCY"]) == int(container["resources"]["limits"]["cpu"])
+    assert (
+        conf["workers"]
+        == int(env["WEB_CONCURRENCY"])
+        == int(container["resources"]["limits"]["cpu"])
+    )
     assert conf["threads"] == int(env["GUNICORN_THREADS"])
     assert conf["forwarded_allow_ips"] == env["FORWARDED_ALLOW_IPS"]

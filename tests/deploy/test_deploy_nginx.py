@@ -4,6 +4,7 @@ and a HUP then a TERM of one master under load cost no request (nginx retries th
 from __future__ import annotations
 
 import http.client
+import itertools
 import re
 import signal
 import subprocess
@@ -18,7 +19,7 @@ NGINX_CONF = DEPLOY / "nginx.conf"
 
 
 def rewrite(text: str, pattern: str, repl: str) -> str:
-    new, count = re.subn(pattern, repl, text, flags=re.M)
+    new, count = re.subn(pattern, repl, text, flags=re.MULTILINE)
     assert count == 1, f"deploy/nginx.conf no longer has exactly one match for {pattern!r}"
     return new
 
@@ -27,31 +28,49 @@ def conf_for_test(workdir: Path, port: int, sockets: list[Path]) -> str:
     """deploy/nginx.conf with only the machine-specific parts changed: paths into workdir,
     listen on a loopback port, and the upstream's one server line repeated per socket."""
     text = NGINX_CONF.read_text()
-    text = rewrite(text, r"^user \S+;", "user root;")  # nginx runs as root here; workers must reach workdir
+    text = rewrite(
+        text, r"^user \S+;", "user root;"
+    )  # nginx runs as root here; workers must reach workdir
     text = rewrite(text, r"^pid \S+;", f"pid {workdir}/nginx.pid;")
     text = rewrite(text, r"^error_log \S+", f"error_log {workdir}/error.log")
     text = rewrite(text, r"^(\s*)access_log \S+;", rf"\1access_log {workdir}/access.log;")
-    text = rewrite(text, r"^(\s*)listen 80 default_server;",
-                   rf"\1listen 127.0.0.1:{port} default_server;")
+    text = rewrite(
+        text, r"^(\s*)listen 80 default_server;", rf"\1listen 127.0.0.1:{port} default_server;"
+    )
     text = rewrite(text, r"^\s*listen \[::\]:80 default_server;\n", "")
-    line = re.search(r"^(\s*)server unix:/run/gunicorn\.sock( [^;]*)?;$", text, re.M)
-    assert line, "deploy/nginx.conf's upstream should have one `server unix:/run/gunicorn.sock ...;`"
+    line = re.search(r"^(\s*)server unix:/run/gunicorn\.sock( [^;]*)?;$", text, re.MULTILINE)
+    assert line, (
+        "deploy/nginx.conf's upstream should have one `server unix:/run/gunicorn.sock ...;`"
+    )
     servers = "\n".join(f"{line.group(1)}server unix:{s}{line.group(2) or ''};" for s in sockets)
-    text = text[:line.start()] + servers + text[line.end():]
-    temp = "".join(f"\n    {kind}_temp_path {workdir}/{kind};"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    text = text[: line.start()] + servers + text[line.end() :]
+    temp = "".join(
+        f"\n    {kind}_temp_path {workdir}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     return rewrite(text, r"^http \{", "http {" + temp)
 
 
 def test_shipped_file_passes_nginx_t():
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run(["nginx", "-t", "-p", tmp, "-c", str(NGINX_CONF)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["nginx", "-t", "-p", tmp, "-c", str(NGINX_CONF)],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
     assert out.returncode == 0, out.stderr
     text = NGINX_CONF.read_text()
-    for needed in ("proxy_http_version 1.1;", 'proxy_set_header Connection "";', "keepalive 32;",
-                   "proxy_buffering off;", "proxy_next_upstream error timeout http_502;",
-                   "max_fails=", "X-Forwarded-Proto $scheme", "X-Forwarded-For"):
+    for needed in (
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "keepalive 32;",
+        "proxy_buffering off;",
+        "proxy_next_upstream error timeout http_502;",
+        "max_fails=",
+        "X-Forwarded-Proto $scheme",
+        "X-Forwarded-For",
+    ):
         assert needed in text, needed
 
 
@@ -64,8 +83,17 @@ def stack():
         masters: list[Gunicorn] = []
         try:
             for sock, workers in zip(sockets, (2, 1)):
-                masters.append(Gunicorn("example_app:app", "--chdir", str(DEPLOY), "--threads", "4",
-                                        bind=f"unix:{sock}", workers=workers))
+                masters.append(
+                    Gunicorn(
+                        "example_app:app",
+                        "--chdir",
+                        str(DEPLOY),
+                        "--threads",
+                        "4",
+                        bind=f"unix:{sock}",
+                        workers=workers,
+                    )
+                )
             port = free_port()
             with nginx(conf_for_test(workdir, port, sockets), workdir, port):
                 yield port, masters, workdir
@@ -75,14 +103,14 @@ def stack():
 
 
 def test_events_stream_through_nginx_as_they_are_yielded(stack):
-    port, masters, _ = stack
+    port, _, _ = stack
     assert get("127.0.0.1", port, "/")[:3:2] == (200, b"Hello from gunicorn-aiowsgi!\n")
     status, headers, events = read_sse("127.0.0.1", port)
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     assert [e["id"] for _, e in events] == [str(n) for n in range(1, 11)]
     times = [t for t, _ in events]
     assert times[-1] - times[0] >= 3.0, "nginx buffered the stream: events arrived in a burst"
-    assert min(b - a for a, b in zip(times, times[1:])) >= 0.25
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.25
 
 
 @pytest.mark.timeout(90)
@@ -126,8 +154,11 @@ def test_hup_then_term_of_one_master_under_load_loses_nothing(stack):
         a.wait_workers(2, exclude=old)
         wait_until(lambda: not set(old) & set(a.worker_pids()), 15, "a's old workers to exit")
         more_requests(200, "load after the reload")
-        wait_until(lambda: a.access().count("\n") > a_served + 20, 10,
-                   "a's new workers to serve through nginx")
+        wait_until(
+            lambda: a.access().count("\n") > a_served + 20,
+            10,
+            "a's new workers to serve through nginx",
+        )
 
         # TERM: master "a" stops gracefully and its socket goes away; nginx must retry on "b".
         a.signal(signal.SIGTERM)

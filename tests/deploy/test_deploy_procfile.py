@@ -13,8 +13,19 @@ import sys
 import threading
 
 import pytest
-from deploy_helpers import (DEPLOY, ROOT, alive, base_env, free_port, get, master_pid, read_sse,
-                            spawn, wait_until)
+from deploy_helpers import (
+    DEPLOY,
+    NO_CONTROL_SOCKET,
+    ROOT,
+    alive,
+    base_env,
+    free_port,
+    get,
+    master_pid,
+    read_sse,
+    spawn,
+    wait_until,
+)
 
 
 def procfile() -> dict[str, str]:
@@ -34,12 +45,21 @@ def test_procfile_leaves_port_and_concurrency_to_gunicorn():
     assert not {"-b", "--bind", "-w", "--workers"} & set(argv), "PORT / WEB_CONCURRENCY must decide"
 
     # What gunicorn makes of PORT and WEB_CONCURRENCY (--print-config listens on nothing).
-    out = subprocess.run([sys.executable, "-m", *argv, "--print-config"], cwd=ROOT,
-                         env=base_env(PORT="5123", WEB_CONCURRENCY="3"),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", *argv, "--print-config"],
+        cwd=ROOT,
+        env=base_env(PORT="5123", WEB_CONCURRENCY="3"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
-    settings = dict(re.split(r"\s+=\s+", line, maxsplit=1) for line in out.stdout.splitlines()
-                    if re.match(r"^\w+\s+=", line))
+    settings = dict(
+        re.split(r"\s+=\s+", line, maxsplit=1)
+        for line in out.stdout.splitlines()
+        if re.match(r"^\w+\s+=", line)
+    )
     assert settings["bind"] == "['0.0.0.0:5123']"
     assert settings["workers"] == "3"
     assert settings["worker_class"] == "gunicorn_aiowsgi.Worker"
@@ -50,12 +70,28 @@ def test_honcho_runs_it_and_term_loses_no_request():
     port = free_port()
     # Heroku binds 0.0.0.0:$PORT (checked above); these tests stay on loopback, so GUNICORN_CMD_ARGS
     # (which Heroku users set too) narrows the bind to 127.0.0.1 on the same $PORT.
-    web = spawn([sys.executable, "-m", "honcho", "start", "-f", str(DEPLOY / "Procfile"),
-                 "-d", str(ROOT), "--no-colour"],
-                env=base_env(PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_CMD_ARGS=(
-                    f"--bind 127.0.0.1:{port} --error-logfile {{error_log}} "
-                    "--access-logfile {access_log} --no-control-socket --log-level info")),
-                workers=2)
+    web = spawn(
+        [
+            sys.executable,
+            "-m",
+            "honcho",
+            "start",
+            "-f",
+            str(DEPLOY / "Procfile"),
+            "-d",
+            str(ROOT),
+            "--no-colour",
+        ],
+        env=base_env(
+            PORT=str(port),
+            WEB_CONCURRENCY="2",
+            GUNICORN_CMD_ARGS=(
+                f"--bind 127.0.0.1:{port} --error-logfile {{error_log}} "
+                "--access-logfile {access_log} --log-level info " + " ".join(NO_CONTROL_SOCKET)
+            ),
+        ),
+        workers=2,
+    )
     master = master_pid(web)
     try:
         assert web.port == port, web.log()
@@ -64,8 +100,13 @@ def test_honcho_runs_it_and_term_loses_no_request():
 
         first_event = threading.Event()
         result: list = []
-        reader = threading.Thread(target=lambda: result.append(read_sse(
-            "127.0.0.1", port, on_event=lambda n: first_event.set() if n == 0 else None)))
+        reader = threading.Thread(
+            target=lambda: result.append(
+                read_sse(
+                    "127.0.0.1", port, on_event=lambda n: first_event.set() if n == 0 else None
+                )
+            )
+        )
         reader.start()
         assert first_event.wait(10), "the stream did not start"
 

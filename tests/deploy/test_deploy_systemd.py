@@ -44,7 +44,9 @@ def value(sections, section: str, key: str) -> str:
 
 
 def real_paths(text: str) -> str:
-    return text.replace(f"{PLACEHOLDER}/.venv/bin/gunicorn", str(BIN / "gunicorn")).replace(PLACEHOLDER, str(ROOT))
+    return text.replace(f"{PLACEHOLDER}/.venv/bin/gunicorn", str(BIN / "gunicorn")).replace(
+        PLACEHOLDER, str(ROOT)
+    )
 
 
 def test_systemd_analyze_verify(tmp_path):
@@ -52,8 +54,13 @@ def test_systemd_analyze_verify(tmp_path):
         pytest.skip("systemd-analyze is not installed")
     for src in (SERVICE, SOCKET):
         (tmp_path / src.name).write_text(real_paths(src.read_text()))
-    out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / SOCKET.name), str(tmp_path / SERVICE.name)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / SOCKET.name), str(tmp_path / SERVICE.name)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "gunicorn" not in out.stderr, out.stderr  # no warning about our units
 
@@ -93,8 +100,11 @@ def unix_get(path: str, url: str) -> tuple[int, bytes]:
 
 # What systemd does between fork and exec: the sockets from fd 3 on, LISTEN_FDS their count,
 # LISTEN_PID the pid of the process that will read them (gunicorn checks it is its own).
-ACTIVATE = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_FDS'] = '1'; "
-            "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.executable, [sys.executable] + sys.argv[2:])")
+ACTIVATE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_FDS'] = '1'; "
+    "os.environ['LISTEN_PID'] = str(os.getpid()); "
+    "os.execv(sys.executable, [sys.executable] + sys.argv[2:])"
+)
 
 
 @pytest.mark.timeout(60)
@@ -119,11 +129,27 @@ def test_service_command_under_socket_activation(tmp_path):
     # If activation failed gunicorn would bind this instead (never the config's 0.0.0.0:8000).
     fallback = tmp_path / "fallback.sock"
     try:
-        master = spawn([sys.executable, "-c", ACTIVATE, str(listener.fileno()), "-m", "gunicorn", *args,
-                        "--bind", f"unix:{fallback}", "--error-logfile", "{error_log}",
-                        "--access-logfile", "{access_log}"],
-                       env=base_env(**env, NOTIFY_SOCKET=str(tmp_path / "notify")),
-                       workers=workers, cwd=ROOT, pass_fds=[listener.fileno()])
+        master = spawn(
+            [
+                sys.executable,
+                "-c",
+                ACTIVATE,
+                str(listener.fileno()),
+                "-m",
+                "gunicorn",
+                *args,
+                "--bind",
+                f"unix:{fallback}",
+                "--error-logfile",
+                "{error_log}",
+                "--access-logfile",
+                "{access_log}",
+            ],
+            env=base_env(**env, NOTIFY_SOCKET=str(tmp_path / "notify")),
+            workers=workers,
+            cwd=ROOT,
+            pass_fds=[listener.fileno()],
+        )
     finally:
         listener.close()  # gunicorn holds it now, as it would hold systemd's
     try:
@@ -135,7 +161,9 @@ def test_service_command_under_socket_activation(tmp_path):
 
         # systemctl reload: ExecReload with $MAINPID filled in -> fresh workers, still serving.
         old = tuple(master.worker_pids())
-        reload = shlex.split(value(svc, "Service", "ExecReload").replace("$MAINPID", str(master.pid)))
+        reload = shlex.split(
+            value(svc, "Service", "ExecReload").replace("$MAINPID", str(master.pid))
+        )
         subprocess.run(reload, check=True, timeout=10)
         master.wait_workers(workers, exclude=old)
         wait_until(lambda: not set(old) & set(master.worker_pids()), 15, "the old workers to exit")

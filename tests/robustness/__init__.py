@@ -1,0 +1,1 @@
+"""Robustness tests (issue 5): bad input, hostile clients, faults."""

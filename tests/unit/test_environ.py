@@ -1,0 +1,182 @@
+"""Table-driven cases for the pure environ builder."""
+
+from __future__ import annotations
+
+import pytest
+
+from gunicorn_aiowsgi.environ import Peer, build_environ, make_peer, split_target
+from gunicorn_aiowsgi.errors import BadRequest, ExpectationFailed, HTTPError
+from gunicorn_aiowsgi.settings import Settings
+
+TCP = Peer("10.0.0.7", "5555", "127.0.0.1", "8000", trusted=False)
+TRUSTED = Peer("127.0.0.1", "5555", "127.0.0.1", "8000", trusted=True)
+UNIX = Peer("", None, None, None, trusted=True)
+
+
+def env(target=b"/", headers=(), peer=TCP, method="GET", version=(1, 1), settings=None):
+    settings = settings or Settings()
+    return build_environ({}, settings, peer, method, target, version,
+                         [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers])
+
+
+@pytest.mark.parametrize("method, target, raw, path, query", [
+    ("GET", b"/", "/", "/", ""),
+    ("GET", b"/a/b?x=1&y", "/a/b?x=1&y", "/a/b", "x=1&y"),
+    ("GET", b"/a#frag", "/a#frag", "/a", ""),
+    ("GET", b"/a?q#frag", "/a?q#frag", "/a", "q"),
+    ("GET", b"//double/slash?q", "//double/slash?q", "//double/slash", "q"),
+    ("GET", b"http://example.com/abs?q=1", "http://example.com/abs?q=1", "/abs", "q=1"),
+    ("OPTIONS", b"*", "*", "*", ""),
+    # authority-form: gunicorn's urlsplit reads "example.com" as a scheme; we mirror it.
+    ("CONNECT", b"example.com:443", "example.com:443", "443", ""),
+])
+def test_split_target(method, target, raw, path, query):
+    assert split_target(method, target) == (raw, path, query)
+
+
+@pytest.mark.parametrize("method, target", [
+    ("GET", b""), ("GET", b"*"), ("GET", b"relative"), ("GET", b"/sp ace"), ("GET", b"/caf\xc3\xa9"),
+    ("GET", b"/\x00"), ("GET", b"/\x7f"),
+])
+def test_split_target_refuses(method, target):
+    with pytest.raises(BadRequest):
+        split_target(method, target)
+
+
+@pytest.mark.parametrize("target, path_info", [
+    (b"/caf%C3%A9", "/caf\xc3\xa9"),
+    (b"/a%2Fb", "/a/b"),
+    (b"/%25", "/%"),
+    (b"/plain", "/plain"),
+    (b"/%ZZ", "/%ZZ"),
+])
+def test_path_info_latin1(target, path_info):
+    environ, _ = env(target)
+    assert environ["PATH_INFO"] == path_info
+
+
+@pytest.mark.parametrize("headers, key, value", [
+    ([("X-A", "1"), ("X-A", "2")], "HTTP_X_A", "1,2"),
+    ([("content-type", "t/x")], "CONTENT_TYPE", "t/x"),
+    ([("Content-Length", "5")], "CONTENT_LENGTH", "5"),
+    ([("X-Sp", "  padded \t")], "HTTP_X_SP", "padded"),
+    ([("X-L", "caf\xe9")], "HTTP_X_L", "caf\xe9"),
+    ([("Host", "example.com:81")], "HTTP_HOST", "example.com:81"),
+])
+def test_header_mapping(headers, key, value):
+    environ, _ = env(headers=headers)
+    assert environ[key] == value
+
+
+def test_underscore_header_dropped_by_default():
+    environ, _ = env(headers=[("X-Forwarded-For", "1.1.1.1"), ("X_Forwarded_For", "6.6.6.6")])
+    assert environ["HTTP_X_FORWARDED_FOR"] == "1.1.1.1"
+
+
+@pytest.mark.parametrize("header_map, trusted, expect", [
+    ("drop", False, None), ("dangerous", False, "v"), ("drop", True, "v"),
+])
+def test_underscore_header_policies(header_map, trusted, expect):
+    settings = Settings(header_map=header_map, forwarder_headers=frozenset({"X_CUSTOM"}))
+    environ, _ = env(headers=[("X_Custom", "v")], settings=settings, peer=TRUSTED if trusted else TCP)
+    assert environ.get("HTTP_X_CUSTOM") == expect
+
+
+def test_underscore_header_refused():
+    with pytest.raises(BadRequest):
+        env(headers=[("X_Custom", "v")], settings=Settings(header_map="refuse"))
+
+
+@pytest.mark.parametrize("headers", [
+    [("Host", "a"), ("Host", "b")],
+    [("Content-Length", "1"), ("Content-Length", "1")],
+    [("Content-Type", "a"), ("Content-Type", "b")],
+    [("X-Bad", "a\x01b")],
+])
+def test_refused_headers(headers):
+    with pytest.raises(BadRequest):
+        env(headers=headers)
+
+
+@pytest.mark.parametrize("peer, headers, scheme", [
+    (TRUSTED, [("X-Forwarded-Proto", "https")], "https"),
+    (TRUSTED, [("X-Forwarded-Proto", "http")], "http"),
+    (TCP, [("X-Forwarded-Proto", "https")], "http"),     # untrusted peer: ignored
+    (UNIX, [("X-Forwarded-Ssl", "on")], "https"),        # unix socket peers are trusted
+    (TRUSTED, [], "http"),
+])
+def test_secure_scheme_headers(peer, headers, scheme):
+    settings = Settings(secure_scheme_headers={"X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"})
+    environ, _ = env(headers=headers, peer=peer, settings=settings)
+    assert environ["wsgi.url_scheme"] == scheme
+
+
+def test_contradictory_scheme_headers():
+    settings = Settings(secure_scheme_headers={"X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"})
+    with pytest.raises(BadRequest):
+        env(headers=[("X-Forwarded-Proto", "https"), ("X-Forwarded-Ssl", "off")], peer=TRUSTED,
+            settings=settings)
+
+
+@pytest.mark.parametrize("version, headers, expect", [
+    ((1, 1), [("Expect", "100-continue")], True),
+    ((1, 1), [("Expect", "100-Continue")], True),
+    ((1, 0), [("Expect", "100-continue")], False),   # RFC 9110 10.1.1: ignored for HTTP/1.0
+    ((1, 1), [], False),
+])
+def test_expect(version, headers, expect):
+    assert env(headers=headers, version=version)[1] is expect
+
+
+def test_unknown_expectation():
+    with pytest.raises(ExpectationFailed):
+        env(headers=[("Expect", "magic")])
+
+
+@pytest.mark.parametrize("peer, host, name, port", [
+    (TCP, "example.com", "127.0.0.1", "8000"),
+    (UNIX, "example.com", "example.com", "80"),
+    (UNIX, "example.com:8080", "example.com", "8080"),
+    (UNIX, None, "", ""),
+])
+def test_server_name_port(peer, host, name, port):
+    headers = [("Host", host)] if host else []
+    environ, _ = env(headers=headers, peer=peer)
+    assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == (name, port)
+    assert ("REMOTE_PORT" in environ) is (peer.remote_port is not None)
+
+
+@pytest.mark.parametrize("script_name, target, path_info", [
+    ("/app", b"/app/x", "/x"),
+    ("/app", b"/app", ""),
+])
+def test_script_name(script_name, target, path_info):
+    environ, _ = env(target, settings=Settings(script_name=script_name))
+    assert environ["SCRIPT_NAME"] == script_name and environ["PATH_INFO"] == path_info
+
+
+def test_path_outside_script_name():
+    with pytest.raises(HTTPError) as info:
+        env(b"/other", settings=Settings(script_name="/app"))
+    assert info.value.status == 500
+
+
+@pytest.mark.parametrize("method, ok", [("GET", True), ("PROPFIND", True), ("get", False),
+                                        ("GE", False), ("G#T", False)])
+def test_method_rules(method, ok):
+    if ok:
+        assert env(method=method)[0]["REQUEST_METHOD"] == method
+    else:
+        with pytest.raises(BadRequest):
+            env(method=method)
+
+
+def test_make_peer():
+    from gunicorn.config import Config
+
+    from gunicorn_aiowsgi.settings import from_cfg
+    settings = from_cfg(Config(), environ={})
+    assert make_peer(settings, ("127.0.0.1", 4000), ("127.0.0.1", 80)).trusted
+    assert not make_peer(settings, ("10.1.1.1", 4000), ("127.0.0.1", 80)).trusted
+    unix = make_peer(settings, "", "/tmp/sock")
+    assert unix.remote_addr == "" and unix.trusted and unix.remote_port is None

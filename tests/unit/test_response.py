@@ -1,0 +1,113 @@
+"""Table-driven cases for the pure response core: start_response, headers, framing, head rendering."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from gunicorn_aiowsgi.errors import AppError
+from gunicorn_aiowsgi.response import (BodyFramer, Framing, Head, Phase, StartResponse, check_headers,
+                                       check_status, framing, render_head)
+
+
+@pytest.mark.parametrize("status, code", [("200 OK", 200), ("404 Not Found", 404), ("599", 599),
+                                          ("200 ", 200), ("201 Caf\xe9", 201)])
+def test_good_status(status, code):
+    assert check_status(status) == code
+
+
+@pytest.mark.parametrize("status", ["20 OK", "2000 OK", "OK", b"200 OK", "200 OK\r\nX: y", "200\tOK", 200])
+def test_bad_status(status):
+    with pytest.raises(AppError):
+        check_status(status)
+
+
+@pytest.mark.parametrize("headers, kept, length, close", [
+    ([("Content-Type", "text/plain")], [("Content-Type", "text/plain")], None, False),
+    ([("Content-Length", "12")], [], 12, False),
+    ([("Connection", "close"), ("X", "1")], [("X", "1")], None, True),
+    ([("Transfer-Encoding", "chunked")], [], None, False),
+    ([("Keep-Alive", "timeout=5"), ("Upgrade", "h2c")], [], None, False),
+    ([("X-Pad", "  v  ")], [("X-Pad", "v")], None, False),
+    ([("Content-Length", "3"), ("Content-Length", "3")], [], 3, False),
+])
+def test_check_headers(headers, kept, length, close):
+    assert check_headers(headers) == (kept, length, close)
+
+
+@pytest.mark.parametrize("headers", [
+    [("X", "a\r\nb")], [("X", "a\nb")], [("X", "a\x00")], [("Bad Name", "v")], [("", "v")],
+    [("X", 1)], [(b"X", "v")], (("X", "v"),), [("X", "v", "w")],
+    [("Content-Length", "-1")], [("Content-Length", "abc")], [("Content-Length", "1"), ("Content-Length", "2")],
+])
+def test_bad_headers(headers):
+    with pytest.raises(AppError):
+        check_headers(headers)
+
+
+@pytest.mark.parametrize("method, code, version, length, mode", [
+    ("GET", 200, (1, 1), None, Framing.CHUNKED),
+    ("GET", 200, (1, 1), 5, Framing.LENGTH),
+    ("GET", 200, (1, 0), None, Framing.CLOSE),
+    ("GET", 200, (1, 0), 5, Framing.LENGTH),
+    ("HEAD", 200, (1, 1), None, Framing.NONE),
+    ("GET", 204, (1, 1), None, Framing.NONE),
+    ("GET", 304, (1, 1), 10, Framing.NONE),
+    ("GET", 101, (1, 1), None, Framing.NONE),
+])
+def test_framing(method, code, version, length, mode):
+    assert framing(method, code, version, length) is mode
+
+
+@pytest.mark.parametrize("mode, length, chunks, wire, sent, overflow, complete", [
+    (Framing.LENGTH, 5, [b"ab", b"cde"], [b"ab", b"cde"], 5, 0, True),
+    (Framing.LENGTH, 5, [b"abcdefg"], [b"abcde"], 5, 2, True),
+    (Framing.LENGTH, 5, [b"ab"], [b"ab"], 2, 0, False),
+    (Framing.LENGTH, 2, [b"ab", b"cd"], [b"ab", b""], 2, 2, True),
+    (Framing.CHUNKED, None, [b"ab", b"", b"c" * 16], [b"2\r\nab\r\n", b"", b"10\r\n" + b"c" * 16 + b"\r\n"],
+     18, 0, True),
+    (Framing.CLOSE, None, [b"ab"], [b"ab"], 2, 0, True),
+    (Framing.NONE, None, [b"ab"], [b""], 0, 0, True),
+])
+def test_body_framer(mode, length, chunks, wire, sent, overflow, complete):
+    framer = BodyFramer(mode, length)
+    assert [framer.frame(c) for c in chunks] == wire
+    tail, done = framer.finish()
+    assert (framer.sent, framer.overflow, done) == (sent, overflow, complete)
+    assert tail == (b"0\r\n\r\n" if mode is Framing.CHUNKED else b"")
+
+
+@pytest.mark.parametrize("head, mode, keep, expect", [
+    (Head("200 OK", 200, [("X", "1")], 3, False), Framing.LENGTH, True,
+     b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d\r\nConnection: keep-alive\r\nX: 1\r\nContent-Length: 3\r\n\r\n"),
+    (Head("200 OK", 200, [], None, False), Framing.CHUNKED, False,
+     b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    (Head("204 No Content", 204, [], 0, False), Framing.NONE, True,
+     b"HTTP/1.1 204 No Content\r\nServer: s\r\nDate: d\r\nConnection: keep-alive\r\n\r\n"),
+    (Head("200 Caf\xe9", 200, [("X-L", "\xe9")], None, False), Framing.NONE, True,
+     b"HTTP/1.1 200 Caf\xe9\r\nServer: s\r\nDate: d\r\nConnection: keep-alive\r\nX-L: \xe9\r\n\r\n"),
+])
+def test_render_head(head, mode, keep, expect):
+    assert render_head((1, 1), head, mode, keep, "s", "d") == expect
+
+
+def test_start_response_states():
+    writes = []
+    start = StartResponse("GET", writes.append)
+    assert start.phase is Phase.NOT_STARTED
+    write = start("200 OK", [("A", "1")])
+    assert write == writes.append and start.phase is Phase.STARTED
+    with pytest.raises(AppError):
+        start("200 OK", [])  # a second call without exc_info
+    try:
+        raise ValueError("x")
+    except ValueError:
+        start("500 Oops", [("B", "2")], sys.exc_info())  # replaces, headers not sent yet
+    assert start.head is not None and start.head.status == "500 Oops"
+    start.phase = Phase.SENT
+    try:
+        raise KeyError("late")
+    except KeyError:
+        with pytest.raises(KeyError):
+            start("500 Oops", [], sys.exc_info())  # too late: re-raised (PEP 3333)
