@@ -7,7 +7,7 @@ import collections
 import logging
 import queue
 import threading
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ClientDisconnected
 
@@ -23,34 +23,54 @@ ABORT = 6   # (ABORT,): the app failed after the head went out; close the connec
 
 
 class ThreadPool:
-    """`size` daemon threads running jobs from one SimpleQueue.
+    """`size` daemon threads running jobs (objects with a `run()` method) from one SimpleQueue.
 
     Daemon threads, so an app thread stuck in a request never keeps the process alive after
-    the worker decides to exit (gthread's pool does, and QUIT then waits for it).
+    the worker decides to exit (gthread's pool does, and QUIT then waits for it). `current`
+    maps each busy thread to its job, for stack dumps and the busy-threads gauge.
     """
 
     def __init__(self, size: int, name: str = "aiowsgi") -> None:
         self.size = size
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.current: dict[int, Any] = {}
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(size)]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._jobs.put((fn, args))
+    def submit(self, job: Any) -> None:
+        self._jobs.put(job)
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a free thread (count)."""
+        return self._jobs.qsize()
+
+    @property
+    def busy(self) -> int:
+        """Threads running a job now (count)."""
+        return len(self.current)
 
     def _work(self) -> None:
+        ident = threading.get_ident()
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            fn, args = job
+            # One key per thread, written only by that thread: safe under the GIL.
+            self.current[ident] = job
             try:
-                fn(*args)
+                job.run()
             except BaseException:  # a job must never kill its thread
                 log.exception("Unhandled error in an app thread")
-            del job, fn, args
+            finally:
+                self.current.pop(ident, None)
+            del job
+
+    def jobs(self) -> list[tuple[int, Any]]:
+        """A snapshot of (thread ident, job) for every busy thread."""
+        return list(self.current.items())
 
     @property
     def threads(self) -> list[threading.Thread]:

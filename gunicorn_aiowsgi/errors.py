@@ -76,6 +76,12 @@ class AppError(HTTPError):
     status = 500
 
 
+class GatewayTimeout(HTTPError):
+    """AIOWSGI_REQUEST_TIMEOUT passed before the app started its response."""
+
+    status = 504
+
+
 class InsufficientStorage(HTTPError):
     """RFC 4918 section 11.5: the request body could not be spooled to disk."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import inspect
+import os
 import time
 from email.utils import formatdate
 from typing import Any, Callable
@@ -17,7 +18,8 @@ from .body import BodySpool
 from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, ThreadPool
 from .connection import CLOSE, KEEP, Connection, ConnState, Reply, error_reply
 from .environ import Peer, base_environ, build_environ, proxied_peer
-from .errors import HTTPError, PayloadTooLarge
+from .diagnostics import Monitor, describe, thread_stack
+from .errors import GatewayTimeout, HTTPError, PayloadTooLarge
 from .records import RequestRecord
 from .response import Framing, Head, render_head
 from .settings import Settings
@@ -90,6 +92,7 @@ class Server(web_server.Server):
         self.draining = False
         self.in_app = 0                      # requests handed to threads, not finished (count)
         self.on_close: Callable[[], None] = lambda: None
+        self.monitor = Monitor(pool, self, log, os.getpid())
         self._date = (0, "")
 
     def __call__(self) -> Connection:
@@ -147,6 +150,8 @@ class Server(web_server.Server):
     async def serve(self, ex: Exchange, conn: Connection) -> Reply:
         msg = ex.message
         started = time.time()
+        if self.settings.health_path and msg.path.partition("?")[0] == self.settings.health_path:
+            return self.health(msg)
         environ, expect = build_environ(self.base, self.settings, conn.peer, msg.method,
                                         msg.path.encode("utf-8", "surrogateescape"),
                                         msg.version, msg.raw_headers)
@@ -154,13 +159,18 @@ class Server(web_server.Server):
         if refused is not None:
             return refused
         conn.body_read = True
+        limit = self.settings.effective_queue_limit
+        if limit and self.pool.queued >= limit:
+            environ["wsgi.input"].close()
+            self.monitor.overloaded(self.pool.queued, limit)
+            return self.plain(msg, 503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
         channel = Channel(self.loop, self.settings.write_buffer)
         req = RequestRecord(environ, tuple(msg.version), msg.raw_headers, conn.peer, conn.requests + 1)
         call = AppCall(self.wsgi, environ, channel, tuple(msg.version), req, self, started)
         self.in_app += 1
         try:
-            self.pool.submit(call.run)
-            return await self.relay(ex, channel, msg)
+            self.pool.submit(call)
+            return await self.relay(ex, channel, msg, call)
         finally:
             self.in_app -= 1
 
@@ -229,13 +239,23 @@ class Server(web_server.Server):
         return (not msg.should_close and self.settings.keepalive > 0 and not self.draining
                 and not head.close and mode is not Framing.CLOSE)
 
-    async def relay(self, ex: Exchange, channel: Channel, msg: Any) -> Reply:
+    async def relay(self, ex: Exchange, channel: Channel, msg: Any, call: AppCall) -> Reply:
         """Write what the app thread produces, in order, releasing credit as the socket drains."""
         writer = ex.writer
         keep = False
+        started = False
+        timeout = self.settings.request_timeout
         try:
             while True:
-                for item in await channel.get():
+                if timeout and not started:
+                    try:
+                        batch = await asyncio.wait_for(channel.get(), timeout)
+                    except asyncio.TimeoutError:
+                        return await self.timed_out(ex, call, timeout)
+                    started = True
+                else:
+                    batch = await channel.get()
+                for item in batch:
                     kind = item[0]
                     if kind == HEAD:
                         keep = self.keep_alive(msg, item[1], item[2])
@@ -264,6 +284,38 @@ class Server(web_server.Server):
             return CLOSE
         finally:
             channel.close()
+
+    async def timed_out(self, ex: Exchange, call: AppCall, timeout: float) -> Reply:
+        """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
+
+        The thread cannot be killed; the channel closes behind us, so whatever it produces
+        later is discarded.
+        """
+        self.monitor.count("request_timeouts")
+        stack = next((thread_stack(ident) for ident, job in self.pool.jobs() if job is call),
+                     "  (still queued: no thread took it)\n")
+        self.log.error("Request timed out after %ss: %s; its app thread is at:\n%s",
+                       timeout, describe(call, time.time()), stack)
+        await ex.writer.write(error_reply(GatewayTimeout()).payload)
+        return CLOSE
+
+    # -- answered on the loop ------------------------------------------------------------
+    def plain(self, msg: Any, code: int, reason: str, body: bytes,
+              headers: list[tuple[str, str]] = (), keep: bool = True) -> Reply:  # type: ignore[assignment]
+        """A small text response written by the loop itself (health checks, overload 503s)."""
+        head = Head(f"{code} {reason}", code, [("Content-Type", "text/plain"), *headers], len(body), False)
+        keep = keep and self.keep_alive(msg, head, Framing.LENGTH)
+        data = render_head(msg.version, head, Framing.LENGTH, keep, SERVER_HEADER, self.http_date())
+        return Reply(keep, data + (b"" if msg.method == "HEAD" else body))
+
+    def health(self, msg: Any) -> Reply:
+        """200 while serving; 503 once draining (so balancers stop routing first) or, if asked, when full."""
+        limit = self.settings.effective_queue_limit
+        if self.draining:
+            return self.plain(msg, 503, "Service Unavailable", b"draining\n")
+        if self.settings.health_queue_full and limit and self.pool.queued >= limit:
+            return self.plain(msg, 503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
+        return self.plain(msg, 200, "OK", b"ok\n")
 
     async def sendfile(self, ex: Exchange, file: Any, offset: int, count: int) -> None:
         transport = ex.protocol.transport

@@ -69,7 +69,7 @@ class Settings:
     body_timeout: float = 60.0             # longest pause between request body reads (seconds)
     write_buffer: int = 256 * KIB          # response bytes queued before the app thread waits (bytes)
     small_response: int = 64 * KIB         # a body collected in one thread hop up to (bytes)
-    queue_limit: int = -1                  # requests waiting for a thread (count); -1 = 16 x threads, 0 = no limit
+    queue_limit: int = -1                  # requests waiting for a thread (count); -1 = max(64, 16 x threads), 0 = no limit
     health_path: str = ""                  # answered on the loop, 200/503 (path); "" = off
     health_queue_full: bool = False        # health path says 503 while the queue is full (flag)
     request_timeout: float = 0.0           # app time before a 504 (seconds); 0 = off
@@ -78,7 +78,9 @@ class Settings:
     def effective_queue_limit(self) -> int:
         """The queue bound in force: 0 means unbounded."""
         if self.queue_limit < 0:
-            return 16 * self.threads
+            # Generous enough never to bite a healthy app; small enough that a stuck pool
+            # answers fast 503s instead of queueing every connection's request.
+            return max(64, 16 * self.threads)
         return self.queue_limit
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from gunicorn.http.wsgi import WSGIErrorsWrapper
 from gunicorn.workers import base
 
+from . import diagnostics
 from . import settings as settings_mod
 from .bridge import ThreadPool
 from .listener import Listener
@@ -67,7 +68,10 @@ class Worker(base.Worker):
         add(signal.SIGQUIT, self.on_quit)
         add(signal.SIGINT, self.on_quit)
         add(signal.SIGUSR1, self.log.reopen_files)
-        add(signal.SIGABRT, self.on_abort)
+        add(signal.SIGURG, self.on_dump)
+        # ABRT is what the master sends a worker that missed its heartbeat, which may mean the
+        # loop is blocked: a plain handler still runs between bytecodes of the main thread.
+        signal.signal(signal.SIGABRT, lambda _sig, _frame: self.on_abort())
         add(signal.SIGWINCH, lambda: self.log.debug("worker: SIGWINCH ignored."))
 
     def on_term(self) -> None:
@@ -84,10 +88,21 @@ class Worker(base.Worker):
         self._poke()
 
     def on_abort(self) -> None:
-        """The master timed us out: worker_abort, then exit at once."""
+        """The master timed us out: say what every app thread was doing, worker_abort, exit."""
         self.alive = False
+        self.dump_stacks("Worker timed out (SIGABRT)")
         self.cfg.worker_abort(self)
         sys.exit(1)
+
+    def on_dump(self) -> None:
+        """`kill -URG <worker pid>`: log every app thread's stack and request, keep serving."""
+        self.dump_stacks("Stack dump requested (SIGURG)")
+
+    def dump_stacks(self, why: str) -> int:
+        """Also callable from hooks: `worker.dump_stacks("why")` in worker_abort, say."""
+        if self.pool is None:
+            return 0
+        return diagnostics.dump_stacks(self.pool, self.log, why)
 
     def drain(self, why: str) -> None:
         if self.phase is not Phase.SERVING:
@@ -167,6 +182,7 @@ class Worker(base.Worker):
         period = min(HEARTBEAT, max(0.05, self.timeout / 2))
         while self.phase is Phase.SERVING:
             self.notify()
+            self.server.monitor.tick(self.loop.time())  # type: ignore[union-attr]
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 self.drain("master is gone")

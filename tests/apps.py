@@ -243,6 +243,13 @@ def status(environ, start_response):
     return iter([b"body"]) if code != "204" else iter([])
 
 
+def slow(environ, start_response):
+    """Sleeps ?s= seconds before answering: a stuck or slow request."""
+    time.sleep(float(_query(environ).get("s", "1")))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+    return [b"slow"]
+
+
 def router(environ, start_response):
     """One app with every fixture under its path, so one master serves a whole module."""
     name = environ["PATH_INFO"].strip("/").split("/")[0] or "hello"
@@ -254,7 +261,7 @@ def router(environ, start_response):
 
 ROUTES = {"hello": hello, "environ": environ_json, "body": body_read, "stream": stream,
           "big": big, "tracked": tracked, "framing": framing, "bad_header": bad_header,
-          "fail": fail, "writer": writer, "files": files, "status": status}
+          "fail": fail, "writer": writer, "files": files, "status": status, "slow": slow}
 
 # The same, inside wsgiref's validator: any PEP 3333 slip by the server fails the request.
 validated = validator(router)

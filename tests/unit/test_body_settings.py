@@ -70,7 +70,7 @@ def test_from_cfg_defaults():
     assert s.secure_scheme_headers == {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https",
                                        "X-FORWARDED-SSL": "on"}
     assert s.max_body_size == 0 and s.body_memory_limit == settings_mod.MIB
-    assert s.effective_queue_limit == 16
+    assert s.effective_queue_limit == 64
 
 
 @pytest.mark.parametrize("name, raw, field, value", [

@@ -1,0 +1,174 @@
+"""Operating it: overload 503s, the health path, request timeouts, stack dumps, statsd pool metrics."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from server import Conn, Gunicorn, request
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def get(srv, path, timeout=20):
+    with Conn.to(srv, timeout=timeout) as conn:
+        conn.send(f"GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+        return conn.response()
+
+
+def test_overload_gives_fast_503_and_nothing_hangs():
+    env = {"AIOWSGI_QUEUE_LIMIT": "2"}
+    with Gunicorn("apps:router", "--threads", "1", env=env) as srv:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            started = time.monotonic()
+            futures = [pool.submit(lambda: (get(srv, "/slow?s=0.5"), time.monotonic() - started))
+                       for _ in range(12)]
+            results = [f.result(timeout=30) for f in futures]
+        statuses = sorted(r[0][0] for r in results)
+        assert statuses.count(200) >= 3            # one running plus the queue's two
+        assert statuses.count(503) >= 6            # the rest refused, not queued
+        assert set(statuses) <= {200, 503}         # everyone got an answer
+        for (status, headers, body), elapsed in results:
+            if status == 503:
+                assert headers["retry-after"] == "1" and body == b"overloaded\n"
+                assert elapsed < 0.5                # at once, not after waiting for a thread
+        log = srv.wait_log("Overloaded:")
+        assert len(re.findall("Overloaded:", log)) <= 2  # at most once per second
+
+
+def test_queue_depth_warning():
+    with Gunicorn("apps:router", "--threads", "1", env={"AIOWSGI_QUEUE_LIMIT": "0"}) as srv:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(get, srv, "/slow?s=1.5") for _ in range(4)]
+            srv.wait_log("Task queue depth is", timeout=10)
+            assert all(f.result(timeout=30)[0] == 200 for f in futures)
+
+
+def test_health_path_answered_on_the_loop_while_pool_is_busy():
+    with Gunicorn("apps:router", "--threads", "1", env={"AIOWSGI_HEALTH_PATH": "/healthz"}) as srv:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            busy = pool.submit(get, srv, "/slow?s=3")
+            srv.wait_log("aiowsgi: serving")
+            time.sleep(0.2)  # let the slow request take the only thread
+            started = time.monotonic()
+            status, headers, body = get(srv, "/healthz")
+            assert (status, body) == (200, b"ok\n")
+            assert time.monotonic() - started < 2.0  # not queued behind the 3 s request
+            assert busy.result(timeout=10)[0] == 200
+        # Other paths are untouched: they reach the app.
+        assert get(srv, "/hello")[2] == b"Hello, world!\n"
+        assert get(srv, "/healthz/other")[0] == 200 and b"PATH_INFO" in get(srv, "/healthz/other")[2]
+
+
+def test_health_path_says_503_once_draining():
+    with Gunicorn("apps:router", "--threads", "2", env={"AIOWSGI_HEALTH_PATH": "/healthz"}) as srv:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool, Conn.to(srv, timeout=20) as probe:
+            busy = pool.submit(get, srv, "/slow?s=2")  # keeps the worker draining for a while
+            probe.send(b"GET /healthz HTTP/1.1\r\nHost: h\r\n")  # a probe mid-request
+            srv.wait_log("aiowsgi: serving")
+            time.sleep(0.3)
+            srv.signal(signal.SIGTERM)
+            srv.wait_log("Worker draining")
+            probe.send(b"\r\n")
+            status, headers, body = probe.response()
+            assert (status, body) == (503, b"draining\n")
+            assert headers["connection"] == "close"
+            first = busy.result(timeout=10)
+            assert first[0] == 200 and first[1]["connection"] == "close"
+        assert srv.wait(20) == 0
+
+
+def test_health_path_503_when_queue_full():
+    env = {"AIOWSGI_HEALTH_PATH": "/healthz", "AIOWSGI_HEALTH_QUEUE_FULL": "1", "AIOWSGI_QUEUE_LIMIT": "1"}
+    with Gunicorn("apps:router", "--threads", "1", env=env) as srv:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(get, srv, "/slow?s=2") for _ in range(2)]
+            deadline = time.monotonic() + 5
+            status = None
+            while time.monotonic() < deadline:
+                status = get(srv, "/healthz")[0]
+                if status == 503:
+                    break
+                time.sleep(0.05)
+            assert status == 503
+            assert all(f.result(timeout=20)[0] == 200 for f in futures)
+        assert get(srv, "/healthz")[0] == 200
+
+
+def test_request_timeout_gives_504_logs_stack_and_keeps_serving():
+    env = {"AIOWSGI_REQUEST_TIMEOUT": "1"}
+    with Gunicorn("apps:router", "--threads", "2", env=env) as srv:
+        started = time.monotonic()
+        status, headers, body = get(srv, "/slow?s=4")
+        assert status == 504 and headers["connection"] == "close"
+        assert time.monotonic() - started < 3.5
+        log = srv.wait_log("Request timed out after 1.0s: GET /slow?s=4")
+        assert "in slow" in log and "time.sleep" in log  # the thread's stack, at the app's frame
+        assert get(srv, "/hello")[0] == 200
+        assert get(srv, "/slow?s=0.1")[0] == 200  # fast requests are untouched
+
+
+def test_stack_dump_on_sigurg():
+    with Gunicorn("apps:router", "--threads", "2") as srv:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(get, srv, "/slow?s=2")
+            time.sleep(0.3)
+            import os
+            os.kill(srv.worker_pid(), signal.SIGURG)
+            log = srv.wait_log("Stack dump requested (SIGURG): 1 of 2 app threads busy")
+            srv.wait_log(re.compile(r"App thread \d+ serving GET /slow\?s=2 \(\d+\.\ds\):"))
+            assert busy.result(timeout=10)[0] == 200
+        assert "time.sleep" in srv.log()
+        del log
+
+
+def test_stack_dump_on_abort_then_master_replaces_worker():
+    with Gunicorn("apps:router", "--threads", "1") as srv:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: _swallow(get, srv, "/slow?s=3"))
+            time.sleep(0.3)
+            old = srv.worker_pid()
+            import os
+            os.kill(old, signal.SIGABRT)
+            srv.wait_log("Worker timed out (SIGABRT): 1 of 1 app threads busy")
+            srv.wait_log("serving GET /slow?s=3")
+            srv.wait_workers(1, exclude=(old,))
+
+
+def _swallow(fn, *args):
+    try:
+        return fn(*args)
+    except (ConnectionError, socket.timeout, OSError):
+        return None
+
+
+def test_pool_metrics_reach_statsd():
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(10)
+    port = udp.getsockname()[1]
+    env = {"AIOWSGI_QUEUE_LIMIT": "1", "AIOWSGI_REQUEST_TIMEOUT": "1"}
+    try:
+        with Gunicorn("apps:router", "--threads", "1", "--statsd-host", f"127.0.0.1:{port}", env=env) as srv:
+            pid = srv.worker_pid()
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                futures = [pool.submit(_swallow, get, srv, "/slow?s=1.5") for _ in range(4)]
+                [f.result(timeout=30) for f in futures]
+            seen: set[str] = set()
+            deadline = time.monotonic() + 10
+            wanted = {f"aiowsgi.{pid}.busy_threads", f"aiowsgi.{pid}.queued_requests",
+                      f"aiowsgi.{pid}.connections", f"aiowsgi.{pid}.overload_503",
+                      f"aiowsgi.{pid}.request_timeouts",
+                      "gunicorn.requests"}  # gunicorn's own request metrics still flow
+            while not wanted <= seen and time.monotonic() < deadline:
+                data = udp.recv(65536).decode()
+                for line in data.splitlines():
+                    seen.add(line.split(":")[0])
+            assert wanted <= seen, seen
+    finally:
+        udp.close()
