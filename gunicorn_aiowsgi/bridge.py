@@ -84,70 +84,120 @@ class ThreadPool:
             thread.join(timeout)
 
 
+class Inbox:
+    """Wakes the loop for channels with news: one call_soon_threadsafe (a self-pipe write) per
+    batch of ready channels, not per chunk or per request. Lock-free under the GIL: a thread
+    appends, then posts a wake only if none is pending; the loop clears the flag before it
+    drains, so an append it misses always brings a new wake.
+    """
+
+    __slots__ = ("_loop", "_ready", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ready: collections.deque[Channel] = collections.deque()
+        self._pending = False
+
+    def post(self, channel: "Channel") -> None:
+        self._ready.append(channel)
+        if not self._pending:
+            self._pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: the worker is exiting
+                raise ClientDisconnected() from None
+
+    def _drain(self) -> None:
+        self._pending = False
+        ready = self._ready
+        while ready:
+            ready.popleft()._wake()
+
+
 class Channel:
     """Carries one response from an app thread to the loop, with credit-based backpressure.
 
-    The app thread may have at most `limit` bytes in flight (queued here or not yet drained by
-    the transport); past that it waits, so a fast generator to a slow reader holds a bounded
-    buffer and the thread, not the loop, does the waiting. Items put while the loop has not
-    yet woken up ride on the same wake-up: one call_soon_threadsafe per batch, not per chunk.
+    The app thread may have at most `limit` bytes in flight (produced but not yet taken by the
+    transport); past that it waits, so a fast generator to a slow reader holds a bounded
+    buffer and the thread, not the loop, does the waiting. Counters have one writer each
+    (`_produced`: the thread, `_consumed`: the loop); the thread only takes a lock and a gate
+    when it must actually wait.
     """
 
-    __slots__ = ("_loop", "_limit", "_cond", "_items", "_inflight", "_closed",
-                 "_wake_pending", "_waiter")
+    __slots__ = ("_inbox", "_loop", "_limit", "_items", "_produced", "_consumed", "_closed",
+                 "_wake_pending", "_waiter", "_gate", "_room", "_mutex")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+    def __init__(self, inbox: Inbox, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self._inbox = inbox
         self._loop = loop
         self._limit = limit
-        self._cond = threading.Condition(threading.Lock())
         self._items: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._inflight = 0
+        self._produced = 0        # bytes put by the app thread (written by the thread only)
+        self._consumed = 0        # bytes released by the loop (written by the loop only)
         self._closed = False
         self._wake_pending = False
         self._waiter: asyncio.Future[None] | None = None
+        self._gate: Any = None    # a held lock the waiting thread blocks on; the loop releases it
+        self._room = 0            # the in-flight bytes the waiting thread needs to fall below
+        self._mutex = threading.Lock()
 
     # -- app thread side -------------------------------------------------------------------
     def put(self, item: tuple[Any, ...], size: int, wait: bool = True) -> None:
         """Queue an item for the loop; raises ClientDisconnected once the loop closed the channel."""
-        with self._cond:
-            while wait and self._inflight >= self._limit and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                raise ClientDisconnected()
-            self._inflight += size
-            self._items.append(item)
-            wake = not self._wake_pending
+        while wait and not self._closed and self._produced - self._consumed >= self._limit:
+            self._wait_below(self._limit)
+        if self._closed:
+            raise ClientDisconnected()
+        self._produced += size
+        self._items.append(item)
+        if not self._wake_pending:
             self._wake_pending = True
-        if wake:
-            try:
-                self._loop.call_soon_threadsafe(self._wake)
-            except RuntimeError:  # the loop is closed: the worker is exiting
-                raise ClientDisconnected() from None
+            self._inbox.post(self)
 
     def flush(self) -> None:
         """Wait until the loop has written everything put so far (or the channel closed)."""
-        with self._cond:
-            while self._inflight and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                raise ClientDisconnected()
+        while not self._closed and self._produced - self._consumed > 0:
+            self._wait_below(1)
+        if self._closed:
+            raise ClientDisconnected()
+
+    def _wait_below(self, room: int) -> None:
+        gate = threading.Lock()
+        gate.acquire()
+        with self._mutex:
+            # Set the gate, then look again: either we see the loop's progress here, or the
+            # loop (which updates its counter before looking for a gate) sees our gate.
+            self._gate, self._room = gate, room
+            if self._closed or self._produced - self._consumed < room:
+                self._gate = None
+                return
+        gate.acquire()
 
     # -- loop side -------------------------------------------------------------------------
+    def _open_gate(self) -> None:
+        if self._gate is None:
+            return
+        with self._mutex:
+            gate = self._gate
+            if gate is not None and (self._closed or self._produced - self._consumed < self._room):
+                self._gate = None
+                gate.release()
+
     def _wake(self) -> None:
-        with self._cond:
-            self._wake_pending = False
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     async def get(self) -> list[tuple[Any, ...]]:
         """Everything queued so far, waiting for at least one item."""
+        items = self._items
         while True:
-            with self._cond:
-                if self._items:
-                    batch = list(self._items)
-                    self._items.clear()
-                    return batch
+            self._wake_pending = False
+            if items:
+                batch = list(items)
+                for _ in batch:
+                    items.popleft()
+                return batch
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
@@ -156,19 +206,21 @@ class Channel:
 
     def release(self, size: int) -> None:
         """`size` bytes left the loop's hands; let the app thread produce more."""
-        with self._cond:
-            self._inflight -= size
-            self._cond.notify()
+        self._consumed += size
+        self._open_gate()
 
     def close(self) -> None:
         """The client is gone (or the worker is exiting): the app thread's next put raises."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        self._open_gate()
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def inflight(self) -> int:
+        return self._produced - self._consumed
 
 
 def loop_thread_only(loop: asyncio.AbstractEventLoop) -> bool:

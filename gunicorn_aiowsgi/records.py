@@ -8,24 +8,35 @@ from typing import Any
 class RequestRecord:
     """What gunicorn's http.Request carries and hooks commonly read (pre_request, post_request)."""
 
-    __slots__ = ("method", "uri", "path", "query", "fragment", "version", "headers", "scheme",
-                 "peer_addr", "remote_addr", "body", "trailers", "req_number")
+    __slots__ = ("method", "uri", "path", "query", "fragment", "version", "_raw", "_headers",
+                 "scheme", "peer_addr", "remote_addr", "body", "trailers", "req_number")
 
     def __init__(self, environ: dict[str, Any], version: tuple[int, int],
-                 headers: list[tuple[str, str]], peer_addr: Any, req_number: int) -> None:
+                 raw_headers: Any, peer_addr: Any, req_number: int) -> None:
         self.method: str = environ["REQUEST_METHOD"]
         self.uri: str = environ["RAW_URI"]
         self.path: str = self.uri.partition("?")[0].partition("#")[0]
         self.query: str = environ["QUERY_STRING"]
         self.fragment: str = self.uri.partition("#")[2]
         self.version = version                  # (1, 1)
-        self.headers = headers                  # [("HOST", "example.com"), ...], names upper-case
+        self._raw = raw_headers                 # aiohttp's ((b"Host", b"example.com"), ...)
+        self._headers: list[tuple[str, str]] | None = None
         self.scheme: str = environ["wsgi.url_scheme"]
-        self.peer_addr = peer_addr
-        self.remote_addr = peer_addr
+        # gunicorn's is accept()'s address, ("127.0.0.1", 51234); hooks index it.
+        port = getattr(peer_addr, "remote_port", None)
+        self.peer_addr = ((peer_addr.remote_addr, int(port)) if port is not None
+                          else getattr(peer_addr, "remote_addr", peer_addr))
+        self.remote_addr = self.peer_addr
         self.body = environ.get("wsgi.input")
         self.trailers: list[tuple[str, str]] = []
         self.req_number = req_number            # requests so far on this connection
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """[("HOST", "example.com"), ...] as gunicorn's; built only if a hook or log reads it."""
+        if self._headers is None:
+            self._headers = request_headers(self._raw)
+        return self._headers
 
     def should_close(self) -> bool:
         for name, value in self.headers:

@@ -15,17 +15,21 @@ from aiohttp.web_protocol import RequestHandler
 
 from .application import AppCall, FileWrapper
 from .body import BodySpool
-from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, ThreadPool
+from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, Inbox, ThreadPool
 from .connection import CLOSE, KEEP, Connection, ConnState, Reply, error_reply
 from .environ import Peer, base_environ, build_environ, proxied_peer
 from .diagnostics import Monitor, describe, thread_stack
-from .errors import GatewayTimeout, HTTPError, PayloadTooLarge
+from .errors import BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge
+from .listener import unread_bytes
 from .records import RequestRecord
 from .response import Framing, Head, render_head
 from .settings import Settings
 
 SERVER_HEADER = "gunicorn"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A connection accepted less than this long ago (seconds) is not closed as idle when draining:
+# its client has just connected, and its first request is on the way.
+FRESH_GRACE = 1.0
 
 
 class BodyTimeout(asyncio.TimeoutError):
@@ -66,7 +70,9 @@ def handler_options(settings: Settings) -> dict[str, Any]:
         "lingering_time": 2.0,
         "auto_decompress": False,
         "max_line_size": 8190 if line <= 0 or line > 8190 else line,
-        "max_field_size": settings.limit_request_field_size or 8190,
+        # gunicorn counts a whole field line, "Name: value\r\n"; aiohttp counts name + value.
+        "max_field_size": max(1, (settings.limit_request_field_size
+                                  if settings.limit_request_field_size > 0 else 8190) - 4),
         "max_headers": 32768 if fields <= 0 or fields > 32768 else fields,
     }
     accepted = inspect.signature(RequestHandler.__init__).parameters
@@ -88,6 +94,7 @@ class Server(web_server.Server):
         self.base = base_environ(settings, errors, FileWrapper)
         self.can_sendfile = (settings.sendfile and not settings.is_ssl
                              and isinstance(loop, asyncio.BaseEventLoop))
+        self.inbox = Inbox(loop)
         self.conns: set[Connection] = set()
         self.draining = False
         self.in_app = 0                      # requests handed to threads, not finished (count)
@@ -108,10 +115,18 @@ class Server(web_server.Server):
             self.on_close()
 
     def close_idle(self) -> None:
-        """Graceful shutdown: idle keep-alive connections go at once; busy ones finish first."""
+        """Graceful shutdown: idle keep-alive connections go at once; busy ones finish first.
+
+        Spared (answered with Connection: close instead): one whose next request is already in
+        the socket, and a new one that has had no chance yet to send its first request.
+        """
+        now = self.loop.time()
         for conn in list(self.conns):
-            if conn.state in (ConnState.IDLE, ConnState.PREAMBLE):
-                conn.force_close()
+            if conn.state not in (ConnState.IDLE, ConnState.PREAMBLE):
+                continue
+            if unread_bytes(conn.transport) or (not conn.requests and now - conn.since < FRESH_GRACE):
+                continue
+            conn.force_close()
 
     def close_all(self) -> None:
         for conn in list(self.conns):
@@ -136,13 +151,14 @@ class Server(web_server.Server):
     async def handle(self, ex: Exchange) -> Reply:
         conn: Connection = ex.protocol
         conn.enter(ConnState.BUSY)
+        # Counted before it is answered: the request reaching max_requests gets Connection: close.
+        self.worker.request_started()
         try:
             reply = await self.serve(ex, conn)
         except HTTPError as error:
             self.log_client_error(conn.peer, error)
             reply = error_reply(error)
         conn.requests += 1
-        self.worker.request_done()
         if reply.keep_alive:
             conn.enter(ConnState.IDLE)
         return reply
@@ -164,7 +180,7 @@ class Server(web_server.Server):
             environ["wsgi.input"].close()
             self.monitor.overloaded(self.pool.queued, limit)
             return self.plain(msg, 503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
-        channel = Channel(self.loop, self.settings.write_buffer)
+        channel = Channel(self.inbox, self.loop, self.settings.write_buffer)
         req = RequestRecord(environ, tuple(msg.version), msg.raw_headers, conn.peer, conn.requests + 1)
         call = AppCall(self.wsgi, environ, channel, tuple(msg.version), req, self, started)
         self.in_app += 1
@@ -198,10 +214,10 @@ class Server(web_server.Server):
             spool.close()
             self.log.debug("Request body not received in full: %r", exc)
             return CLOSE
-        except Exception as exc:  # aiohttp's payload errors: bad chunking, short body
+        except Exception as exc:  # aiohttp's payload errors: bad chunking, bad trailers
             spool.close()
-            self.log.warning("Invalid request body from ip=%s: %s", ex.protocol.peer.remote_addr, exc)
-            return CLOSE
+            # Answered like a bad head (gunicorn: 400 for InvalidChunkSize and the like).
+            raise BadRequest(f"Invalid request body: {exc}") from exc
         if msg.chunked:  # a de-chunked body gets its length (gunicorn leaves it unset)
             environ["CONTENT_LENGTH"] = str(spool.size)
         return None

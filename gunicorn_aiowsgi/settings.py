@@ -25,7 +25,6 @@ ENV_SETTINGS: dict[str, tuple[str, str, Any]] = {
     "AIOWSGI_HEADER_TIMEOUT": ("header_timeout", "seconds", 30.0),
     "AIOWSGI_BODY_TIMEOUT": ("body_timeout", "seconds", 60.0),
     "AIOWSGI_WRITE_BUFFER": ("write_buffer", "bytes", 256 * KIB),
-    "AIOWSGI_SMALL_RESPONSE": ("small_response", "bytes", 64 * KIB),
     "AIOWSGI_QUEUE_LIMIT": ("queue_limit", "count", -1),
     "AIOWSGI_HEALTH_PATH": ("health_path", "path", ""),
     "AIOWSGI_HEALTH_QUEUE_FULL": ("health_queue_full", "bool", False),
@@ -68,7 +67,6 @@ class Settings:
     header_timeout: float = 30.0           # time to receive a complete request head (seconds)
     body_timeout: float = 60.0             # longest pause between request body reads (seconds)
     write_buffer: int = 256 * KIB          # response bytes queued before the app thread waits (bytes)
-    small_response: int = 64 * KIB         # a body collected in one thread hop up to (bytes)
     queue_limit: int = -1                  # requests waiting for a thread (count); -1 = max(64, 16 x threads), 0 = no limit
     health_path: str = ""                  # answered on the loop, 200/503 (path); "" = off
     health_queue_full: bool = False        # health path says 503 while the queue is full (flag)

@@ -17,6 +17,10 @@ ROOT = TESTS.parent
 LISTEN_RE = re.compile(r"Listening at: (\S+) \((\d+)\)")
 BOOT_RE = re.compile(r"Booting worker with pid: (\d+)")
 READY_MARK = "aiowsgi: serving"
+# gunicorn 25.1+ opens a control socket in $HOME; tests turn it off where the flag exists.
+NO_CONTROL_SOCKET = (["--no-control-socket"]
+                     if "control_socket_disable" in __import__("gunicorn.config").config.Config().settings
+                     else [])
 
 
 def _read(path: Path) -> str:
@@ -39,7 +43,7 @@ class Gunicorn:
         self.stdout = self.dir / "stdout.log"
         cmd = [sys.executable, "-m", "gunicorn", "-k", worker_class, "--workers", str(workers),
                "--error-logfile", str(self.error_log), "--log-level", loglevel,
-               "--chdir", str(TESTS), "--graceful-timeout", "10", "--no-control-socket"]
+               "--chdir", str(TESTS), "--graceful-timeout", "10", *NO_CONTROL_SOCKET]
         if bind:
             cmd += ["--bind", bind]
         if access_log:

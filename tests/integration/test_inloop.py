@@ -84,11 +84,11 @@ def test_app_threads_never_write_to_a_transport(monkeypatch):
 
 def test_channel_backpressure_bounds_inflight():
     """A producer thread far faster than the consumer waits on credit instead of queueing."""
-    from gunicorn_aiowsgi.bridge import DATA, END, Channel
+    from gunicorn_aiowsgi.bridge import DATA, END, Channel, Inbox
 
     async def run() -> int:
         loop = asyncio.get_running_loop()
-        channel = Channel(loop, limit=64 * 1024)
+        channel = Channel(Inbox(loop), loop, limit=64 * 1024)
         peak = 0
 
         def produce() -> None:
@@ -101,7 +101,7 @@ def test_channel_backpressure_bounds_inflight():
         done = False
         while not done:
             batch = await channel.get()
-            peak = max(peak, channel._inflight)
+            peak = max(peak, channel.inflight)
             for item in batch:
                 if item[0] == END:
                     done = True
@@ -116,11 +116,12 @@ def test_channel_backpressure_bounds_inflight():
 
 
 def test_closed_channel_stops_the_producer():
-    from gunicorn_aiowsgi.bridge import DATA, Channel
+    from gunicorn_aiowsgi.bridge import DATA, Channel, Inbox
     from gunicorn_aiowsgi.errors import ClientDisconnected
 
     async def run() -> list[str]:
-        channel = Channel(asyncio.get_running_loop(), limit=1024)
+        loop = asyncio.get_running_loop()
+        channel = Channel(Inbox(loop), loop, limit=1024)
         outcome: list[str] = []
 
         def produce() -> None:
