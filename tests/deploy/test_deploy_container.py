@@ -35,14 +35,18 @@ def instructions(name: str) -> list[str]:
     return [args for instr, args in dockerfile() if instr == name]
 
 
-def uid_of_user() -> int:
+def uid_of_user() -> tuple[int, int]:
+    """The image's USER as (uid, gid), checked against the useradd that creates it."""
     (user,) = instructions("USER")
-    name = user.split(":")[0]
-    if name.isdigit():
-        return int(name)
-    match = re.search(rf"useradd .*--uid (\d+).* {name}\b", " ".join(instructions("RUN")))
-    assert match, f"no uid for user {name}"
-    return int(match.group(1))
+    uid, _, gid = user.partition(":")
+    match = re.search(r"useradd .*--uid (\d+) --gid (\d+) (\w+)", " ".join(instructions("RUN")))
+    assert match, "the Dockerfile should create its user with useradd --uid N --gid N NAME"
+    created = int(match.group(1)), int(match.group(2))
+    if not uid.isdigit():  # USER name[:group]
+        assert uid == match.group(3)
+        return created
+    assert (int(uid), int(gid or uid)) == created
+    return created
 
 
 def test_dockerfile_base_user_env_signal():
@@ -50,7 +54,7 @@ def test_dockerfile_base_user_env_signal():
     assert re.fullmatch(r"python:3\.1[0-3]-slim(-\w+)?", base), base
     env = dict(pair.split("=", 1) for args in instructions("ENV") for pair in shlex.split(args))
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert uid_of_user() != 0
+    assert uid_of_user()[0] != 0
     names = [i for i, _ in dockerfile()]
     assert names.index("USER") < names.index("CMD"), "USER must come before CMD"
     # gunicorn's graceful stop is TERM, docker's default STOPSIGNAL.
@@ -120,7 +124,8 @@ def test_kubernetes_agrees_with_the_app_the_config_and_the_image():
 
     # Non-root, and the same uid as the image's USER.
     security = pod["securityContext"]
-    assert security["runAsNonRoot"] is True and security["runAsUser"] == uid_of_user()
+    assert security["runAsNonRoot"] is True
+    assert (security["runAsUser"], security["runAsGroup"]) == uid_of_user()
 
     # The environment is what gunicorn.conf.py reads: workers match the CPU limit.
     assert (
