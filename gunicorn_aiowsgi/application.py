@@ -147,13 +147,15 @@ class AppCall:
             return
         if self.start.phase is not Phase.SENT:
             head, framer = self._begin()
-            data = framer.frame(chunk)
-            self.channel.put((HEAD, head, framer.mode, data), len(data))
+            pieces = framer.pieces(chunk)
+            size = sum(map(len, pieces))
+            self.channel.put((HEAD, head, framer.mode, pieces, size), size)
         else:
             assert self.framer is not None
-            data = self.framer.frame(chunk)
-            if data:
-                self.channel.put((DATA, data), len(data))
+            pieces = self.framer.pieces(chunk)
+            if pieces:
+                size = sum(map(len, pieces))
+                self.channel.put((DATA, pieces, size), size)
 
     def _end(self) -> None:
         head = None
@@ -164,7 +166,7 @@ class AppCall:
             framer = self.framer
         tail, complete = framer.finish()
         if head is not None:
-            self.channel.put((HEAD, head, framer.mode, b""), 0, wait=False)
+            self.channel.put((HEAD, head, framer.mode, (), 0), 0, wait=False)
         self._report_overflow(framer, complete)
         self.channel.put((END, tail, complete), 0, wait=False)
 
@@ -180,11 +182,12 @@ class AppCall:
             self._end()
             return
         head, framer = self._begin()
-        data = framer.frame(b"".join(body)) if body else b""
+        pieces = framer.pieces(body[0] if len(body) == 1 else b"".join(body))
         tail, complete = framer.finish()
         self._report_overflow(framer, complete)
-        self.channel.put((HEAD, head, framer.mode, data + tail), len(data), wait=False)
-        self.channel.put((END, b"", complete), 0, wait=False)
+        size = sum(map(len, pieces))
+        self.channel.put((HEAD, head, framer.mode, pieces, size), size, wait=False)
+        self.channel.put((END, tail, complete), 0, wait=False)
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
         head = self.start.head
@@ -201,10 +204,10 @@ class AppCall:
         if framer.mode is not Framing.NONE and count:
             framer.remaining = (framer.remaining or 0) - count
             framer.sent = count
-            self.channel.put((HEAD, head, framer.mode, b""), 0)
+            self.channel.put((HEAD, head, framer.mode, (), 0), 0)
             self.channel.put((FILE, wrapper.filelike, offset, count), count)
         else:
-            self.channel.put((HEAD, head, framer.mode, b""), 0)
+            self.channel.put((HEAD, head, framer.mode, (), 0), 0)
         tail, complete = framer.finish()
         self.channel.put((END, tail, complete), 0, wait=False)
         self.channel.flush()  # the file must stay open until the loop has sent it

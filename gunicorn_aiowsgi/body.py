@@ -11,6 +11,10 @@ from .errors import HTTPError, InsufficientStorage, PayloadTooLarge
 from .settings import Settings
 
 
+# Read buffer of a spooled wsgi.input (bytes).
+READ_BUFFER = 64 * 1024
+
+
 class BodySpool:
     """Collects one request body; memory use is bounded by body_memory_limit whatever the size."""
 
@@ -42,7 +46,8 @@ class BodySpool:
 
     def _open(self) -> BinaryIO:
         try:
-            return tempfile.TemporaryFile(dir=self.settings.tmp_upload_dir)
+            # Unbuffered: each chunk is one write(2), with no copy through a Python buffer.
+            return tempfile.TemporaryFile(dir=self.settings.tmp_upload_dir, buffering=0)
         except OSError as exc:
             raise _storage_error(exc) from exc
 
@@ -50,13 +55,9 @@ class BodySpool:
         """The body as a file positioned at its start: wsgi.input (PEP 3333 input stream)."""
         if self._file is None:
             return io.BytesIO(b"".join(self._memory) if len(self._memory) != 1 else self._memory[0])
-        try:
-            self._file.flush()
-        except OSError as exc:
-            self.close()
-            raise _storage_error(exc) from exc
         self._file.seek(0)
-        return self._file
+        # Buffered for reading: readline() on a raw file would read a byte at a time.
+        return io.BufferedReader(self._file, READ_BUFFER)  # type: ignore[arg-type]
 
     @property
     def spooled(self) -> bool:

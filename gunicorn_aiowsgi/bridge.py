@@ -14,8 +14,8 @@ from .errors import ClientDisconnected
 log = logging.getLogger("gunicorn.error")
 
 # What an app thread sends to the loop, as (kind, ...) tuples:
-HEAD = 1    # (HEAD, head, framing, framed first bytes): the response starts
-DATA = 2    # (DATA, framed bytes)
+HEAD = 1    # (HEAD, head, framing, wire pieces, size): the response starts
+DATA = 2    # (DATA, wire pieces, size): framed body bytes, as pieces not to copy large chunks
 FILE = 3    # (FILE, file object, offset, count): sent with the loop's sendfile
 END = 4     # (END, closing bytes, complete): the body is done; complete=False must close
 ERROR = 5   # (ERROR, HTTPError): nothing was sent; answer with an error page and close

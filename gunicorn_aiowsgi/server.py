@@ -68,6 +68,10 @@ def handler_options(settings: Settings) -> dict[str, Any]:
         "tcp_keepalive": True,
         "access_log": None,
         "lingering_time": 2.0,
+        # Request body bytes aiohttp buffers before pausing the socket (its StreamReader limit;
+        # it pauses at twice this): larger than the 64 KiB default so fast uploads need fewer
+        # pause/resume round trips, still a small bound per connection.
+        "read_bufsize": 256 * 1024,
         "auto_decompress": False,
         "max_line_size": 8190 if line <= 0 or line > 8190 else line,
         # gunicorn counts a whole field line, "Name: value\r\n"; aiohttp counts name + value.
@@ -108,6 +112,11 @@ class Server(web_server.Server):
     # -- connections ---------------------------------------------------------------------
     def opened(self, conn: Connection) -> None:
         self.conns.add(conn)
+        if conn.transport is not None:
+            # asyncio pauses writers at 64 KiB; large streamed chunks then stall on every
+            # one. Let the transport hold up to write_buffer before the relay waits.
+            high = self.settings.write_buffer
+            conn.transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def closed(self, conn: Connection) -> None:
         if conn in self.conns:
@@ -275,31 +284,44 @@ class Server(web_server.Server):
                     kind = item[0]
                     if kind == HEAD:
                         keep = self.keep_alive(msg, item[1], item[2])
-                        await writer.write(render_head(msg.version, item[1], item[2], keep,
-                                                       SERVER_HEADER, self.http_date()) + item[3])
-                        channel.release(len(item[3]))
+                        self.write(writer, render_head(msg.version, item[1], item[2], keep,
+                                                       SERVER_HEADER, self.http_date()), *item[3])
                     elif kind == DATA:
-                        await writer.write(item[1])
-                        channel.release(len(item[1]))
+                        self.write(writer, *item[1])
                     elif kind == FILE:
                         await self.sendfile(ex, item[1], item[2], item[3])
-                        channel.release(item[3])
                     elif kind == END:
                         if item[1]:
-                            await writer.write(item[1])
+                            self.write(writer, item[1])
+                        await writer.drain()
                         return KEEP if keep and item[2] else CLOSE
                     elif kind == ERROR:
-                        await writer.write(error_reply(item[1]).payload)
+                        self.write(writer, error_reply(item[1]).payload)
                         return CLOSE
                     elif kind == ABORT:
                         ex.protocol.force_close()
                         return CLOSE
+                    # Credit goes back once the bytes are the transport's: the thread makes the
+                    # next chunk while the socket drains this one (the pipe never runs dry).
+                    channel.release(item[-1])
+                await writer.drain()
         except (ConnectionError, RuntimeError, OSError) as exc:
             self.log.debug("Client went away while sending a response: %r", exc)
             ex.protocol.force_close()
             return CLOSE
         finally:
             channel.close()
+
+    @staticmethod
+    def write(writer: Any, *pieces: bytes) -> None:
+        """Hand bytes to the transport now; the caller drains (aiohttp's StreamWriter flow control)."""
+        transport = writer.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        for piece in pieces:
+            if piece:
+                writer.output_size += len(piece)
+                transport.write(piece)
 
     async def timed_out(self, ex: Exchange, call: AppCall, timeout: float) -> Reply:
         """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
