@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
+import fcntl
 import socket
-from typing import Any, Callable
+import termios
+from collections.abc import Callable
+from typing import Any
 
 # Connections taken per readiness event: enough to empty a burst, few enough to stay fair to
 # requests already in progress (asyncio's own server takes up to `backlog` at a time).
@@ -58,17 +62,28 @@ class Listener:
             self.loop.remove_reader(sock.fileno())
 
     def stop(self) -> None:
-        """Stop accepting for good (shutdown); the sockets stay open: they belong to the master."""
+        """Stop accepting for good, and close this process's copy of the listening sockets.
+
+        The master and the other workers hold their own descriptors, so the socket goes on
+        listening for them. Ours going away at once matters twice: with reuse_port the socket
+        is this worker's alone, and the kernel stops steering connections to a worker that
+        will never accept them; and once the master has closed its copy (TERM, QUIT), new
+        clients are refused at once instead of waiting, for the whole drain, in a backlog
+        nobody reads and that is reset when we exit.
+        """
         self.stopped = True
         self.pause()
         if self._retry is not None:
             self._retry.cancel()
+            self._retry = None
+        for sock in self.sockets:
+            sock.close()
 
     def closed_one(self) -> None:
         """A connection ended; take new ones again if the limit had stopped us."""
         self.open -= 1
         if self.open < self.limit and self._retry is None:
-            self.resume()
+            self.resume()  # a no-op once stopped
 
     def _accept(self, sock: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -107,3 +122,19 @@ class Listener:
             self.log.debug("Connection setup failed: %r", exc)
             conn.close()
             self.closed_one()
+
+
+def unread_bytes(transport: Any) -> int:
+    """Bytes waiting in a connection's socket that the loop has not read yet (0 if unknown).
+
+    Closing a socket with unread bytes resets the connection, and those bytes are a request
+    on its way: a kept-alive connection in that state is never closed as idle. Works for TLS
+    too (the raw socket holds TLS records), and on uvloop (its pseudo-socket has fileno()).
+    """
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return count[0]

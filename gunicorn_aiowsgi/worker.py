@@ -7,6 +7,7 @@ import enum
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.http.wsgi import WSGIErrorsWrapper
@@ -20,6 +21,26 @@ from .server import Server
 
 # Heartbeat period (seconds): at most this, and at most half of the master's timeout.
 HEARTBEAT = 1.0
+
+# gunicorn settings aiohttp (or this worker) cannot honour: (setting, is it set?, what happens).
+# Said once at startup, in the log, never silently ignored (README settings table, same words).
+UNSUPPORTED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("permit_obsolete_folding", bool, "aiohttp's parser refuses folded header lines with 400"),
+    ("strip_header_spaces", bool, "aiohttp's parser refuses a space before ':' with 400"),
+    ("permit_unconventional_http_method", bool,
+     "aiohttp's parser (llhttp) refuses methods outside its list, and lower-case ones, with 400"),
+    ("permit_unconventional_http_version", bool,
+     "aiohttp's parser refuses HTTP versions other than 1.0 and 1.1 with 400"),
+    ("casefold_http_method", bool,
+     "aiohttp's parser refuses lower-case methods with 400 before they could be upper-cased"),
+    ("protocol", lambda value: value not in (None, "http"),
+     "only HTTP is spoken; uwsgi clients will get 400s"),
+    ("http_protocols", lambda value: "h2" in str(value),
+     "HTTP/2 is not served; TLS ALPN offers http/1.1 only"),
+    ("http2_cleartext", lambda value: value not in (None, "off", False), "h2c is not served"),
+    ("http_parser", lambda value: value not in (None, "auto"),
+     "requests are parsed by aiohttp's parser, not by gunicorn's"),
+)
 
 
 class Phase(enum.Enum):
@@ -45,6 +66,7 @@ class Worker(base.Worker):
         self.pool: ThreadPool | None = None
         self.settings: settings_mod.Settings | None = None
         self._wake: asyncio.Event | None = None
+        self._on_loop: dict[int, Callable[[], None]] = {}
 
     # -- the event loop --------------------------------------------------------------------
     def new_loop(self) -> asyncio.AbstractEventLoop:
@@ -56,27 +78,42 @@ class Worker(base.Worker):
         asyncio.set_event_loop(self.loop)
         super().init_process()
 
-    # -- signals (installed on the loop) ---------------------------------------------------
+    # -- signals: the work runs on the loop ------------------------------------------------
     def init_signals(self) -> None:
+        """Each signal's work runs as a loop callback, between two other callbacks.
+
+        Not loop.add_signal_handler: closing a loop resets every signal it handled to SIG_DFL,
+        and a TERM in that window (Heroku and honcho signal every process, and the master
+        signals again) would kill an exiting worker with a signal status. These Python-level
+        handlers only forward to the loop, and once it is closed they do nothing.
+        """
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         for name in self.RESET:
             signal.signal(getattr(signal, f"SIG{name}"), signal.SIG_DFL)
-        assert self.loop is not None
-        add = self.loop.add_signal_handler
-        add(signal.SIGTERM, self.on_term)
-        add(signal.SIGQUIT, self.on_quit)
-        add(signal.SIGINT, self.on_quit)
-        add(signal.SIGUSR1, self.log.reopen_files)
-        add(signal.SIGURG, self.on_dump)
+        self._on_loop = {
+            signal.SIGTERM: self.on_term,
+            signal.SIGQUIT: self.on_quit,
+            signal.SIGINT: self.on_quit,
+            signal.SIGUSR1: self.log.reopen_files,
+            signal.SIGURG: self.on_dump,
+            signal.SIGWINCH: lambda: self.log.debug("worker: SIGWINCH ignored."),
+        }
+        for sig in self._on_loop:
+            signal.signal(sig, self._forward)
         # ABRT is what the master sends a worker that missed its heartbeat, which may mean the
         # loop is blocked: a plain handler still runs between bytecodes of the main thread.
         signal.signal(signal.SIGABRT, lambda _sig, _frame: self.on_abort())
-        add(signal.SIGWINCH, lambda: self.log.debug("worker: SIGWINCH ignored."))
+
+    def _forward(self, signum: int, _frame: Any) -> None:
+        loop, callback = self.loop, self._on_loop.get(signum)
+        if loop is None or loop.is_closed() or callback is None:
+            return  # exiting already: nothing is left for the signal to do
+        # Queued before the loop runs (a TERM during a slow app import), it runs first thing.
+        loop.call_soon_threadsafe(callback)
 
     def on_term(self) -> None:
         """Graceful: stop accepting, finish in-flight requests, exit by graceful_timeout."""
-        self.alive = False
         self.drain("received TERM")
 
     def on_quit(self) -> None:
@@ -104,24 +141,28 @@ class Worker(base.Worker):
             return 0
         return diagnostics.dump_stacks(self.pool, self.log, why)
 
+    # -- draining --------------------------------------------------------------------------
     def drain(self, why: str) -> None:
+        """Stop accepting, close idle connections, answer the rest with Connection: close."""
+        self.alive = False
         if self.phase is not Phase.SERVING:
             return
         self.log.info("Worker draining (pid: %s): %s", self.pid, why)
         self.phase = Phase.DRAINING
+        if self.listener is not None:
+            self.listener.stop()
         if self.server is not None:
             self.server.draining = True
             self.server.close_idle()
-        if self.listener is not None:
-            self.listener.stop()
         self._poke()
 
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
 
-    def request_done(self) -> None:
-        """Counted per request on the loop; max_requests (with jitter) starts a graceful exit."""
+    def request_started(self) -> None:
+        """Counted per request on the loop, before it is answered, so that the request that
+        reaches max_requests (with jitter) is answered with Connection: close."""
         self.nr += 1
         if self.nr >= self.max_requests and self.phase is Phase.SERVING:
             self.log.info("Autorestarting worker after current request.")
@@ -149,7 +190,8 @@ class Worker(base.Worker):
         self.listener = Listener(self.loop, self.sockets, self.server, ssl_context,
                                  self.settings.worker_connections, self.log)
         self.server.on_close = self.on_connection_closed
-        self.listener.start()
+        if self.phase is Phase.SERVING:  # a TERM during boot: never take a connection
+            self.listener.start()
 
     def on_connection_closed(self) -> None:
         assert self.listener is not None
@@ -166,29 +208,31 @@ class Worker(base.Worker):
 
     def warn_unsupported(self) -> None:
         """Settings aiohttp's parser cannot honour: said at startup, never silently ignored."""
-        for name in ("permit_obsolete_folding", "strip_header_spaces",
-                     "permit_unconventional_http_method", "permit_unconventional_http_version"):
-            if getattr(self.cfg, name, False):
-                self.log.warning("%s is set but not supported by gunicorn_aiowsgi: aiohttp's "
-                                 "parser refuses such requests with 400", name)
+        for name, is_set, what in UNSUPPORTED:
+            value = getattr(self.cfg, name, None)
+            if is_set(value):
+                self.log.warning("%s is set but not supported by gunicorn_aiowsgi: %s (%s=%r)",
+                                 name, what, name, value)
 
     async def serve(self) -> None:
         self._wake = asyncio.Event()
         self.start()
-        assert self.settings is not None and self.server is not None
+        assert self.settings is not None and self.server is not None and self.loop is not None
         self.booted = True
         self.log.info("aiowsgi: serving with %d threads, %d connections max (pid: %s)",
                       self.settings.threads, self.settings.worker_connections, self.pid)
+        # self.timeout is already half the master's --timeout (Arbiter.spawn_worker).
         period = min(HEARTBEAT, max(0.05, self.timeout / 2))
         while self.phase is Phase.SERVING:
             self.notify()
-            self.server.monitor.tick(self.loop.time())  # type: ignore[union-attr]
+            self.server.monitor.tick(self.loop.time())
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 self.drain("master is gone")
             elif not self.alive:  # the reloader (or base code) asked us to stop
                 self.drain("asked to stop")
-            await self.wait(period)
+            else:
+                await self.wait(period)
         await self.finish_draining(period)
 
     async def wait(self, seconds: float) -> None:
@@ -200,8 +244,8 @@ class Worker(base.Worker):
         self._wake.clear()
 
     async def finish_draining(self, period: float) -> None:
-        assert self.server is not None and self.loop is not None
-        deadline = self.loop.time() + self.settings.graceful_timeout  # type: ignore[union-attr]
+        assert self.server is not None and self.loop is not None and self.settings is not None
+        deadline = self.loop.time() + self.settings.graceful_timeout
         while self.phase is Phase.DRAINING and self.server.conns and self.loop.time() < deadline:
             self.notify()  # the master must not kill a worker that is draining on time
             self.server.close_idle()
@@ -223,12 +267,11 @@ class Worker(base.Worker):
             if pending:
                 loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
         finally:
-            # Exiting already: a further TERM (Heroku and honcho signal every process, the
-            # master signals again) must not kill us with a signal status once the loop's
-            # handlers are gone.
-            loop.remove_signal_handler(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             loop.close()
+            # Our forwarding handlers are no-ops from here; SIG_IGN also survives interpreter
+            # finalization, which resets Python-level handlers to SIG_DFL at the very end.
+            for sig in self._on_loop:
+                signal.signal(sig, signal.SIG_IGN)
         if self.pool is not None:
             self.pool.shutdown(timeout=0)
 

@@ -1,0 +1,1 @@
+"""tests/contract: gunicorn's whole contract (settings, signals, hooks, logs), real masters."""

@@ -1,0 +1,238 @@
+"""Hooks and logging through gunicorn's own machinery, compared with gthread where it applies.
+
+One script of requests runs against an aiowsgi master and a gthread master configured alike
+(hooks from a gunicorn.conf.py, a custom access log format using every atom, statsd to a UDP
+socket of the test); the tests then read what each left behind.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server import Conn
+
+from .helpers import get, marks, serve, wait_until
+
+FORMAT = ('%(h)s|%(l)s|%(u)s|%(t)s|%(r)s|%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%(b)s|%(f)s|%(a)s|'
+          '%(T)s|%(D)s|%(M)s|%(L)s|%(p)s|%({x-custom}i)s|%({x-out}o)s|%({content-type}o)s|'
+          '%({path_info}e)s|%({nope}i)s')
+HEADERS = ("X-Custom: custom-value\r\nReferer: http://referer.test/\r\n"
+           "User-Agent: contract-agent\r\n"
+           "Authorization: Basic dXNlcjpwYXNz\r\n")  # user:pass
+BAD_REQUEST = b"GET /bad HTTP/1.1\r\nHost: test\r\nNo colon here\r\n\r\n"
+TIMING = re.compile(r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\]")
+
+
+def udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    return sock
+
+
+def datagrams(sock: socket.socket, until: Any, timeout: float = 10.0) -> list[str]:
+    """Receive datagrams until `until(received)` holds."""
+    received: list[str] = []
+
+    def more() -> bool:
+        try:
+            received.append(sock.recv(65536).decode())
+        except TimeoutError:
+            pass
+        return until(received)
+
+    wait_until(more, timeout, "datagrams")
+    return received
+
+
+def run_script(worker_class: str, tmp: Path) -> dict[str, Any]:
+    """Serve, send the script, stop; return everything the master and its worker left behind."""
+    marks_path, statsd = tmp / "marks", udp_socket()
+    with serve("--threads", "2", "--access-logformat", FORMAT, "--statsd-host",
+               f"127.0.0.1:{statsd.getsockname()[1]}", "--statsd-prefix", "contract",
+               marks=marks_path, worker_class=worker_class,
+               wait_ready=worker_class != "gthread") as g:
+        answers = [get(g, "/headers?n=3&x=y", HEADERS)[:2], get(g, "/boom")[0]]
+        with Conn.to(g) as conn:
+            conn.send(BAD_REQUEST)
+            answers.append(conn.response()[0])
+        answers.append(get(g, "/sleep?s=0.3")[0])
+        wait_until(lambda: g.access().count("\n") == 3, 10, "three access lines")
+        worker = g.worker_pid()
+        sent = datagrams(statsd, lambda got: sum("gunicorn.request.status." in d for d in got) == 3)
+    statsd.close()
+    return {"answers": answers, "access": g.access().splitlines(), "log": g.log(),
+            "marks": marks(marks_path), "statsd": sent, "worker": worker}
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict[str, Any]]:
+    tmp = Path(tempfile.mkdtemp(prefix="contract-hooks-"))
+    (tmp / "gthread").mkdir()
+    (tmp / "aiowsgi").mkdir()
+    return {"aiowsgi": run_script("gunicorn_aiowsgi.Worker", tmp / "aiowsgi"),
+            "gthread": run_script("gthread", tmp / "gthread")}
+
+
+def by_hook(result: dict, hook: str) -> list[dict]:
+    return [m for m in result["marks"] if m["hook"] == hook]
+
+
+def comparable(mark: dict) -> dict:
+    """A hook mark minus what differs by nature (pids, client ports, header order)."""
+    # nr is worker.nr read from an app thread: racy in both workers, not compared.
+    mark = {k: v for k, v in mark.items() if k not in ("pid", "worker", "nr")}
+    if "peer" in mark:
+        mark["peer"] = mark["peer"][0]
+    if "headers" in mark:
+        mark["headers"] = sorted(map(tuple, mark["headers"]))
+    return mark
+
+
+# -- hooks --------------------------------------------------------------------------------
+def test_the_script_was_answered_alike(results: dict) -> None:
+    def normal(answers: list) -> list:
+        (status, headers), *rest = answers
+        return [(status, {k: v for k, v in headers.items() if k != "date"}), *rest]
+
+    ours, theirs = normal(results["aiowsgi"]["answers"]), normal(results["gthread"]["answers"])
+    assert ours == theirs
+    assert ours[1:] == [500, 400, 200] and ours[0][1]["x-out"] == "out-value"
+
+
+def test_pre_request_sees_what_gthread_sees(results: dict) -> None:
+    ours, theirs = (by_hook(results[k], "pre_request") for k in ("aiowsgi", "gthread"))
+    assert [m["path"] for m in ours] == ["/headers", "/boom", "/sleep"]
+    assert list(map(comparable, ours)) == list(map(comparable, theirs))
+    first = ours[0]
+    assert (first["method"], first["query"], first["uri"], first["version"]) == \
+        ("GET", "n=3&x=y", "/headers?n=3&x=y", [1, 1])
+    assert ["X-CUSTOM", "custom-value"] in first["headers"]
+    assert first["peer"][0] == "127.0.0.1" and isinstance(first["peer"][1], int)
+
+
+def test_post_request_sees_what_gthread_sees(results: dict) -> None:
+    # Sorted: post_request runs after the answer went out, so the next request may overtake.
+    ours, theirs = (sorted(by_hook(results[k], "post_request"), key=lambda m: m["path"])
+                    for k in ("aiowsgi", "gthread"))
+    assert [m["path"] for m in ours] == ["/boom", "/headers", "/sleep"]
+    ours.insert(0, ours.pop(1))
+    theirs.insert(0, theirs.pop(1))
+    headers = comparable(ours[0])
+    assert headers == comparable(theirs[0])
+    assert (headers["status"], headers["status_code"], headers["sent"]) == ("201 Created", 201, 3)
+    assert ("X-Out", "out-value") in headers["headers"]
+    # After an app error gthread passes a response start_response never touched; ours says
+    # what was sent instead (the 500), which is what a hook wants to log.
+    assert (theirs[1]["status"], ours[1]["status"]) == (None, "500 Internal Server Error")
+    assert comparable(ours[2]) == comparable(theirs[2])
+
+
+def test_worker_hooks_run_at_gunicorns_moments(results: dict) -> None:
+    for kind in ("aiowsgi", "gthread"):
+        result = results[kind]
+        order = [m["hook"] for m in result["marks"] if m["pid"] == result["worker"]]
+        assert order[:2] == ["post_fork", "post_worker_init"], kind
+        assert order[-1] == "worker_exit", kind
+        assert [m["worker"] for m in by_hook(result, "child_exit")] == [result["worker"]], kind
+    assert by_hook(results["aiowsgi"], "post_worker_init")[0]["loop"] is True
+
+
+# -- access log ---------------------------------------------------------------------------
+def access_fields(line: str) -> list[str]:
+    return line.split("|")
+
+
+def test_access_log_line_is_exact(results: dict) -> None:
+    result = results["aiowsgi"]
+    line = result["access"][0]
+    fields = access_fields(line)
+    assert TIMING.fullmatch(fields[3]), fields[3]
+    timing = fields[14:18]
+    fields[3], fields[14:18] = "T", ["-"] * 4
+    assert "|".join(fields) == (
+        "127.0.0.1|-|user|T|GET /headers?n=3&x=y HTTP/1.1|GET|/headers|n=3&x=y|HTTP/1.1|201|3|3|"
+        f"http://referer.test/|contract-agent|-|-|-|-|<{result['worker']}>|custom-value|out-value|"
+        "text/plain|/headers|-")
+    check_timing(timing, minimum_us=0)
+
+
+def check_timing(timing: list[str], minimum_us: int) -> None:
+    """T (s), D (us), M (ms) and L ("s.micros") describe the same duration."""
+    seconds, micros, millis, text = int(timing[0]), int(timing[1]), int(timing[2]), timing[3]
+    assert micros >= minimum_us
+    assert seconds == micros // 1_000_000 and millis == micros // 1000
+    assert text == f"{seconds}.{micros % 1_000_000:06d}"  # gunicorn: "%d.%06d"
+
+
+def test_access_log_timing_atoms_measure_the_request(results: dict) -> None:
+    line = results["aiowsgi"]["access"][2]
+    fields = access_fields(line)
+    assert fields[4] == "GET /sleep?s=0.3 HTTP/1.1"
+    check_timing(fields[14:18], minimum_us=300_000)
+
+
+def test_access_log_matches_gthreads(results: dict) -> None:
+    def normal(line: str) -> list[str]:
+        fields = access_fields(line)
+        return fields[:3] + fields[4:14] + fields[19:]  # minus time, durations and pid
+
+    ours, theirs = results["aiowsgi"]["access"], results["gthread"]["access"]
+    assert normal(ours[0]) == normal(theirs[0]) and normal(ours[2]) == normal(theirs[2])
+    # The app error: gthread logs it from handle_error with a bare environ (%(U)s is "None");
+    # ours still has the request's environ. Everything else is the same.
+    boom_ours, boom_theirs = normal(ours[1]), normal(theirs[1])
+    assert (boom_ours[5], boom_ours[16]) == ("/boom", "/boom")
+    assert (boom_theirs[5], boom_theirs[16]) == ("None", "-")
+    assert boom_ours[:5] + boom_ours[6:16] == boom_theirs[:5] + boom_theirs[6:16]
+    assert boom_ours[8] == "500"
+
+
+# -- error log ----------------------------------------------------------------------------
+def test_app_and_parse_errors_use_gunicorns_wording(results: dict) -> None:
+    for kind in ("aiowsgi", "gthread"):
+        log = results[kind]["log"]
+        assert "[ERROR] Error handling request GET /boom" in log, kind
+        assert "RuntimeError: boom from the app" in log, kind
+        assert "[WARNING] Invalid request from ip=127.0.0.1: " in log, kind
+
+
+def test_loglevel_info_hides_debug(results: dict) -> None:
+    assert "[DEBUG]" not in results["aiowsgi"]["log"]
+
+
+# -- statsd -------------------------------------------------------------------------------
+def test_statsd_gets_counters_and_durations(results: dict) -> None:
+    sent = results["aiowsgi"]["statsd"]
+    assert sent.count("contract.gunicorn.requests:1|c|@1.0") == 3
+    for status in (201, 500, 200):
+        assert f"contract.gunicorn.request.status.{status}:1|c|@1.0" in sent
+    durations = [float(d.split(":")[1].split("|")[0]) for d in sent
+                 if d.startswith("contract.gunicorn.request.duration:") and d.endswith("|ms")]
+    assert len(durations) == 3 and max(durations) >= 300
+    counters = sorted(d for d in sent if "|c|" in d and "gunicorn.request" in d)
+    assert counters == sorted(d for d in results["gthread"]["statsd"]
+                              if "|c|" in d and "gunicorn.request" in d)
+
+
+# -- logger class, syslog, capture_output, debug level ---------------------------------------
+def test_logger_class_syslog_capture_output_and_debug_level() -> None:
+    syslog = udp_socket()
+    port = syslog.getsockname()[1]
+    with serve("--logger-class", "contract.contract_apps.MarkingLogger", "--log-syslog",
+               "--log-syslog-to", f"udp://127.0.0.1:{port}", "--capture-output",
+               loglevel="debug") as g:
+        assert get(g, "/print")[0] == 200
+        assert get(g, "/pid")[0] == 200
+        g.wait_log("MarkingLogger saw GET /pid")
+        g.wait_log("captured stdout mark")
+        g.wait_log("captured stderr mark")
+        g.wait_log("[DEBUG] GET /pid")  # gunicorn's default pre_request hook, at debug level
+        lines = datagrams(syslog, lambda got: any('"GET /pid HTTP/1.1" 200' in d for d in got))
+    syslog.close()
+    assert any("MarkingLogger saw GET /print" in d for d in lines)

@@ -1,0 +1,276 @@
+"""Proxies, TLS and limits: decided as gunicorn (gthread) decides them, on the same requests."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import ssl
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from server import Conn
+
+from .helpers import listen_queue, marks, serve
+
+AIOWSGI, GTHREAD = "gunicorn_aiowsgi.Worker", "gthread"
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def exchange(server: Any, data: bytes, count: int = 1, wrap: Any = None) -> list[tuple[int, Any]]:
+    """Send raw bytes on one connection and read `count` answers as (status, environ or body)."""
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    if wrap is not None:
+        sock = wrap(sock)
+    answers = []
+    with Conn(sock) as conn:
+        conn.send(data)
+        for _ in range(count):
+            status, _, body = conn.response()
+            answers.append((status, json.loads(body) if status == 200 else None))
+    return answers
+
+
+def both(*args: str, **kwargs: Any) -> dict[str, Any]:
+    """An aiowsgi and a gthread master with the same settings (caller stops them)."""
+    return {kind: serve(*args, worker_class=kind, wait_ready=kind == AIOWSGI, **kwargs)
+            for kind in (AIOWSGI, GTHREAD)}
+
+
+def same_answers(servers: dict[str, Any], data: bytes, count: int = 1, **kw: Any) -> list:
+    """What both workers answer to `data`, asserted equal; returns it."""
+    ours, theirs = ([(status, normal(environ))
+                     for status, environ in exchange(servers[kind], data, count, **kw)]
+                    for kind in (AIOWSGI, GTHREAD))
+    assert ours == theirs
+    return ours
+
+
+def normal(environ: dict | None) -> dict | None:
+    """Minus what differs by nature: ephemeral ports (the client's, each master's own)."""
+    if not isinstance(environ, dict):
+        return environ
+    return {k: v for k, v in environ.items() if k not in ("REMOTE_PORT", "SERVER_PORT")}
+
+
+def request(path: str = "/environ", headers: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n".encode()
+
+
+# -- forwarded headers --------------------------------------------------------------------
+FORWARDED = [
+    "X-Forwarded-Proto: https\r\n",
+    "X-Forwarded-Ssl: on\r\n",
+    "X-Forwarded-Protocol: ssl\r\n",
+    "X-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n",   # contradictory: 400
+    "X-Forwarded-For: 203.0.113.9\r\n",                        # never changes REMOTE_ADDR
+    "X_Under_Score: dropped or kept\r\n",                      # header_map
+    "SCRIPT_NAME: /mount\r\n",                                  # forwarder_headers
+]
+
+
+@pytest.mark.parametrize("args", [
+    (),
+    ("--forwarded-allow-ips", "192.0.2.1"),                    # the loopback client is untrusted
+    ("--forwarded-allow-ips", "*", "--header-map", "dangerous"),
+    ("--header-map", "refuse", "--forwarder-headers", "SCRIPT_NAME,X_UNDER_SCORE"),
+    ("--forwarded-allow-ips", "127.0.0.0/8"),
+], ids=["defaults", "untrusted", "dangerous", "refuse", "network"])
+def test_forwarded_headers_decide_like_gthread(args: tuple[str, ...]) -> None:
+    servers = both(*args)
+    try:
+        for headers in FORWARDED:
+            [(status, environ)] = same_answers(servers, request("/mount/environ", headers))
+            if status == 200:
+                assert environ["REMOTE_ADDR"] == "127.0.0.1"
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+# -- PROXY protocol -----------------------------------------------------------------------
+def v1(client: str, port: int) -> bytes:
+    family = "TCP6" if ":" in client else "TCP4"
+    target = "::1" if ":" in client else "127.0.0.1"
+    return f"PROXY {family} {client} {target} {port} 8000\r\n".encode()
+
+
+def v2(client: str, port: int) -> bytes:
+    src, dst = ipaddress.ip_address(client), ipaddress.ip_address("10.0.0.2")
+    block = src.packed + dst.packed + struct.pack("!HH", port, 8000)
+    return V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(block)) + block
+
+
+@pytest.fixture(scope="module")
+def proxied() -> Any:
+    servers = both("--proxy-protocol", "auto")
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.mark.parametrize("preamble", [v1("203.0.113.7", 4242), v1("2001:db8::7", 4243),
+                                      v2("198.51.100.8", 5353)], ids=["v1-ipv4", "v1-ipv6", "v2"])
+def test_proxy_protocol_addresses_every_request_on_the_connection(proxied: Any,
+                                                                 preamble: bytes) -> None:
+    ours = exchange(proxied[AIOWSGI], preamble + request() * 2, count=2)
+    theirs = exchange(proxied[GTHREAD], preamble + request() * 2, count=2)
+    assert [status for status, _ in ours] == [200, 200]
+    for (_, environ), (_, reference) in zip(ours, theirs):
+        assert environ["REMOTE_ADDR"] in ("203.0.113.7", "2001:db8::7", "198.51.100.8")
+        assert environ["REMOTE_PORT"] in ("4242", "4243", "5353")
+        for key in ("REMOTE_ADDR", "REMOTE_PORT", "PROXY_PROTOCOL", "PROXY_ADDR", "PROXY_PORT"):
+            assert environ.get(key) == ours[0][1].get(key)  # the same for both requests
+    # gthread gives the proxied address to the connection's first request.
+    assert normal(ours[0][1]) == normal(theirs[0][1])
+    assert ours[0][1]["REMOTE_PORT"] == theirs[0][1]["REMOTE_PORT"]
+
+
+def test_proxy_protocol_from_a_peer_not_allowed_is_refused() -> None:
+    servers = both("--proxy-protocol", "v1", "--proxy-allow-from", "192.0.2.1")
+    try:
+        assert same_answers(servers, v1("203.0.113.7", 4242) + request()) == [(403, None)]
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def test_proxy_protocol_garbage_is_a_400(proxied: Any) -> None:
+    assert same_answers(proxied, b"PROXY TCP4 nonsense\r\n" + request()) == [(400, None)]
+
+
+# -- TLS ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: Any) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    client_cert = ca.issue_cert("client@contract.test")
+    files = {"ca_file": tmp / "ca.pem", "cert": tmp / "server.pem", "key": tmp / "server.key"}
+    ca.cert_pem.write_to_path(files["ca_file"])
+    server_cert.cert_chain_pems[0].write_to_path(files["cert"])
+    server_cert.private_key_pem.write_to_path(files["key"])
+    return {"ca": ca, "client_cert": client_cert, **{k: str(v) for k, v in files.items()}}
+
+
+def client_context(pki: dict, alpn: list[str] | None = None, with_cert: bool = False,
+                   max_version: Any = None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    pki["ca"].configure_trust(context)
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    if with_cert:
+        pki["client_cert"].configure_cert(context)
+    if max_version is not None:
+        context.maximum_version = max_version
+    return context
+
+
+def tls_serve(*args: str, **kwargs: Any) -> Any:
+    """serve() for TLS: the harness only reads the port of an http:// listener."""
+    server = serve(*args, **kwargs)
+    assert server.url.startswith("https://127.0.0.1:"), server.url
+    server.port = int(server.url.rpartition(":")[2])
+    return server
+
+
+def tls_wrap(context: ssl.SSLContext) -> Any:
+    return lambda sock: context.wrap_socket(sock, server_hostname="127.0.0.1")
+
+
+def test_tls_serves_https_and_offers_only_http11(pki: dict) -> None:
+    with tls_serve("--certfile", pki["cert"], "--keyfile", pki["key"]) as g:
+        context = client_context(pki, alpn=["h2", "http/1.1"])
+        sock = context.wrap_socket(socket.create_connection((g.host, g.port), timeout=10),
+                                   server_hostname="127.0.0.1")
+        assert sock.selected_alpn_protocol() == "http/1.1"
+        with Conn(sock) as conn:
+            conn.send(request("/info"))
+            status, _, body = conn.response()
+        assert status == 200 and json.loads(body)["scheme"] == "https"
+        assert g.url.startswith("https://")
+
+
+def test_tls_client_certificates_and_ciphers(pki: dict) -> None:
+    with tls_serve("--certfile", pki["cert"], "--keyfile", pki["key"], "--ca-certs", pki["ca_file"],
+               "--cert-reqs", str(int(ssl.CERT_REQUIRED)),
+               "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256") as g:
+        tls12 = ssl.TLSVersion.TLSv1_2
+        context = client_context(pki, with_cert=True, max_version=tls12)
+        sock = context.wrap_socket(socket.create_connection((g.host, g.port), timeout=10),
+                                   server_hostname="127.0.0.1")
+        assert sock.cipher()[0] in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256")
+        with Conn(sock) as conn:
+            conn.send(request("/pid"))
+            assert conn.response()[0] == 200
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            exchange(g, request("/pid"), wrap=tls_wrap(client_context(pki)))  # no client cert
+
+
+def test_tls_ssl_context_hook(pki: dict, tmp_path: Path) -> None:
+    """The ssl_context server hook shapes the context, as with sync and gthread."""
+    config = tmp_path / "tls_conf.py"
+    config.write_text(
+        "import json, os, ssl\n"
+        "def ssl_context(conf, default_ssl_context_factory):\n"
+        "    context = default_ssl_context_factory()\n"
+        "    context.minimum_version = ssl.TLSVersion.TLSv1_3\n"
+        "    with open(os.environ['CONTRACT_MARKS'], 'a') as f:\n"
+        "        f.write(json.dumps({'hook': 'ssl_context', 'pid': os.getpid()}) + '\\n')\n"
+        "    return context\n")
+    marks_path = tmp_path / "marks"
+    with tls_serve("--certfile", pki["cert"], "--keyfile", pki["key"], marks=marks_path,
+               config=str(config)) as g:
+        answer = exchange(g, request("/environ"), wrap=tls_wrap(client_context(pki)))
+        assert answer[0][1]["wsgi.url_scheme"] == "https"
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            tls12 = client_context(pki, max_version=ssl.TLSVersion.TLSv1_2)
+            exchange(g, request(), wrap=tls_wrap(tls12))
+        assert g.worker_pid() in [m["pid"] for m in marks(marks_path, "ssl_context")]
+
+
+# -- limits -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def limited() -> Any:
+    servers = both("--limit-request-line", "200", "--limit-request-fields", "5",
+                   "--limit-request-field_size", "100")
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.mark.parametrize("data, status", [
+    (request("/environ?" + "a" * 300), 414),
+    (request("/environ", "".join(f"X-{i}: v\r\n" for i in range(10))), 431),
+    (request("/environ", "X-Big: " + "v" * 300 + "\r\n"), 431),
+    (request("/environ?" + "a" * 100), 200),
+], ids=["request-line", "fields", "field-size", "within"])
+def test_limits_answer_like_gthread(limited: Any, data: bytes, status: int) -> None:
+    [(got, _)] = same_answers(limited, data)
+    assert got == status
+
+
+def test_backlog_is_the_masters(tmp_path: Path) -> None:
+    """aiohttp's own server would listen() again with 128; the worker never calls listen()."""
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    for backlog in (1000, 2048):
+        with serve("--backlog", str(backlog)) as g:
+            assert listen_queue(g.port)[1] == min(backlog, somaxconn)
+
+
+def test_settings_aiohttp_cannot_honour_are_said_at_startup() -> None:
+    with serve("--permit-obsolete-folding", "--strip-header-spaces",
+               "--permit-unconventional-http-method", "--casefold-http-method",
+               "--http-parser", "python") as g:
+        log = g.log()
+        for name in ("permit_obsolete_folding", "strip_header_spaces",
+                     "permit_unconventional_http_method", "casefold_http_method", "http_parser"):
+            assert f"[WARNING] {name} is set but not supported by gunicorn_aiowsgi: " in log
+        # and they behave as the warning says
+        assert exchange(g, request("/pid", "X-Folded: a\r\n b\r\n"))[0][0] == 400
+        assert exchange(g, b"get /pid HTTP/1.1\r\nHost: test\r\n\r\n")[0][0] == 400
+    with serve() as g:
+        assert "not supported by gunicorn_aiowsgi" not in g.log()

@@ -1,0 +1,206 @@
+"""Signals as gunicorn's workers take them: TERM, QUIT/INT, USR1, ABRT, WINCH, resets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from server import Conn
+
+from .helpers import clean_exit, gone, in_app, marks, serve, signal_mask, start_request, wait_until
+
+CAUGHT = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGUSR1, signal.SIGABRT,
+          signal.SIGWINCH}
+RESET = {signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD}
+# Signals are taken by the loop's own machinery: asyncio's selector loop, and uvloop's.
+WORKER_CLASSES = ("gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker")
+
+
+def idle_keepalive(server) -> Conn:
+    """A connection that has been answered once and now sits idle, kept alive."""
+    conn = start_request(server, "/pid")
+    status, headers, _ = conn.response()
+    assert status == 200 and headers["connection"] == "keep-alive"
+    return conn
+
+
+def no_answer_yet(conn: Conn) -> bool:
+    conn.sock.setblocking(False)
+    try:
+        return not conn.sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    finally:
+        conn.sock.setblocking(True)
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_term_is_graceful(tmp_path: Path, worker_class: str) -> None:
+    """TERM (twice, straight to the worker, as Heroku and honcho send it): idle keep-alive
+    connections close at once, the request in flight finishes with Connection: close, no new
+    connection is taken, and the worker exits cleanly as soon as it is done."""
+    marks_path = tmp_path / "marks"
+    with serve("--threads", "4", "--keep-alive", "60", "--graceful-timeout", "30",
+               marks=marks_path, worker_class=worker_class) as g:
+        pid = g.worker_pid()
+        idle = idle_keepalive(g)
+        busy = start_request(g, "/sleep?s=1.5")
+        in_app(marks_path, "/sleep")
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
+        assert idle.closed_by_peer(timeout=5)
+        assert no_answer_yet(busy)  # idle went first, while the busy one was still running
+        status, headers, body = busy.response()
+        assert (status, headers["connection"]) == (200, "close")
+        assert body.startswith(f"{pid} ".encode())
+        assert busy.closed_by_peer()
+        wait_until(lambda: gone(pid), 10, "the drained worker to exit")
+        new_pid = g.wait_workers(1, exclude=(pid,))[0]
+        g.wait_log(f"Booting worker with pid: {new_pid}")
+        assert clean_exit(g, pid)
+        assert [m["worker"] for m in marks(marks_path, "worker_exit")] == [pid]
+
+
+def test_term_stops_accepting_at_once(tmp_path: Path) -> None:
+    """A connection made while the old worker drains is served by its replacement."""
+    marks_path = tmp_path / "marks"
+    with serve("--threads", "2", "--graceful-timeout", "30", marks=marks_path) as g:
+        pid = g.worker_pid()
+        busy = start_request(g, "/sleep?s=1.5")
+        in_app(marks_path, "/sleep")
+        os.kill(pid, signal.SIGTERM)
+        g.wait_log(f"Worker draining (pid: {pid})")
+        late = start_request(g, "/pid")  # waits in the backlog for the new worker
+        status, _, body = late.response()
+        assert status == 200 and int(body) != pid
+        assert busy.response()[0] == 200  # the drained worker still finished its request
+        busy.close()
+        late.close()
+
+
+def test_term_exits_at_graceful_timeout_by_itself(tmp_path: Path) -> None:
+    """A request outliving graceful_timeout does not hold the worker: it exits on time, cleanly
+    (TERM sent to the worker alone, so no master enforces anything)."""
+    marks_path = tmp_path / "marks"
+    with serve("--threads", "2", "--graceful-timeout", "1", marks=marks_path) as g:
+        pid = g.worker_pid()
+        stuck = start_request(g, "/sleep?s=60")
+        in_app(marks_path, "/sleep")
+        termed = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        assert stuck.closed_by_peer(timeout=15)
+        wait_until(lambda: gone(pid), 15, "the worker to exit at graceful_timeout")
+        assert time.monotonic() - termed < 30  # well before the request could have finished
+        g.wait_log("Closing 1 connections at exit")
+        g.wait_workers(1, exclude=(pid,))
+        assert clean_exit(g, pid)
+
+
+@pytest.mark.parametrize("sig, worker_class", [
+    (signal.SIGQUIT, WORKER_CLASSES[0]), (signal.SIGINT, WORKER_CLASSES[0]),
+    (signal.SIGQUIT, WORKER_CLASSES[1])])
+def test_quit_and_int_exit_fast_with_a_request_in_flight(tmp_path: Path, sig: int,
+                                                         worker_class: str) -> None:
+    """The master's quick shutdown: app threads stuck in a request do not keep the worker alive
+    (gthread's would, until the master's SIGKILL at graceful_timeout)."""
+    marks_path = tmp_path / "marks"
+    with serve("--threads", "2", "--graceful-timeout", "60", marks=marks_path,
+               worker_class=worker_class) as g:
+        pid = g.worker_pid()
+        stuck = start_request(g, "/sleep?s=120")
+        in_app(marks_path, "/sleep")
+        g.signal(sig)
+        # Well inside the master's own 60 s deadline, after which it would SIGKILL.
+        assert g.wait(timeout=20) == 0
+        assert gone(pid)
+        assert "SIGKILL" not in g.log()
+        assert [m["pid"] for m in marks(marks_path, "worker_int")] == [pid]
+        assert stuck.closed_by_peer()
+
+
+def test_quit_after_term_speeds_the_exit_up(tmp_path: Path) -> None:
+    marks_path = tmp_path / "marks"
+    with serve("--threads", "2", "--graceful-timeout", "60", marks=marks_path) as g:
+        pid = g.worker_pid()
+        start_request(g, "/sleep?s=120")
+        in_app(marks_path, "/sleep")
+        os.kill(pid, signal.SIGTERM)
+        g.wait_log(f"Worker draining (pid: {pid})")
+        os.kill(pid, signal.SIGQUIT)
+        wait_until(lambda: gone(pid), 20, "QUIT to cut the drain short")
+        assert [m["pid"] for m in marks(marks_path, "worker_int")] == [pid]
+        g.wait_workers(1, exclude=(pid,))
+        assert clean_exit(g, pid)
+
+
+def test_heroku_style_term_to_every_process(tmp_path: Path) -> None:
+    """honcho and Heroku signal the whole process group: the worker gets TERM from them and
+    again from the master, and still exits cleanly, as does the master."""
+    marks_path = tmp_path / "marks"
+    with serve(workers=2, marks=marks_path) as g:
+        pids = g.worker_pids()
+        os.killpg(g.pid, signal.SIGTERM)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        assert g.wait(20) == 0
+        assert all(clean_exit(g, pid) for pid in pids)
+        assert sorted(m["worker"] for m in marks(marks_path, "worker_exit")) == sorted(pids)
+
+
+def test_usr1_reopens_log_files() -> None:
+    with serve() as g:
+        pid = g.worker_pid()
+        first = idle_keepalive(g)
+        first.close()
+        wait_until(lambda: g.access().count("GET /pid") == 1, 10, "the first access line")
+        rotated = g.access_log.with_name("access.log.1")
+        g.access_log.rename(rotated)
+        g.signal(signal.SIGUSR1)  # the master reopens its files and forwards USR1 to workers
+
+        def logged_to_new_file() -> bool:
+            conn = idle_keepalive(g)
+            conn.close()
+            return g.access_log.exists() and "GET /pid" in g.access()
+
+        wait_until(logged_to_new_file, 10, "access lines in the reopened file")
+        assert rotated.read_text().count("GET /pid") >= 1
+        assert g.worker_pids() == [pid]  # USR1's default action would have killed it
+
+
+def test_abrt_calls_worker_abort_then_exits(tmp_path: Path) -> None:
+    marks_path = tmp_path / "marks"
+    with serve(marks=marks_path) as g:
+        pid = g.worker_pid()
+        os.kill(pid, signal.SIGABRT)
+        wait_until(lambda: gone(pid), 10, "the aborted worker to exit")
+        assert [m["pid"] for m in marks(marks_path, "worker_abort")] == [pid]
+        g.wait_workers(1, exclude=(pid,))
+        g.wait_log(f"Worker (pid:{pid}) exited with code 1")
+
+
+def test_winch_is_ignored() -> None:
+    with serve(loglevel="debug") as g:
+        pid = g.worker_pid()
+        os.kill(pid, signal.SIGWINCH)
+        g.wait_log("worker: SIGWINCH ignored.")
+        conn = idle_keepalive(g)
+        conn.close()
+        assert g.worker_pids() == [pid]
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_master_only_signals_are_reset_in_the_worker(worker_class: str) -> None:
+    """HUP, USR2, TTIN, TTOU and CHLD are the master's: a worker must not inherit its handlers."""
+    with serve(worker_class=worker_class) as g:
+        worker, master = g.worker_pid(), g.pid
+        caught, ignored = signal_mask(worker, "SigCgt"), signal_mask(worker, "SigIgn")
+        assert CAUGHT <= caught
+        assert not RESET & (caught | ignored)
+        assert RESET <= signal_mask(master, "SigCgt")  # they were the master's
