@@ -6,12 +6,13 @@ import enum
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import http_exceptions
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from . import proxy_protocol
 from .environ import Peer, is_trusted, make_peer
-from .errors import (BadRequest, Forbidden, HeaderFieldsTooLarge, HTTPError, NotImplementedCoding,
-                     URITooLong, error_page)
+from .listener import unread_bytes
+from .errors import (BadRequest, Forbidden, HeaderFieldsTooLarge, HTTPError, IncompleteBody,
+                     NotImplementedCoding, URITooLong, error_page)
 
 if TYPE_CHECKING:
     from .server import Server
@@ -58,10 +59,18 @@ def error_reply(error: HTTPError) -> Reply:
     return Reply(False, head.encode("latin-1") + page)
 
 
-def parse_error(exc: BaseException, line_done: bool) -> HTTPError:
-    """Map aiohttp's parser errors onto the statuses gunicorn gives (414, 431, 501, 400)."""
+def parse_error(exc: BaseException, line_done: bool,
+                limits: tuple[int, int] | None = None) -> HTTPError:
+    """Map aiohttp's parser errors onto the statuses gunicorn gives (414, 431, 501, 400).
+
+    A LineTooLong names the limit it hit: `limits` is (max_line_size, max_field_size), so
+    the request-target (414) and a header (431) are told apart even when the whole head came
+    in one read. Only when both limits are equal does `line_done` decide.
+    """
     text = getattr(exc, "message", None) or str(exc)
     if isinstance(exc, http_exceptions.LineTooLong):
+        if limits is not None and limits[0] != limits[1] and len(exc.args) > 1:
+            line_done = exc.args[1] != limits[0]
         return HeaderFieldsTooLarge(text) if line_done else URITooLong(text)
     if "Too many headers" in text:
         return HeaderFieldsTooLarge(text)
@@ -74,7 +83,7 @@ class Connection(RequestHandler):
     """aiohttp's HTTP/1.1 protocol for one socket, with the timeouts and addresses gunicorn users expect."""
 
     __slots__ = ("server", "peer", "state", "proxy", "requests", "line_done", "since", "timer",
-                 "body_read", "early")
+                 "body_read", "early", "half_closed", "payload")
 
     def __init__(self, server: "Server", **kwargs: Any) -> None:
         super().__init__(server, loop=server.loop, **kwargs)
@@ -89,6 +98,8 @@ class Connection(RequestHandler):
         self.timer: Any = None
         self.body_read = False     # the current request's body is in; later bytes are the next head
         self.early = False         # bytes of the next request arrived while this one was busy
+        self.half_closed = False   # the client sent FIN: answer what it sent, then close
+        self.payload: Any = None   # body stream of the newest request parsed (aiohttp StreamReader)
 
     # -- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -116,8 +127,15 @@ class Connection(RequestHandler):
 
     def _arm(self) -> None:
         deadline = self._deadline()
-        if deadline is not None and self.timer is None:
-            self.timer = self.server.loop.call_at(deadline, self._expire)
+        if deadline is None:
+            return
+        if self.timer is not None:
+            if self.timer.when() <= deadline:
+                return  # fires first, then re-arms itself for the later deadline
+            # A shorter deadline than the pending one (keepalive 2 s after a 30 s header
+            # timeout, say): the pending timer would close the idle connection far too late.
+            self.timer.cancel()
+        self.timer = self.server.loop.call_at(deadline, self._expire)
 
     def _expire(self) -> None:
         self.timer = None
@@ -126,6 +144,10 @@ class Connection(RequestHandler):
             return
         if self.server.loop.time() < deadline:  # the state moved on since: re-check later
             self.timer = self.server.loop.call_at(deadline, self._expire)
+            return
+        if self.state is ConnState.IDLE and unread_bytes(self.transport):
+            # The next request is in the socket, not read yet: a head has begun, never close.
+            self.enter(ConnState.HEAD)
             return
         if self.state is not ConnState.IDLE:
             self.server.log.debug("Closing %s: request head not received within %ss",
@@ -142,6 +164,8 @@ class Connection(RequestHandler):
             self.body_read = self.early = False
         elif state is ConnState.IDLE:
             self.line_done = False
+            if self.half_closed and not self._messages:
+                self.close()  # aiohttp closes once this response is out: nothing more can come
         self._arm()
 
     @property
@@ -162,8 +186,34 @@ class Connection(RequestHandler):
             self.line_done = b"\n" in data
         before = self._request_count
         super().data_received(data)
-        if self._request_count != before and self.state is ConnState.HEAD:
-            self.enter(ConnState.BUSY)
+        if self._request_count != before:
+            newest, payload = self._messages[-1] if self._messages else (None, None)
+            current = self.payload
+            if isinstance(newest, _ErrInfo):
+                # aiohttp's parser failed inside a body (a bad trailer, say) without telling
+                # that body's reader: end it with the error, or its handler waits for ever.
+                if current is not None and not current.is_eof() and current.exception() is None:
+                    current.set_exception(self._parse_error(newest.exc))
+            elif payload is not None:
+                self.payload = payload
+            if self.state is ConnState.HEAD:
+                self.enter(ConnState.BUSY)
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed (RFC 9112 section 9.6): still answer the requests it completed.
+
+        A body cut short by the FIN is refused with 400 and never reaches the app. Nothing in
+        progress, or TLS (which cannot half-close): close now, as asyncio does by default.
+        """
+        if self.transport is None or self.transport.get_extra_info("ssl_object") is not None:
+            return None
+        if self.state is not ConnState.BUSY and not self._messages:
+            return None
+        payload = self.payload
+        if payload is not None and not payload.is_eof() and payload.exception() is None:
+            payload.set_exception(IncompleteBody("the client closed before the body was complete"))
+        self.half_closed = True
+        return True
 
     def _preamble(self, data: bytes) -> bytes:
         """Consume a PROXY protocol preamble before aiohttp sees any byte."""
@@ -195,11 +245,16 @@ class Connection(RequestHandler):
         self.force_close()
 
     # -- errors --------------------------------------------------------------------------
+    def _parse_error(self, exc: BaseException) -> HTTPError:
+        kwargs = self.server._kwargs
+        limits = (kwargs.get("max_line_size", 8190), kwargs.get("max_field_size", 8190))
+        return parse_error(exc, self.line_done, limits)
+
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> Reply:  # type: ignore[override]
         """aiohttp calls this for parse errors and for exceptions escaping our handler."""
         if isinstance(exc, http_exceptions.HttpProcessingError):
-            error = parse_error(exc, self.line_done)
+            error = self._parse_error(exc)
             self.server.log_client_error(self.peer, error)
         else:
             error = HTTPError("internal error")

@@ -8,7 +8,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .errors import BadRequest, ExpectationFailed, HTTPError
+from .errors import BadRequest, ExpectationFailed, HeaderFieldsTooLarge, HTTPError
 from .settings import Settings
 
 SERVER_SOFTWARE = "gunicorn/aiowsgi"
@@ -144,6 +144,9 @@ def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
             if name in seen:
                 raise BadRequest(f"Invalid HTTP Header: '{name}'")
             seen.add(name)
+        if name == "TRANSFER-ENCODING" and version < (1, 1):
+            # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            raise BadRequest(f"Invalid HTTP Header: '{name}'")
         if name == "EXPECT":
             # RFC 9110 section 10.1.1: an HTTP/1.0 client's 100-continue is ignored.
             if value.lower() != "100-continue":
@@ -176,6 +179,17 @@ def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
     return expect, host, scheme or ("https" if settings.is_ssl else "http")
 
 
+def check_field_sizes(settings: Settings, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """gunicorn's limit_request_field_size: a field line, "Name: value\\r\\n", at most that long.
+
+    aiohttp's own max_field_size counts name and value together only for the first field.
+    """
+    limit = settings.limit_request_field_size if settings.limit_request_field_size > 0 else 8190
+    for raw_name, raw_value in raw_headers:
+        if len(raw_name) + len(raw_value) + 4 > limit:
+            raise HeaderFieldsTooLarge("limit request headers fields size")
+
+
 def _server_from_host(host: str | None, scheme: str) -> tuple[str, str]:
     """On a unix socket, SERVER_NAME/PORT come from Host, as gunicorn does."""
     if not host:
@@ -193,6 +207,8 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
 
     Raises a BadRequest (or another HTTPError) for what gunicorn would refuse.
     """
+    if version[0] != 1:  # gunicorn serves HTTP/1.x only; aiohttp also parses "HTTP/2.0" heads
+        raise BadRequest("Invalid HTTP Version '%d.%d'" % tuple(version))
     raw_uri, path, query = split_target(method, target)
     environ = base.copy()
     environ["REQUEST_METHOD"] = check_method(settings, method)
@@ -200,6 +216,7 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
     environ["RAW_URI"] = raw_uri
     environ["SERVER_PROTOCOL"] = "HTTP/%d.%d" % version
     environ["SCRIPT_NAME"] = settings.script_name
+    check_field_sizes(settings, raw_headers)
     expect, host, scheme = add_headers(environ, settings, peer, version, raw_headers)
     environ["wsgi.url_scheme"] = scheme
     environ["REMOTE_ADDR"] = peer.remote_addr

@@ -46,6 +46,10 @@ class PayloadTooLarge(BadRequest):
     status = 413
 
 
+class IncompleteBody(BadRequest):
+    """The client ended its side of the connection before the declared body was complete."""
+
+
 class URITooLong(BadRequest):
     """RFC 9110 section 15.5.15: gunicorn's limit_request_line."""
 

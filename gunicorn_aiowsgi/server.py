@@ -133,7 +133,8 @@ class Server(web_server.Server):
         for conn in list(self.conns):
             if conn.state not in (ConnState.IDLE, ConnState.PREAMBLE):
                 continue
-            if unread_bytes(conn.transport) or (not conn.requests and now - conn.since < FRESH_GRACE):
+            fresh = not conn.requests and now - conn.since < FRESH_GRACE
+            if fresh or unread_bytes(conn.transport):
                 continue
             conn.force_close()
 
