@@ -1,5 +1,5 @@
-"""SETTINGS_TABLE.md (pasted into the README) names every gunicorn setting, and its "warned"
-rows are exactly the settings the worker warns about at startup."""
+"""The README's settings table names every gunicorn setting, and its "warned" rows are exactly
+the settings the worker warns about at startup."""
 
 from __future__ import annotations
 
@@ -10,13 +10,22 @@ from gunicorn.config import Config
 
 from gunicorn_aiowsgi.worker import UNSUPPORTED
 
-TABLE = Path(__file__).with_name("SETTINGS_TABLE.md")
+README = Path(__file__).resolve().parents[2] / "README.md"
+SECTION = "## gunicorn's settings with this worker"
+
+
+def section() -> list[str]:
+    """The lines of the README's settings section, up to the next heading of its level."""
+    lines = README.read_text().splitlines()
+    start = lines.index(SECTION) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
 
 
 def rows() -> dict[str, str]:
     """Each setting named in the first column -> its row's second column."""
     found = {}
-    for line in TABLE.read_text().splitlines():
+    for line in section():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 2:
             for name in re.findall(r"`([a-z0-9_]+)`", cells[0]):
