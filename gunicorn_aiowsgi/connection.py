@@ -59,6 +59,22 @@ def error_reply(error: HTTPError) -> Reply:
     return Reply(False, head.encode("latin-1") + page)
 
 
+def fail_body(loop: Any, payload: Any, exc: BaseException) -> None:
+    """End a request body's reader with `exc`, for sure.
+
+    aiohttp's StreamReader.readany checks for an exception only on entry: if a chunk's end had
+    just woken it (without data) when the exception is set, it waits again and never sees it.
+    So the exception is set again on the next loop turn, when that new wait has begun.
+    """
+    payload.set_exception(exc)
+
+    def again() -> None:
+        if payload.exception() is exc:
+            payload.set_exception(exc)
+
+    loop.call_soon(again)
+
+
 def parse_error(exc: BaseException, line_done: bool,
                 limits: tuple[int, int] | None = None) -> HTTPError:
     """Map aiohttp's parser errors onto the statuses gunicorn gives (414, 431, 501, 400).
@@ -159,10 +175,12 @@ class Connection(RequestHandler):
             # Never time a kept-alive connection out while a request may be arriving on it.
             state = ConnState.HEAD
         self.state = state
-        self.since = self.server.loop.time()
         if state is ConnState.BUSY:
+            # No connection deadline while busy: a pending timer finds BUSY and stands down.
             self.body_read = self.early = False
-        elif state is ConnState.IDLE:
+            return
+        self.since = self.server.loop.time()
+        if state is ConnState.IDLE:
             self.line_done = False
             if self.half_closed and not self._messages:
                 self.close()  # aiohttp closes once this response is out: nothing more can come
@@ -193,7 +211,7 @@ class Connection(RequestHandler):
                 # aiohttp's parser failed inside a body (a bad trailer, say) without telling
                 # that body's reader: end it with the error, or its handler waits for ever.
                 if current is not None and not current.is_eof() and current.exception() is None:
-                    current.set_exception(self._parse_error(newest.exc))
+                    fail_body(self.server.loop, current, self._parse_error(newest.exc))
             elif payload is not None:
                 self.payload = payload
             if self.state is ConnState.HEAD:
@@ -211,7 +229,8 @@ class Connection(RequestHandler):
             return None
         payload = self.payload
         if payload is not None and not payload.is_eof() and payload.exception() is None:
-            payload.set_exception(IncompleteBody("the client closed before the body was complete"))
+            fail_body(self.server.loop, payload,
+                      IncompleteBody("the client closed before the body was complete"))
         self.half_closed = True
         return True
 

@@ -135,7 +135,13 @@ def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
     host = None
     expect = False
     seen: set[str] = set()
+    # gunicorn's limit_request_field_size counts the whole line, "Name: value\r\n"; aiohttp's
+    # own max_field_size counts name and value apart.
+    size_limit = (settings.limit_request_field_size if settings.limit_request_field_size > 0
+                  else 8190) - 4
     for raw_name, raw_value in raw_headers:
+        if len(raw_name) + len(raw_value) > size_limit:
+            raise HeaderFieldsTooLarge("limit request headers fields size")
         name = raw_name.decode("latin-1").upper()
         value = raw_value.decode("latin-1").strip(" \t")
         if VALUE_INVALID.search(value):
@@ -179,17 +185,6 @@ def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
     return expect, host, scheme or ("https" if settings.is_ssl else "http")
 
 
-def check_field_sizes(settings: Settings, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
-    """gunicorn's limit_request_field_size: a field line, "Name: value\\r\\n", at most that long.
-
-    aiohttp's own max_field_size counts name and value together only for the first field.
-    """
-    limit = settings.limit_request_field_size if settings.limit_request_field_size > 0 else 8190
-    for raw_name, raw_value in raw_headers:
-        if len(raw_name) + len(raw_value) + 4 > limit:
-            raise HeaderFieldsTooLarge("limit request headers fields size")
-
-
 def _server_from_host(host: str | None, scheme: str) -> tuple[str, str]:
     """On a unix socket, SERVER_NAME/PORT come from Host, as gunicorn does."""
     if not host:
@@ -216,7 +211,6 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
     environ["RAW_URI"] = raw_uri
     environ["SERVER_PROTOCOL"] = "HTTP/%d.%d" % version
     environ["SCRIPT_NAME"] = settings.script_name
-    check_field_sizes(settings, raw_headers)
     expect, host, scheme = add_headers(environ, settings, peer, version, raw_headers)
     environ["wsgi.url_scheme"] = scheme
     environ["REMOTE_ADDR"] = peer.remote_addr
@@ -233,7 +227,8 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
                 f"Request path {path!r} does not start with SCRIPT_NAME {script_name!r}")
         path = path[len(script_name):]
     # PEP 3333: PATH_INFO holds the percent-decoded bytes as latin-1 ("/caf%C3%A9" -> "/caf\xc3\xa9").
-    environ["PATH_INFO"] = urllib.parse.unquote_to_bytes(path).decode("latin-1")
+    environ["PATH_INFO"] = (urllib.parse.unquote_to_bytes(path).decode("latin-1") if "%" in path
+                            else path)
     if peer.proxy:
         environ.update(peer.proxy)
     return environ, expect

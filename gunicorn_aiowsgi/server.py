@@ -16,13 +16,13 @@ from aiohttp.web_protocol import RequestHandler
 from .application import AppCall, FileWrapper
 from .body import BodySpool
 from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, Inbox, ThreadPool
-from .connection import CLOSE, KEEP, Connection, ConnState, Reply, error_reply
+from .connection import CLOSE, KEEP, Connection, ConnState, Reply, error_reply, fail_body
 from .environ import Peer, base_environ, build_environ, proxied_peer
 from .diagnostics import Monitor, describe, thread_stack
 from .errors import BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge
 from .listener import unread_bytes
 from .records import RequestRecord
-from .response import Framing, Head, render_head
+from .response import COPY_LIMIT, Framing, Head, render_head
 from .settings import Settings
 
 SERVER_HEADER = "gunicorn"
@@ -34,6 +34,43 @@ FRESH_GRACE = 1.0
 
 class BodyTimeout(asyncio.TimeoutError):
     """No request body bytes arrived for body_timeout seconds."""
+
+
+class Output:
+    """Bytes for one response gathered per batch: small pieces go out in one transport write
+    (the head and a small body in one send), large ones as they are, never copied."""
+
+    __slots__ = ("writer", "pieces", "size")
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.pieces: list[bytes] = []
+        self.size = 0
+
+    def add(self, *pieces: bytes) -> None:
+        for piece in pieces:
+            if len(piece) >= COPY_LIMIT:
+                self.flush()
+                self._send(piece)
+            elif piece:
+                self.pieces.append(piece)
+                self.size += len(piece)
+                if self.size >= COPY_LIMIT:
+                    self.flush()
+
+    def flush(self) -> None:
+        if self.pieces:
+            pieces = self.pieces
+            self._send(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            self.pieces = []
+            self.size = 0
+
+    def _send(self, data: bytes) -> None:
+        transport = self.writer.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        self.writer.output_size += len(data)
+        transport.write(data)
 
 
 class Exchange:
@@ -99,6 +136,11 @@ class Server(web_server.Server):
         self.can_sendfile = (settings.sendfile and not settings.is_ssl
                              and isinstance(loop, asyncio.BaseEventLoop))
         self.inbox = Inbox(loop)
+        # Read per request: resolved once.
+        self.health_path = settings.health_path
+        self.queue_limit = settings.effective_queue_limit
+        self.request_timeout = settings.request_timeout
+        self.write_buffer = settings.write_buffer
         self.conns: set[Connection] = set()
         self.draining = False
         self.in_app = 0                      # requests handed to threads, not finished (count)
@@ -160,7 +202,8 @@ class Server(web_server.Server):
     # -- the handler ---------------------------------------------------------------------
     async def handle(self, ex: Exchange) -> Reply:
         conn: Connection = ex.protocol
-        conn.enter(ConnState.BUSY)
+        if conn.state is not ConnState.BUSY:
+            conn.enter(ConnState.BUSY)
         # Counted before it is answered: the request reaching max_requests gets Connection: close.
         self.worker.request_started()
         try:
@@ -176,7 +219,7 @@ class Server(web_server.Server):
     async def serve(self, ex: Exchange, conn: Connection) -> Reply:
         msg = ex.message
         started = time.time()
-        if self.settings.health_path and msg.path.partition("?")[0] == self.settings.health_path:
+        if self.health_path and msg.path.partition("?")[0] == self.health_path:
             return self.health(msg)
         environ, expect = build_environ(self.base, self.settings, conn.peer, msg.method,
                                         msg.path.encode("utf-8", "surrogateescape"),
@@ -185,14 +228,14 @@ class Server(web_server.Server):
         if refused is not None:
             return refused
         conn.body_read = True
-        limit = self.settings.effective_queue_limit
+        limit = self.queue_limit
         if limit and self.pool.queued >= limit:
             environ["wsgi.input"].close()
             self.monitor.overloaded(self.pool.queued, limit)
             return self.plain(msg, 503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
-        channel = Channel(self.inbox, self.loop, self.settings.write_buffer)
-        req = RequestRecord(environ, tuple(msg.version), msg.raw_headers, conn.peer, conn.requests + 1)
-        call = AppCall(self.wsgi, environ, channel, tuple(msg.version), req, self, started)
+        channel = Channel(self.inbox, self.loop, self.write_buffer)
+        req = RequestRecord(environ, msg.version, msg.raw_headers, conn.peer, conn.requests + 1)
+        call = AppCall(self.wsgi, environ, channel, msg.version, req, self, started)
         self.in_app += 1
         try:
             self.pool.submit(call)
@@ -243,7 +286,7 @@ class Server(web_server.Server):
             nonlocal handle
             left = progress[0] + timeout - loop.time()
             if left <= 0:
-                payload.set_exception(BodyTimeout(f"no request body bytes for {timeout}s"))
+                fail_body(loop, payload, BodyTimeout(f"no request body bytes for {timeout}s"))
             else:
                 handle = loop.call_later(left, check)
 
@@ -269,42 +312,47 @@ class Server(web_server.Server):
         """Write what the app thread produces, in order, releasing credit as the socket drains."""
         writer = ex.writer
         keep = False
-        started = False
-        timeout = self.settings.request_timeout
+        started = not self.request_timeout
+        out = Output(writer)
         try:
             while True:
-                if timeout and not started:
-                    try:
-                        batch = await asyncio.wait_for(channel.get(), timeout)
-                    except asyncio.TimeoutError:
-                        return await self.timed_out(ex, call, timeout)
-                    started = True
-                else:
+                if started:
                     batch = await channel.get()
+                else:
+                    try:
+                        batch = await asyncio.wait_for(channel.get(), self.request_timeout)
+                    except asyncio.TimeoutError:
+                        return await self.timed_out(ex, call, self.request_timeout)
+                    started = True
                 for item in batch:
                     kind = item[0]
                     if kind == HEAD:
                         keep = self.keep_alive(msg, item[1], item[2])
-                        self.write(writer, render_head(msg.version, item[1], item[2], keep,
-                                                       SERVER_HEADER, self.http_date()), *item[3])
+                        out.add(render_head(msg.version, item[1], item[2], keep,
+                                            SERVER_HEADER, self.http_date()))
+                        out.add(*item[3])
                     elif kind == DATA:
-                        self.write(writer, *item[1])
+                        out.add(*item[1])
                     elif kind == FILE:
+                        out.flush()
                         await self.sendfile(ex, item[1], item[2], item[3])
                     elif kind == END:
-                        if item[1]:
-                            self.write(writer, item[1])
+                        out.add(item[1])
+                        out.flush()
                         await writer.drain()
                         return KEEP if keep and item[2] else CLOSE
                     elif kind == ERROR:
-                        self.write(writer, error_reply(item[1]).payload)
+                        out.add(error_reply(item[1]).payload)
+                        out.flush()
                         return CLOSE
                     elif kind == ABORT:
+                        out.flush()
                         ex.protocol.force_close()
                         return CLOSE
-                    # Credit goes back once the bytes are the transport's: the thread makes the
+                    # Credit goes back once the bytes are ours to send: the thread makes the
                     # next chunk while the socket drains this one (the pipe never runs dry).
                     channel.release(item[-1])
+                out.flush()
                 await writer.drain()
         except (ConnectionError, RuntimeError, OSError) as exc:
             self.log.debug("Client went away while sending a response: %r", exc)
@@ -312,17 +360,6 @@ class Server(web_server.Server):
             return CLOSE
         finally:
             channel.close()
-
-    @staticmethod
-    def write(writer: Any, *pieces: bytes) -> None:
-        """Hand bytes to the transport now; the caller drains (aiohttp's StreamWriter flow control)."""
-        transport = writer.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("Cannot write to closing transport")
-        for piece in pieces:
-            if piece:
-                writer.output_size += len(piece)
-                transport.write(piece)
 
     async def timed_out(self, ex: Exchange, call: AppCall, timeout: float) -> Reply:
         """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
