@@ -20,7 +20,7 @@ def marks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def srv(marks):
-    with Gunicorn("apps:router", "--threads", "4", env={"AIOWSGI_TEST_MARKS": str(marks)}) as g:
+    with Gunicorn("apps:checked", "--threads", "4", env={"AIOWSGI_TEST_MARKS": str(marks)}) as g:
         yield g
 
 
