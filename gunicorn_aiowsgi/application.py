@@ -109,6 +109,9 @@ class AppCall:
             worker.cfg.post_request(worker, self.req, self.environ, resp)
         except Exception:
             self.server.log.exception("Exception in post_request hook")
+        # A spooled body is an unnamed temporary file: close it now rather than whenever the
+        # app lets go of its environ (the disk space is freed on close).
+        self.environ["wsgi.input"].close()
 
     # -- the response --------------------------------------------------------------------
     def _consume(self, result: Iterable[bytes]) -> None:
