@@ -47,6 +47,10 @@ def _file_span(wrapper: FileWrapper, length: int | None) -> tuple[int, int, int]
     return fd, offset, available if length is None else min(length, available)
 
 
+def _closed_write(data: bytes) -> None:
+    raise AppError("write() called after the response was finished")
+
+
 class AppCall:
     """Everything one request needs in its app thread; `run` is the thread's job."""
 
@@ -63,6 +67,9 @@ class AppCall:
         self.start = StartResponse(self.method, self._write)
         self.framer: BodyFramer | None = None
         self.resp = ResponseRecord()
+        # Our own body stream: the app (or middleware such as wsgiref.validate) may replace
+        # environ["wsgi.input"] with a wrapper that must not be closed by the server.
+        self.body = environ["wsgi.input"]
 
     # -- the job -------------------------------------------------------------------------
     def run(self) -> None:
@@ -83,6 +90,9 @@ class AppCall:
             self._fail(exc)
         finally:
             self._finish(worker)
+            # start_response's `write` is our bound method: a reference cycle that would leave
+            # every request's objects to the garbage collector (and its pauses). Break it.
+            self.start.write = _closed_write
 
     def _fail(self, exc: BaseException) -> None:
         self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
@@ -111,7 +121,7 @@ class AppCall:
             self.server.log.exception("Exception in post_request hook")
         # A spooled body is an unnamed temporary file: close it now rather than whenever the
         # app lets go of its environ (the disk space is freed on close).
-        self.environ["wsgi.input"].close()
+        self.body.close()
 
     # -- the response --------------------------------------------------------------------
     def _consume(self, result: Iterable[bytes]) -> None:

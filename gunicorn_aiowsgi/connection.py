@@ -51,12 +51,15 @@ KEEP = Reply(True)
 CLOSE = Reply(False)
 
 
-def error_reply(error: HTTPError) -> Reply:
-    """gunicorn's util.write_error response: HTML page, Connection: close."""
+def error_reply(error: HTTPError, method: str = "") -> Reply:
+    """gunicorn's util.write_error response: HTML page, Connection: close.
+
+    RFC 9110 section 9.3.2: the answer to HEAD has the head GET would get, and no content.
+    """
     page = error_page(error.status, error.reason, str(error) if error.client_error else "")
     head = (f"HTTP/1.1 {error.status} {error.reason}\r\nConnection: close\r\n"
             f"Content-Type: text/html\r\nContent-Length: {len(page)}\r\n\r\n")
-    return Reply(False, head.encode("latin-1") + page)
+    return Reply(False, head.encode("latin-1") + (b"" if method == "HEAD" else page))
 
 
 def fail_body(loop: Any, payload: Any, exc: BaseException) -> None:

@@ -56,9 +56,10 @@ class Monitor:
             self.gauge(self.prefix + "busy_threads", busy)
             self.gauge(self.prefix + "queued_requests", queued)
             self.gauge(self.prefix + "connections", len(server.conns))
-        idle = pool.size - busy
-        if queued > idle:
-            # Two ticks in a row: a queue that "stays" deeper than the idle threads.
+        # Every thread busy and requests still waiting, two ticks in a row (a queue that "stays"
+        # deeper than the idle threads). A queue seen while threads are idle is only jobs
+        # handed over a moment ago, not yet picked up.
+        if queued and busy >= pool.size:
             if self.saturated_since is None:
                 self.saturated_since = now
             elif now - self.warned_at >= QUEUE_WARNING_EVERY:

@@ -210,7 +210,7 @@ class Server(web_server.Server):
             reply = await self.serve(ex, conn)
         except HTTPError as error:
             self.log_client_error(conn.peer, error)
-            reply = error_reply(error)
+            reply = error_reply(error, ex.message.method)
         conn.requests += 1
         if reply.keep_alive:
             conn.enter(ConnState.IDLE)
@@ -342,7 +342,7 @@ class Server(web_server.Server):
                         await writer.drain()
                         return KEEP if keep and item[2] else CLOSE
                     elif kind == ERROR:
-                        out.add(error_reply(item[1]).payload)
+                        out.add(error_reply(item[1], msg.method).payload)
                         out.flush()
                         return CLOSE
                     elif kind == ABORT:
@@ -372,7 +372,7 @@ class Server(web_server.Server):
                      "  (still queued: no thread took it)\n")
         self.log.error("Request timed out after %ss: %s; its app thread is at:\n%s",
                        timeout, describe(call, time.time()), stack)
-        await ex.writer.write(error_reply(GatewayTimeout()).payload)
+        await ex.writer.write(error_reply(GatewayTimeout(), ex.message.method).payload)
         return CLOSE
 
     # -- answered on the loop ------------------------------------------------------------

@@ -52,8 +52,26 @@ def test_spool_disk_full():
             return open("/dev/full", "wb", buffering=0)  # every write fails with ENOSPC
 
     spool = FullDisk(Settings(body_memory_limit=0))
+    spool.write(b"data")  # held until the batch fills or the body ends
     with pytest.raises(InsufficientStorage):
-        spool.write(b"data")
+        spool.finish()
+
+
+def test_write_all_many_small_chunks(tmp_path):
+    from gunicorn_aiowsgi.body import IOV_BATCH, write_all
+    chunks = [bytes([i % 256]) * (i % 7 + 1) for i in range(IOV_BATCH * 3 + 5)]
+    with open(tmp_path / "f", "wb") as f:
+        write_all(f.fileno(), chunks)
+    assert (tmp_path / "f").read_bytes() == b"".join(chunks)
+
+
+@pytest.mark.parametrize("sizes", [[1 << 20, 1], [300_000] * 10, [7] * 5000])
+def test_spooled_body_in_order(sizes, tmp_path):
+    spool = BodySpool(Settings(body_memory_limit=1000, tmp_upload_dir=str(tmp_path)))
+    chunks = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
+    for chunk in chunks:
+        spool.write(chunk)
+    assert spool.finish().read() == b"".join(chunks)
 
 
 def cfg(**values):
