@@ -8,11 +8,11 @@ upload); ``BENCH_THREADS`` sizes the executor the WSGI app runs in (the
 equivalent of ``--threads`` for the threaded gunicorn workers).
 
 Note how aiohttp-wsgi works (0.10.0, checked against aiohttp 3.14): it reads the
-whole request body into a SpooledTemporaryFile (spilling to disk past 512 KiB)
-before calling the app,
-and joins the whole response body into one bytes object before sending it, so
-the 1 GiB stream/upload scenarios show its memory behaviour rather than a
-streaming bridge.  It imports and runs unpatched on aiohttp 3.14.
+whole request body into a SpooledTemporaryFile (spilling to a temp file past
+512 KiB) before calling the app, and joins the whole response body into one
+bytes object before sending it, so the 1 GiB stream/upload scenarios show that
+buffering rather than a streaming bridge.  It imports and runs unpatched on
+aiohttp 3.14; its defaults are kept.
 """
 
 import os

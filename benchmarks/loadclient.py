@@ -168,23 +168,41 @@ def _raise_nofile(want):
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def _open_one(host, port, path, sem, conns, errors):
+async def _open_one(host, port, path, sem, conns, errors, stats, attempts=5):
+    """One idle connection: connect, one request, read the response, keep it.
+
+    A 503 (a server shedding load while the burst of opens queues up) is retried on a
+    new connection after a short pause, up to `attempts` times.
+    """
     async with sem:
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-            clen = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    clen = int(line.split(b":", 1)[1])
-            if clen:
-                await asyncio.wait_for(reader.readexactly(clen), 30)
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise ValueError(head.split(b"\r\n", 1)[0].decode("latin-1"))
-            conns.append((reader, writer))
-        except Exception as exc:  # noqa: BLE001 - counted and reported
-            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+        for attempt in range(attempts):
+            writer = None
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                clen = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        clen = int(line.split(b":", 1)[1])
+                if clen:
+                    await asyncio.wait_for(reader.readexactly(clen), 30)
+                status = head.split(b"\r\n", 1)[0].decode("latin-1")
+                if status.startswith("HTTP/1.1 503") and attempt + 1 < attempts:
+                    stats["retried_503"] = stats.get("retried_503", 0) + 1
+                    writer.close()
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                if not status.startswith("HTTP/1.1 200"):
+                    raise ValueError(status)
+                conns.append((reader, writer))
+                return
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                key = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+                errors[key] = errors.get(key, 0) + 1
+                if writer is not None:
+                    writer.close()
+                return
 
 
 async def _idle(args):
@@ -192,11 +210,12 @@ async def _idle(args):
     if limit < args.count + 64:
         print(json.dumps({"event": "error", "error": f"RLIMIT_NOFILE only {limit}"}), flush=True)
         return
-    conns, errors = [], {}
+    conns, errors, stats = [], {}, {}
     sem = asyncio.Semaphore(args.parallel)
     t0 = time.perf_counter()
     await asyncio.gather(
-        *(_open_one(args.host, args.port, args.path, sem, conns, errors) for _ in range(args.count))
+        *(_open_one(args.host, args.port, args.path, sem, conns, errors, stats)
+          for _ in range(args.count))
     )
     print(
         json.dumps(
@@ -205,6 +224,7 @@ async def _idle(args):
                 "requested": args.count,
                 "open": len(conns),
                 "errors": errors,
+                "retried_503": stats.get("retried_503", 0),
                 "seconds": time.perf_counter() - t0,
             }
         ),
@@ -239,7 +259,9 @@ def main(argv=None):
     p.add_argument("--path", default=None)
     p.add_argument("--size", type=int, default=1 << 30)
     p.add_argument("--count", type=int, default=10000)
-    p.add_argument("--parallel", type=int, default=256)
+    p.add_argument("--parallel", type=int, default=64,
+                   help="idle: connections being opened at once (keep it under the server's "
+                        "request-queue bound, or it sheds the burst with 503s)")
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)
     _check_host(args.host)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import fnmatch
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -85,8 +86,8 @@ SCENARIOS = {
         Scenario("upload", "1 GiB upload, app reads wsgi.input in 1 MiB chunks", "upload", 8,
                  "/upload", "upload"),
         Scenario("idle", "10,000 idle kept-alive connections + light load "
-                 "(10 connections, 10 ms pause between requests: <= 1000 req/s)",
-                 "hello", 8, "/", "idle", 10, 10000, 10),
+                 "(20 connections, 10 ms pause between requests: <= 2000 req/s)",
+                 "hello", 8, "/", "idle", 20, 10000, 10),
     ]
 }
 
@@ -126,12 +127,14 @@ SERVERS = [
            ("hello", "sleep", "stream", "upload"),
            worker="aiohttp.worker.GunicornWebWorker", target="aiohttp_wsgi_app:app_factory",
            requires=("aiohttp_wsgi",), threads_via="env",
-           # it joins the whole 1 GiB response in memory (~10 s, +3 GiB RSS): one round shows it
-           max_rounds={"stream": 1}),
+           # it joins the whole 1 GiB response in memory (~10 s, +3 GiB RSS) and spools the
+           # upload to a temp file (~3 s): one transfer shows it
+           max_rounds={"stream": 1, "upload": 1}),
     Server("aiohttp-native", "native aiohttp handler (asyncio)", "gunicorn",
            ("hello", "stream", "upload", "idle"),
            worker="aiohttp.worker.GunicornWebWorker", target="aiohttp_native:app_factory",
-           threads_via="none", note="async handler, no WSGI, no threads"),
+           threads_via="none", note="async handler, no WSGI, no threads",
+           max_rounds={"idle": 1}),  # reference point only: what aiohttp itself costs
     Server("aiohttp-native-uvloop", "native aiohttp handler (uvloop)", "gunicorn", ("hello",),
            worker="aiohttp.worker.GunicornUVLoopWebWorker", target="aiohttp_native:app_factory",
            requires=("uvloop",), threads_via="none"),
@@ -191,6 +194,19 @@ def proc_starttime(pid):
         return None
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process (all its threads), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -220,6 +236,7 @@ class RssSampler:
         self.hwm_reset = reset_hwm(self.pid)
         st = proc_status(self.pid) or {}
         self.start_kb = self.peak_kb = st.get("VmRSS", 0)
+        self.cpu0, self.t0 = proc_cpu_seconds(self.pid), time.monotonic()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
@@ -234,6 +251,9 @@ class RssSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+        cpu1, t1 = proc_cpu_seconds(self.pid), time.monotonic()
+        self.cpu_pct = ((cpu1 - self.cpu0) / (t1 - self.t0) * 100
+                        if cpu1 is not None and self.cpu0 is not None else None)
         st = proc_status(self.pid) or {}
         self.end_kb = st.get("VmRSS", 0)
         if self.hwm_reset:
@@ -246,6 +266,7 @@ class RssSampler:
             "rss_start_mib": self.start_kb / 1024,
             "rss_peak_mib": self.peak_kb / 1024,
             "rss_growth_mib": (self.peak_kb - self.start_kb) / 1024,
+            "worker_cpu_pct": self.cpu_pct,
         }
 
 
@@ -389,13 +410,21 @@ def stop_server(run: Running):
 
 # --------------------------------------------------------------------------- load drivers
 
+CLIENT_CPUS = None  # set by main(): the CPUs wrk and the socket clients are pinned to
+
+
+def _pin_client():
+    if CLIENT_CPUS:
+        os.sched_setaffinity(0, CLIENT_CPUS)
+
 
 def run_wrk(port, path, conns, duration, threads=1, delay_ms=0):
     url = f"http://{HOST}:{port}{path}"
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
             "--latency", "-s", LUA, url]
     env = dict(os.environ, WRK_DELAY_MS=str(delay_ms))
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, env=env)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, env=env,
+                       preexec_fn=_pin_client)
     m = re.search(r"^WRK_JSON (\{.*\})$", p.stdout, re.M)
     if not m:
         raise RuntimeError(f"wrk failed (rc={p.returncode}): {p.stderr.strip() or p.stdout[-500:]}")
@@ -417,7 +446,7 @@ def run_wrk(port, path, conns, duration, threads=1, delay_ms=0):
 
 def run_client(args, timeout):
     p = subprocess.run([sys.executable, LOADCLIENT] + args, capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=timeout, preexec_fn=_pin_client)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise RuntimeError(f"loadclient failed (rc={p.returncode}): {p.stderr.strip()[-500:]}")
@@ -479,7 +508,8 @@ class IdleHelper:
         self.p = subprocess.Popen(
             [sys.executable, LOADCLIENT, "idle", "--port", str(port), "--count", str(count),
              "--path", path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_pin_client)
 
     def read_event(self, timeout):
         box = []
@@ -531,6 +561,7 @@ def measure_idle(run: Running, duration, warmup, threads):
     res = {
         "idle_open": opened,
         "idle_errors": ready.get("errors", {}),
+        "idle_retried_503": ready.get("retried_503", 0),
         "idle_open_seconds": ready.get("seconds"),
         "idle_alive_after": chk.get("alive"),
         "rss_before_mib": before / 1024,
@@ -618,6 +649,14 @@ def versions():
         v["gunicorn-aiowsgi"] = p.stdout.strip() or "import failed"
     except Exception:  # noqa: BLE001
         v["gunicorn-aiowsgi"] = "import failed"
+    # the worker's source may be uncommitted: fingerprint what was actually benchmarked
+    h = hashlib.sha256()
+    pkg = os.path.join(REPO, "gunicorn_aiowsgi")
+    for name in sorted(os.listdir(pkg)) if os.path.isdir(pkg) else []:
+        if name.endswith(".py"):
+            with open(os.path.join(pkg, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    v["gunicorn-aiowsgi"] += f" [source sha256 {h.hexdigest()[:12]}]"
     try:
         p = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                            capture_output=True, text=True, timeout=10)
@@ -634,6 +673,21 @@ def versions():
     except Exception:  # noqa: BLE001
         v["wrk"] = "?"
     return v
+
+
+def cpu_busy_pct(seconds=1.0):
+    """How busy the whole machine is (all CPUs, %) over `seconds`: other work skews results."""
+    def snap():
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+    try:
+        t0, i0 = snap()
+        time.sleep(seconds)
+        t1, i1 = snap()
+        return 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
+    except OSError:
+        return None
 
 
 def machine():
@@ -660,6 +714,8 @@ def machine():
         "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "loadavg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "cpu_busy_before_start": (lambda b: "?" if b is None else f"{b:.0f}% (1 s sample)")(
+            cpu_busy_pct()),
         "nofile": " / ".join(str(x) for x in __import__("resource").getrlimit(
             __import__("resource").RLIMIT_NOFILE)),
     }
@@ -736,13 +792,20 @@ def run_interleaved(sc: Scenario, servers, args, results, failures):
                                           args.wrk_threads)
                         log(f"  [{sc.name} r{rnd + 1}] {name:22s} {res['rps']:9.0f} req/s  "
                             f"p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  "
-                            f"err {res['errors']}  peak RSS {res['rss_peak_mib']:.1f} MiB")
+                            f"err {res['errors']}  peak RSS {res['rss_peak_mib']:.1f} MiB  "
+                            f"CPU {res['worker_cpu_pct'] or 0:.0f}%")
                     else:
-                        res = measure_transfer(run, args.size, args.transfer_timeout)
-                        log(f"  [{sc.name} r{rnd + 1}] {name:22s} "
-                            f"{res['bytes_per_s'] / 1e6:9.0f} MB/s  {res['seconds']:6.2f} s  "
-                            f"RSS growth {res['rss_growth_mib']:.1f} MiB  err {res['errors']}"
-                            + (f"  ({res['note']})" if res.get("note") else ""))
+                        reps = 1 if sc.name in SERVER_BY_NAME[name].max_rounds else \
+                            args.transfer_reps
+                        for _ in range(reps):
+                            res = measure_transfer(run, args.size, args.transfer_timeout)
+                            log(f"  [{sc.name} r{rnd + 1}] {name:22s} "
+                                f"{res['bytes_per_s'] / 1e6:9.0f} MB/s  {res['seconds']:6.2f} s  "
+                                f"RSS growth {res['rss_growth_mib']:.1f} MiB  "
+                                f"CPU {res['worker_cpu_pct'] or 0:.0f}%  err {res['errors']}"
+                                + (f"  ({res['note']})" if res.get("note") else ""))
+                            results.setdefault(sc.name, {}).setdefault(name, []).append(res)
+                        continue
                     results.setdefault(sc.name, {}).setdefault(name, []).append(res)
                 except Exception as e:  # noqa: BLE001
                     msg = f"round {rnd + 1}: {type(e).__name__}: {e}"
@@ -758,6 +821,8 @@ def run_idle(sc: Scenario, servers, args, results, failures):
     for rnd in range(args.rounds):
         k = rnd % len(servers) if servers else 0
         for srv in servers[k:] + servers[:k]:
+            if rnd >= srv.max_rounds.get(sc.name, args.rounds):
+                continue
             if failures.get(sc.name, {}).get(srv.name, "").startswith("failed to start"):
                 continue
             try:
@@ -820,9 +885,10 @@ def fmt_ratio(x):
     return "n/a" if x is None else f"{x:.2f}x"
 
 
-def evaluate_targets(summary):
+def evaluate_targets(summary, results=None):
     """Return a list of target rows: (text, measured, threshold, met, detail)."""
     rows = []
+    results = results or {}
 
     def ratio(a, b):
         return a / b if (a is not None and b) else None
@@ -885,10 +951,12 @@ def evaluate_targets(summary):
         add(f"10k idle: {who} < 10 KiB RSS per idle connection",
             get(summary, "idle", who, "kib_per_conn"), 10, False, unit="KiB",
             detail="max over rounds")
+        per_round = ", ".join(f"{r['p99_base_ms']:.2f}->{r['p99_idle_ms']:.2f} ms "
+                              f"(x{r['p99_ratio']:.2f})"
+                              for r in results.get("idle", {}).get(who, []) if "p99_ratio" in r)
         add(f"10k idle: {who} active p99 within 1.2x of p99 without idle conns",
             get(summary, "idle", who, "p99_ratio"), 1.2, False,
-            detail=(lambda b, i: f"{b:.2f} ms -> {i:.2f} ms" if b and i else "")(
-                get(summary, "idle", who, "p99_base_ms"), get(summary, "idle", who, "p99_idle_ms")))
+            detail=f"median of per-round ratios; rounds: {per_round}" if per_round else "")
     return rows
 
 
@@ -917,9 +985,12 @@ def scenario_tables(summary, failures, servers_order):
         parts.append(f"### {sc.name}: {sc.title}\n")
         rows = []
         names = [s for s in servers_order if s in data or s in fails]
+        most = max((d.get("rounds", 0) for d in data.values()), default=0)
         for name in names:
             d = data.get(name)
             label = SERVER_BY_NAME[name].label
+            if d is not None and d.get("rounds", most) < most:
+                label += f" ({d['rounds']} of {most} runs)"
             if d is None:
                 rows.append(None)
                 continue
@@ -928,7 +999,8 @@ def scenario_tables(summary, failures, servers_order):
                        n(d.get("rps")),
                        f"{n(d.get('rps_min'))}–{n(d.get('rps_max'))}",
                        n(d.get("p50_ms"), "{:.2f}"), n(d.get("p99_ms"), "{:.2f}"),
-                       n(d.get("errors")), n(d.get("rss_peak_mib"), "{:.1f}")]
+                       n(d.get("errors")), n(d.get("rss_peak_mib"), "{:.1f}"),
+                       n(d.get("worker_cpu_pct"), "{:.0f}%")]
                 if sc.name == "sleep":
                     row.insert(4, n(d["rps"] / IDEAL_SLEEP_RPS * 100 if d.get("rps") else None,
                                     "{:.1f}%"))
@@ -937,7 +1009,7 @@ def scenario_tables(summary, failures, servers_order):
                        n(d.get("bytes_per_s") and d["bytes_per_s"] / 1e6),
                        n(d.get("seconds"), "{:.2f}"),
                        n(d.get("rss_growth_mib"), "{:.1f}"), n(d.get("rss_peak_mib"), "{:.1f}"),
-                       n(d.get("errors"))]
+                       n(d.get("worker_cpu_pct"), "{:.0f}%"), n(d.get("errors"))]
             else:
                 row = [f"**{name}**" if SERVER_BY_NAME[name].ours else name, label,
                        f"{n(d.get('idle_open'))} / {n(d.get('idle_alive_after'))}",
@@ -949,12 +1021,12 @@ def scenario_tables(summary, failures, servers_order):
             rows.append(row)
         if sc.kind == "wrk":
             hdr = ["server", "what", "req/s (median)", "range", "p50 ms", "p99 ms", "errors",
-                   "peak RSS MiB"]
+                   "peak RSS MiB", "worker CPU"]
             if sc.name == "sleep":
                 hdr.insert(4, "% of ideal 1600")
         elif sc.kind in ("download", "upload"):
             hdr = ["server", "what", "MB/s (median)", "seconds", "peak RSS growth MiB (max)",
-                   "peak RSS MiB", "errors"]
+                   "peak RSS MiB", "worker CPU", "errors"]
         else:
             hdr = ["server", "what", "idle conns open / alive after load",
                    "RSS per idle conn KiB (max)", "RSS before MiB", "RSS with idle MiB",
@@ -1008,14 +1080,19 @@ def write_results_md(path, meta, summary, failures, targets, notes, args, chart_
         f"{args.rounds} round(s); medians reported (peak RSS figures: max over rounds)",
         f"- wrk {args.wrk_threads} thread(s), {args.duration} s per measured load "
         f"({args.warmup} s warm-up in round 1), --timeout 5s; idle scenario: {args.idle_duration} s"
-        f" loads, fresh server per round",
+        f" paced loads ({SCENARIOS['idle'].conns} connections, {SCENARIOS['idle'].delay_ms} ms "
+        f"pause between requests), {SCENARIOS['idle'].idle_conns} idle connections, "
+        f"fresh server per round",
+        f"- load generators {'pinned to CPU ' + str(sorted(CLIENT_CPUS)) if CLIENT_CPUS else 'not pinned'}; "
+        f"load average at start: {meta['machine']['loadavg_at_start']}",
         f"- gunicorn: `--workers 1 --keep-alive 60 --worker-connections 12000 --backlog 2048`; "
         f"threads per scenario: hello/stream/upload/idle {SCENARIOS['hello'].threads}, "
         f"blocking {SCENARIOS['sleep'].threads} (`--threads` for gunicorn workers, "
         f"executor size for aiohttp-wsgi and a2wsgi, `--threads` for waitress, "
         f"`--blocking-threads` for granian)",
         f"- transfers: {args.size / GIB:g} GiB, 1 MiB chunks, Python socket client "
-        f"(benchmarks/loadclient.py); RSS growth = worker peak RSS (VmHWM reset via clear_refs, "
+        f"(benchmarks/loadclient.py), {args.transfer_reps} per server per round (median of all); "
+        f"RSS growth = worker peak RSS (VmHWM reset via clear_refs, "
         f"plus 10 ms VmRSS sampling) minus RSS just before the transfer",
         "",
         "## Targets",
@@ -1055,7 +1132,8 @@ def make_chart(path, summary, targets):
     fig.suptitle("gunicorn-aiowsgi vs peers — one worker process, loopback, "
                  f"{os.cpu_count()} cores (medians)", fontsize=13)
 
-    def bars(ax, sc, key, scale, title, ylabel, ref=None, ref_label=None, fmt="{:.0f}"):
+    def bars(ax, sc, key, scale, title, ylabel, ref=None, ref_label=None, fmt="{:.0f}",
+             extra=None):
         data = summary.get(sc, {})
         names = [s for s in order if s in data and data[s].get(key) is not None]
         if not names:
@@ -1068,8 +1146,9 @@ def make_chart(path, summary, targets):
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=9)
         ax.set_title(title, fontsize=11)
         ax.set_ylabel(ylabel)
-        for rect, v in zip(b, vals):
-            ax.annotate(fmt.format(v), (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+        for rect, v, name in zip(b, vals, names):
+            text = fmt.format(v) + (extra(data[name]) if extra else "")
+            ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height()),
                         ha="center", va="bottom", fontsize=8)
         if ref is not None:
             ax.axhline(ref, color="#1f77b4", ls="--", lw=1)
@@ -1078,8 +1157,9 @@ def make_chart(path, summary, targets):
         ax.margins(y=0.15)
 
     g = get(summary, "hello", "gthread", "rps")
-    bars(axes[0][0], "hello", "rps", 1, "hello world, 50 keep-alive conns", "req/s",
-         ref=3 * g if g else None, ref_label="target: 3x gthread")
+    bars(axes[0][0], "hello", "rps", 1, "hello world, 50 keep-alive conns (label: req/s, p99 ms)",
+         "req/s", ref=3 * g if g else None, ref_label="target: 3x gthread",
+         extra=lambda d: f"\n{d['p99_ms']:.1f}" if d.get("p99_ms") is not None else "")
     bars(axes[0][1], "sleep", "rps", 1, "blocking app (10 ms sleep, 16 threads, 100 conns)",
          "req/s", ref=IDEAL_SLEEP_RPS, ref_label="ideal 1600 req/s (target >= 90%)")
     # streaming: grouped bars stream/upload
@@ -1110,8 +1190,10 @@ def make_chart(path, summary, targets):
     else:
         ax.set_title("streaming (not measured)")
         ax.axis("off")
-    bars(axes[1][1], "idle", "kib_per_conn", 1, "10k idle keep-alive conns: worker RSS per conn",
-         "KiB / connection", ref=10, ref_label="target < 10 KiB", fmt="{:.2f}")
+    bars(axes[1][1], "idle", "kib_per_conn", 1,
+         "10k idle keep-alive conns: worker RSS per conn (label: p99 with/without idle)",
+         "KiB / connection", ref=10, ref_label="target < 10 KiB", fmt="{:.2f} KiB",
+         extra=lambda d: (f"\np99 x{d['p99_ratio']:.2f}" if d.get("p99_ratio") else ""))
     ax = axes[1][1]
     for lbl in ax.get_xticklabels() + axes[0][0].get_xticklabels() + axes[0][1].get_xticklabels():
         if lbl.get_text() in SERVER_BY_NAME and SERVER_BY_NAME[lbl.get_text()].ours:
@@ -1139,6 +1221,103 @@ def print_summary(summary, failures, targets):
             f"  {t['detail']}")
 
 
+# --------------------------------------------------------------------------- profiling
+
+
+# frames that only ever run in an app thread (the pool's run loop, the WSGI call, the app)
+POOL_MARKERS = ("threading.py", "ThreadPool._work", "AppCall.run", "/apps.py",
+                "concurrent/futures/thread.py")
+# the outer frames of every stack (process start, arbiter, loop runner, thread bootstrap)
+TRUNK_MARKERS = ("runpy>", "gunicorn/arbiter.py", "gunicorn/app/", "gunicorn/__main__.py",
+                 "gunicorn/workers/base.py", "run_forever", "run_until_complete",
+                 "Thread._bootstrap", "Thread.run ", "Worker.run (", "Worker.init_process")
+
+
+def summarize_collapsed(path, rate, seconds, top=20):
+    """Summarise py-spy's raw (collapsed) output: per-thread activity, self and inclusive frames."""
+    from collections import Counter
+
+    self_c, incl, roots, total = Counter(), Counter(), Counter(), 0
+    group_incl = {}
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            count = int(count)
+            frames = stack.split(";")
+            total += count
+            # --nonblocking samples can lose their outer frames: classify by what is there
+            pool = any(m in fr for fr in frames for m in POOL_MARKERS)
+            root = "app threads (pool)" if pool else "loop thread (main)"
+            roots[root] += count
+            self_c[frames[-1]] += count
+            for fr in set(frames):
+                incl[fr] += count
+                group_incl.setdefault(root, Counter())[fr] += count
+    if not total:
+        return "no samples"
+    possible = rate * seconds
+    out = [f"{total} samples at {rate} Hz over {seconds} s (one thread fully busy = {possible})", ""]
+    out += [f"- {k}: {v} samples ({v / possible * 100:.0f}% of one thread's time)"
+            for k, v in roots.most_common()]
+    out += ["", "Top frames by self samples:", ""]
+    out += [f"  {v / total * 100:5.1f}%  {k}" for k, v in self_c.most_common(top)]
+    # the trunk of each thread (runpy -> arbiter -> worker.run, Thread._bootstrap ...) says nothing
+    trunk = {fr for root, c in group_incl.items() for fr, v in c.items() if v >= 0.98 * roots[root]}
+    trunk |= {fr for fr in incl if any(m in fr for m in TRUNK_MARKERS)}
+    out += ["", "Top frames by inclusive samples (each thread's common trunk omitted):", ""]
+    out += [f"  {v / total * 100:5.1f}%  {k}" for k, v in incl.most_common(300)
+            if k not in trunk][: top + 10]
+    return "\n".join(out)
+
+
+def profile_server(name, args):
+    """Profile one server's worker under the hello-world load with py-spy (py-spy itself
+    slows the worker: the req/s printed here are not benchmark numbers)."""
+    spy = tool_path("py-spy")
+    if not spy:
+        log("py-spy not found (pip install py-spy)")
+        return 1
+    srv = SERVER_BY_NAME[name]
+    sc = SCENARIOS["hello"]
+    run = start_server(srv, sc, tag="-profile")
+    secs, rate = args.profile_seconds, 200
+    report = [f"# py-spy profile: {name} ({srv.label}) under wrk -c{sc.conns} hello world", ""]
+    try:
+        for mode, extra in (("gil", ["--gil"]), ("active", [])):
+            out = os.path.join(OUT, f"profile-{name}-{mode}.txt")
+            wrk = subprocess.Popen(
+                ["wrk", f"-t{args.wrk_threads}", f"-c{sc.conns}", f"-d{secs + 3}s", "--latency",
+                 "-s", LUA, f"http://{HOST}:{run.port}{sc.path}"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                preexec_fn=_pin_client)
+            time.sleep(1.5)
+            p = subprocess.run([spy, "record", "-p", str(run.worker_pid), "-d", str(secs), "-r",
+                                str(rate), "--nonblocking", "--format", "raw", "-o", out] + extra,
+                               capture_output=True, text=True, timeout=secs + 60)
+            wout, _ = wrk.communicate(timeout=secs + 60)
+            m = re.search(r"Requests/sec:\s+([\d.]+)", wout)
+            title = {"gil": "samples of the thread holding the GIL (where the CPU goes)",
+                     "active": "all non-idle samples, incl. threads waiting for the GIL"}[mode]
+            report += [f"## {mode}: {title}", "",
+                       f"req/s while profiled: {m.group(1) if m else '?'}; "
+                       f"raw stacks: {os.path.relpath(out, REPO)} "
+                       "(collapsed format: open in speedscope or flamegraph.pl)", "", "```"]
+            report.append(summarize_collapsed(out, rate, secs) if p.returncode == 0 and
+                          os.path.exists(out) else f"py-spy failed: {p.stderr.strip()[-500:]}")
+            report += ["```", ""]
+    finally:
+        stop_server(run)
+    text = "\n".join(report)
+    path = os.path.join(OUT, f"profile-{name}.md")
+    with open(path, "w") as f:
+        f.write(text)
+    log(text)
+    log(f"\nwrote {os.path.relpath(path)}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1152,12 +1331,25 @@ def main(argv=None):
                    help="run only matching pairs; globs allowed; 'ours', 'hello', 'ours/hello', "
                         "'*/stream', comma-separated or repeated")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=int, default=3, help="seconds per wrk load (default 3)")
-    p.add_argument("--idle-duration", type=int, default=2)
+    p.add_argument("--duration", type=int, default=2, help="seconds per wrk load (default 2)")
+    p.add_argument("--idle-duration", type=int, default=3,
+                   help="seconds per paced load in the idle scenario (default 3)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--size", type=int, default=GIB, help="stream/upload bytes (default 1 GiB)")
     p.add_argument("--transfer-timeout", type=float, default=90)
+    p.add_argument("--idle-conns", type=int, default=10000,
+                   help="idle connections in the idle scenario (default 10000)")
+    p.add_argument("--profile", metavar="SERVER",
+                   help="instead of benchmarking: profile SERVER's worker under the hello-world "
+                        "load with py-spy; writes benchmarks/out/profile-SERVER.md")
+    p.add_argument("--profile-seconds", type=int, default=5)
+    p.add_argument("--pin", action="store_true",
+                   help="pin wrk and the socket clients to the last CPU (default: the kernel "
+                        "schedules everything)")
+    p.add_argument("--transfer-reps", type=int, default=2,
+                   help="1 GiB transfers per server per round in stream/upload (default 2; a "
+                        "single transfer takes well under a second and varies a lot)")
     p.add_argument("--no-install", action="store_true",
                    help="do not pip-install benchmarks/requirements.txt")
     p.add_argument("--results", default=None,
@@ -1165,10 +1357,15 @@ def main(argv=None):
                         "for a full unfiltered run, benchmarks/out/RESULTS-partial.md otherwise)")
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.duration, args.idle_duration = 1, 2, 2
+        args.rounds, args.duration, args.idle_duration, args.transfer_reps = 1, 2, 2, 1
     if args.size % MIB:
         p.error("--size must be a multiple of 1 MiB")
     os.environ["BENCH_STREAM_CHUNKS"] = str(args.size // MIB)
+    SCENARIOS["idle"].idle_conns = args.idle_conns
+    global CLIENT_CPUS
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cpus) >= 2:
+        CLIENT_CPUS = {cpus[-1]}
 
     if not shutil.which("wrk"):
         sys.exit("wrk not found. Install it first, e.g. on Debian/Ubuntu:\n"
@@ -1177,6 +1374,13 @@ def main(argv=None):
     notes = ensure_deps(not args.no_install)
     for x in notes:
         log(f"note: {x}")
+
+    if args.profile:
+        if args.profile not in SERVER_BY_NAME:
+            p.error(f"--profile: unknown server {args.profile}; servers: "
+                    f"{', '.join(SERVER_BY_NAME)}")
+        os.makedirs(OUT, exist_ok=True)
+        return profile_server(args.profile, args)
 
     filters = parse_only(args.only)
     unknown = [a for a, _ in filters if a != "*" and not any(
@@ -1201,6 +1405,9 @@ def main(argv=None):
         "versions": versions(),
     }
     log(f"machine: {meta['machine']}")
+    busy = meta["machine"]["cpu_busy_before_start"]
+    if busy != "?" and float(busy.split("%")[0]) > 10:
+        log(f"WARNING: the machine is already {busy} busy; results will be skewed")
     log(f"versions: {meta['versions']}")
 
     # peers that cannot run at all are reported, not fatal
@@ -1234,7 +1441,7 @@ def main(argv=None):
             failures.setdefault(sc.name, {})["harness"] = traceback.format_exc()
 
     summary = {sc: {srv: summarize(rs) for srv, rs in d.items()} for sc, d in results.items()}
-    targets = evaluate_targets(summary)
+    targets = evaluate_targets(summary, results)
     meta["elapsed_s"] = time.monotonic() - t0
     print_summary(summary, failures, targets)
     for sc, d in failures.items():
