@@ -127,6 +127,22 @@ def _header_name(name: str, settings: Settings, trusted: bool) -> str | None:
     raise BadRequest(f"Invalid header name '{name}'")
 
 
+# Header names seen before: raw bytes -> (NAME, environ key, needs the careful path). Names
+# repeat on every request (Host, Accept, User-Agent...), so each is decoded and mapped once.
+# Bounded: past NAME_CACHE_SIZE entries new names are mapped but not kept (count).
+NAME_CACHE_SIZE = 1024
+_NAMES: dict[bytes, tuple[str, str, bool]] = {}
+CAREFUL = SINGLETONS | {"TRANSFER-ENCODING", "EXPECT"}
+
+
+def _map_name(raw_name: bytes) -> tuple[str, str, bool]:
+    name = raw_name.decode("latin-1").upper()
+    mapped = (name, "HTTP_" + name.replace("-", "_"), name in CAREFUL or "_" in name)
+    if len(_NAMES) < NAME_CACHE_SIZE:
+        _NAMES[raw_name] = mapped
+    return mapped
+
+
 def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
                 version: tuple[int, int], raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, str | None, str]:
     """Map header fields into environ; returns (expect 100-continue, Host, scheme from headers)."""
@@ -139,45 +155,45 @@ def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
     # own max_field_size counts name and value apart.
     size_limit = (settings.limit_request_field_size if settings.limit_request_field_size > 0
                   else 8190) - 4
+    names = _NAMES
     for raw_name, raw_value in raw_headers:
         if len(raw_name) + len(raw_value) > size_limit:
             raise HeaderFieldsTooLarge("limit request headers fields size")
-        name = raw_name.decode("latin-1").upper()
+        name, key, careful = names.get(raw_name) or _map_name(raw_name)
         value = raw_value.decode("latin-1").strip(" \t")
         if VALUE_INVALID.search(value):
             raise BadRequest(f"Invalid HTTP Header: '{name}'")
-        if name in SINGLETONS:
-            if name in seen:
-                raise BadRequest(f"Invalid HTTP Header: '{name}'")
-            seen.add(name)
-        if name == "TRANSFER-ENCODING" and version < (1, 1):
-            # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
-            raise BadRequest(f"Invalid HTTP Header: '{name}'")
-        if name == "EXPECT":
-            # RFC 9110 section 10.1.1: an HTTP/1.0 client's 100-continue is ignored.
-            if value.lower() != "100-continue":
-                raise ExpectationFailed(value)
-            expect = version >= (1, 1)
         if name in secure:
             this = "https" if value == secure[name] else "http"
             if scheme is not None and scheme != this:
                 raise BadRequest("Contradictory scheme headers")
             scheme = this
-        if "_" in name:
-            kept = _header_name(name, settings, peer.trusted)
-            if kept is None:
+        if careful:
+            if name in SINGLETONS:
+                if name in seen:
+                    raise BadRequest(f"Invalid HTTP Header: '{name}'")
+                seen.add(name)
+            if name == "TRANSFER-ENCODING" and version < (1, 1):
+                # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+                raise BadRequest(f"Invalid HTTP Header: '{name}'")
+            if name == "EXPECT":
+                # RFC 9110 section 10.1.1: an HTTP/1.0 client's 100-continue is ignored.
+                if value.lower() != "100-continue":
+                    raise ExpectationFailed(value)
+                expect = version >= (1, 1)
+            if "_" in name:
+                if _header_name(name, settings, peer.trusted) is None:
+                    continue
+                if name == "SCRIPT_NAME":
+                    environ["SCRIPT_NAME"] = value
+            if name == "HOST":
+                host = value
+            elif name == "CONTENT-TYPE":
+                environ["CONTENT_TYPE"] = value
                 continue
-            if name == "SCRIPT_NAME":
-                environ["SCRIPT_NAME"] = value
-        if name == "HOST":
-            host = value
-        elif name == "CONTENT-TYPE":
-            environ["CONTENT_TYPE"] = value
-            continue
-        elif name == "CONTENT-LENGTH":
-            environ["CONTENT_LENGTH"] = value
-            continue
-        key = "HTTP_" + name.replace("-", "_")
+            elif name == "CONTENT-LENGTH":
+                environ["CONTENT_LENGTH"] = value
+                continue
         if key in environ:
             environ[key] += "," + value
         else:

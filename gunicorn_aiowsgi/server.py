@@ -224,9 +224,12 @@ class Server(web_server.Server):
         environ, expect = build_environ(self.base, self.settings, conn.peer, msg.method,
                                         msg.path.encode("utf-8", "surrogateescape"),
                                         msg.version, msg.raw_headers)
-        refused = await self.receive(ex, environ, expect)
-        if refused is not None:
-            return refused
+        if not msg.chunked and environ.get("CONTENT_LENGTH", "0") in ("0", ""):
+            environ["wsgi.input"] = io.BytesIO()  # no body: no coroutine to read one
+        else:
+            refused = await self.receive(ex, environ, expect)
+            if refused is not None:
+                return refused
         conn.body_read = True
         limit = self.queue_limit
         if limit and self.pool.queued >= limit:
@@ -247,9 +250,6 @@ class Server(web_server.Server):
     async def receive(self, ex: Exchange, environ: dict[str, Any], expect: bool) -> Reply | None:
         """Read the whole body on the loop, so a slow upload never holds a thread."""
         msg, payload = ex.message, ex.payload
-        if not msg.chunked and environ.get("CONTENT_LENGTH", "0") in ("0", ""):
-            environ["wsgi.input"] = io.BytesIO()
-            return None
         limit = self.settings.max_body_size
         length = environ.get("CONTENT_LENGTH")
         if limit and not msg.chunked and length and int(length) > limit:
