@@ -21,7 +21,7 @@ from gunicorn.http import errors as gerrors
 from gunicorn.http.parser import RequestParser
 from gunicorn.http.wsgi import create
 
-from sdists import sdist
+from robustness.sdists import sdist
 
 # gunicorn settings the corpus sets, and how our worker takes each: a config-file line.
 SETTING_NAMES = ("limit_request_line", "limit_request_fields", "limit_request_field_size",

@@ -47,7 +47,7 @@ def _download(name: str, version: str) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
            "--disable-pip-version-check", "-q", "-d", str(dest),
            f"{name}=={version}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     found = _archive(dest, name, version)
     if found is None:
         raise RuntimeError(f"pip download {name}=={version} failed:\n{result.stdout}\n{result.stderr}")

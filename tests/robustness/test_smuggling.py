@@ -1,0 +1,143 @@
+"""Request smuggling: framing the worker and a front proxy could read differently.
+
+Each request is followed on the same connection by a canary request, and by a "smuggled" one
+hidden where a lax parser would find a request. The worker must never desynchronise: either
+the request is refused (400, connection closed, nothing after it served) or it is served
+exactly once and then the canary, in order; /smuggled never reaches the app.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from server import Conn
+
+from robustness.conftest import module_server
+from robustness.helpers import replay
+
+pytestmark = pytest.mark.timeout(60)
+
+CANARY = b"GET /canary HTTP/1.1\r\nHost: t\r\n\r\n"
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def post(headers: str, body: bytes) -> bytes:
+    return f"POST /p HTTP/1.1\r\nHost: t\r\n{headers}\r\n".encode() + body
+
+
+REFUSED = {
+    "cl-te": post("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n" + SMUGGLED),
+    "te-cl": post("Transfer-Encoding: chunked\r\nContent-Length: 40\r\n", b"0\r\n\r\n" + SMUGGLED),
+    "two-cl-differ": post("Content-Length: 5\r\nContent-Length: 40\r\n", b"hello" + SMUGGLED),
+    "two-cl-same": post("Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"),
+    "cl-list": post("Content-Length: 5, 5\r\n", b"hello"),
+    "cl-plus": post("Content-Length: +5\r\n", b"hello"),
+    "cl-hex": post("Content-Length: 0x5\r\n", b"hello"),
+    "cl-space-inside": post("Content-Length: 5 0\r\n", b"hello"),
+    "cl-huge": post("Content-Length: 99999999999999999999999\r\n", b"hello"),
+    "cl-space-before-colon": post("Content-Length : 5\r\n", b"hello"),
+    "te-chunked-then-identity": post("Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n"),
+    "te-gzip-only": post("Transfer-Encoding: gzip\r\n", b"0\r\n\r\n" + SMUGGLED),
+    "te-two-lines": post("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+    "te-obs-fold": post("Transfer-Encoding:\r\n chunked\r\n", b"0\r\n\r\n" + SMUGGLED),
+    "te-xchunked": post("Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n" + SMUGGLED),
+    "te-chunked-vtab": post("Transfer-Encoding: chunked\x0b\r\n", b"0\r\n\r\n" + SMUGGLED),
+    "te-http10": b"POST /p HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    "chunk-size-hex-prefix": post("Transfer-Encoding: chunked\r\n", b"0x5\r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-minus": post("Transfer-Encoding: chunked\r\n", b"-5\r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-space": post("Transfer-Encoding: chunked\r\n", b"5 \r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-overflow": post("Transfer-Encoding: chunked\r\n",
+                                b"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-empty": post("Transfer-Encoding: chunked\r\n", b"\r\nhello\r\n0\r\n\r\n"),
+    "chunk-data-too-long": post("Transfer-Encoding: chunked\r\n", b"3\r\nhello\r\n0\r\n\r\n"),
+    "chunk-ext-bare-cr": post("Transfer-Encoding: chunked\r\n", b"5;a=b\rc\r\nhello\r\n0\r\n\r\n"),
+    "chunk-ext-nul": post("Transfer-Encoding: chunked\r\n", b"5;a\x00\r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-bare-lf": post("Transfer-Encoding: chunked\r\n", b"5\nhello\r\n0\r\n\r\n"),
+    "chunk-data-bare-lf": post("Transfer-Encoding: chunked\r\n", b"5\r\nhello\n0\r\n\r\n"),
+    "bare-lf-head": b"GET / HTTP/1.1\nHost: t\n\n" + SMUGGLED,
+    "bare-lf-one-line": b"GET / HTTP/1.1\r\nHost: t\nX: y\r\n\r\n",
+    "bare-cr-head": b"GET / HTTP/1.1\rHost: t\r\n\r\n",
+    "nul-in-value": b"GET / HTTP/1.1\r\nHost: t\r\nX: a\x00b\r\n\r\n",
+    "nul-in-name": b"GET / HTTP/1.1\r\nHost: t\r\nX\x00Y: a\r\n\r\n",
+    "nul-in-target": b"GET /a\x00b HTTP/1.1\r\nHost: t\r\n\r\n",
+    "two-hosts": b"GET / HTTP/1.1\r\nHost: t\r\nHost: evil\r\n\r\n",
+    "space-in-header-name": b"GET / HTTP/1.1\r\nHost: t\r\nX Y: a\r\n\r\n",
+    "forbidden-trailer-cl": post("Transfer-Encoding: chunked\r\n",
+                                 b"5\r\nhello\r\n0\r\nContent-Length: 40\r\n\r\n" + SMUGGLED),
+}
+
+# (request, the app calls it makes, in order): served exactly once, then the canary.
+SERVED = {
+    "cl-body": (post("Content-Length: 5\r\n", b"hello"), ["POST /p"]),
+    "cl-body-holding-a-request": (post(f"Content-Length: {len(SMUGGLED)}\r\n", SMUGGLED),
+                                  ["POST /p"]),
+    "chunked-body": (post("Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), ["POST /p"]),
+    "chunked-body-holding-a-request": (
+        post("Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)),
+        ["POST /p"]),
+    "chunked-with-trailer": (post("Transfer-Encoding: chunked\r\n",
+                                  b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"), ["POST /p"]),
+    "get-with-body": (b"GET /g HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello", ["GET /g"]),
+    # header_map "drop" (gunicorn's default): "Transfer_Encoding" is dropped; Content-Length frames.
+    "te-underscore-dropped": (post("Transfer_Encoding: chunked\r\nContent-Length: 3\r\n", b"0\r\n"),
+                              ["POST /p"]),
+    "three-pipelined": (post("Content-Length: 1\r\n", b"a") + post("Content-Length: 2\r\n", b"bb"),
+                        ["POST /p", "POST /p"]),
+}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    server, calls = module_server(tmp_path_factory, "robustness.robust_apps:echo",
+                                  "--keep-alive", "30", env={"AIOWSGI_BODY_TIMEOUT": "30"})
+    yield server, calls
+    server.stop()
+    assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.mark.parametrize("sender", ["whole", "pieces"])
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_ambiguous_framing_is_refused_and_nothing_after_it_served(srv, name, sender):
+    server, calls = srv
+    calls.reset()
+    responses, _client = replay(server, REFUSED[name] + CANARY, sender)
+    assert [r[0] for r in responses] == [400], (name, responses)
+    assert responses[0][1]["connection"] == "close"
+    assert calls.lines() == []
+
+
+@pytest.mark.parametrize("sender", ["whole", "pieces"])
+@pytest.mark.parametrize("name", sorted(SERVED))
+def test_well_framed_requests_are_served_once_in_order(srv, name, sender):
+    server, calls = srv
+    calls.reset()
+    data, expected = SERVED[name]
+    responses, _client = replay(server, data + CANARY, sender)
+    assert [r[0] for r in responses] == [200] * (len(expected) + 1)
+    assert calls.lines() == expected + ["GET /canary"]
+    bodies = [json.loads(r[2])["body"] for r in responses]
+    assert bodies[-1] == ""
+    if "underscore" in name:
+        assert "HTTP_TRANSFER_ENCODING" not in json.loads(responses[0][2])
+    if "holding-a-request" in name:  # the request-looking bytes were body, and only body
+        assert bodies[0] == SMUGGLED.decode()
+
+
+def test_bad_trailer_after_the_body_began_is_answered_at_once(srv):
+    """The trailer error reaches a handler already reading the body: 400 now, not a hang.
+
+    (aiohttp's parser reports it to the connection only; the worker ends the body with it.)
+    """
+    server, calls = srv
+    calls.reset()
+    with Conn.to(server, timeout=10) as conn:
+        conn.send(post("Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n", b""))
+        assert conn.readline().startswith(b"HTTP/1.1 100")  # the worker is reading the body
+        assert conn.readline() == b"\r\n"
+        conn.send(b"5\r\nhello")
+        conn.send(b"\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n")
+        status, headers, _body = conn.response()
+        assert status == 400 and headers["connection"] == "close"
+        assert conn.closed_by_peer(5)
+    assert calls.lines() == []
