@@ -41,6 +41,9 @@ def _block_loop(seconds: float) -> None:
     """Block the worker's event loop (not this app thread): what a heartbeat timeout is for."""
     from gunicorn_aiowsgi.worker import Worker
 
+    # The worker gc.freeze()s what exists at boot, itself included; frozen objects are not in
+    # gc.get_objects(). Unfreezing is harmless here: this worker is about to be killed.
+    gc.unfreeze()
     worker = next(o for o in gc.get_objects() if isinstance(o, Worker))
     worker.loop.call_soon_threadsafe(time.sleep, seconds)
 
