@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +32,17 @@ def _read(path: Path) -> str:
         return ""
 
 
+_RUN_DIR: list[str] = []
+
+
+def run_dir() -> str:
+    """One temporary directory per test process for every master's logs, removed at exit."""
+    if not _RUN_DIR:
+        _RUN_DIR.append(tempfile.mkdtemp(prefix="aiowsgi-test-"))
+        atexit.register(shutil.rmtree, _RUN_DIR[0], True)
+    return _RUN_DIR[0]
+
+
 class Gunicorn:
     """One gunicorn master process with our worker class, logging to files the test can read."""
 
@@ -37,7 +50,8 @@ class Gunicorn:
                  env: dict[str, str] | None = None, bind: str | None = "127.0.0.1:0",
                  workers: int = 1, config: str | None = None, cwd: str | None = None,
                  access_log: bool = True, wait_ready: bool = True, loglevel: str = "info"):
-        self.dir = Path(tempfile.mkdtemp(prefix="aiowsgi-test-"))
+        # Logs stay readable after stop(); the whole run's directories go at exit.
+        self.dir = Path(tempfile.mkdtemp(prefix="gunicorn-", dir=run_dir()))
         self.error_log = self.dir / "error.log"
         self.access_log = self.dir / "access.log"
         self.stdout = self.dir / "stdout.log"

@@ -24,7 +24,7 @@ from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
 from gunicorn.config import Config
-from server import ROOT, Gunicorn
+from server import ROOT, Gunicorn, run_dir
 
 DEPLOY = ROOT / "deploy"
 CONF = DEPLOY / "gunicorn.conf.py"
@@ -133,7 +133,7 @@ def spawn(
     object reads. It waits for "Listening at" and `workers` times "aiowsgi: serving" in the
     error log. .pid is the process started (honcho, or a wrapper that execs gunicorn)."""
     g = Gunicorn.__new__(Gunicorn)
-    g.dir = Path(tempfile.mkdtemp(prefix="aiowsgi-deploy-"))
+    g.dir = Path(tempfile.mkdtemp(prefix="deploy-", dir=run_dir()))
     g.error_log, g.access_log, g.stdout = (
         g.dir / "error.log",
         g.dir / "access.log",
