@@ -11,7 +11,6 @@ from typing import BinaryIO
 from .errors import HTTPError, InsufficientStorage, PayloadTooLarge
 from .settings import Settings
 
-
 # Read buffer of a spooled wsgi.input (bytes).
 READ_BUFFER = 64 * 1024
 # Once spooling, body bytes are held until this many, then written in one go (bytes).
@@ -85,7 +84,7 @@ class BodySpool:
             self._spill()
         self._file.seek(0)
         # Buffered for reading: readline() on a raw file would read a byte at a time.
-        return io.BufferedReader(self._file, READ_BUFFER)  # type: ignore[arg-type]
+        return io.BufferedReader(self._file, READ_BUFFER)  # type: ignore[type-var]
 
     @property
     def spooled(self) -> bool:

@@ -10,9 +10,17 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from . import proxy_protocol
 from .environ import Peer, is_trusted, make_peer
+from .errors import (
+    BadRequest,
+    Forbidden,
+    HeaderFieldsTooLarge,
+    HTTPError,
+    IncompleteBody,
+    NotImplementedCoding,
+    URITooLong,
+    error_page,
+)
 from .listener import unread_bytes
-from .errors import (BadRequest, Forbidden, HeaderFieldsTooLarge, HTTPError, IncompleteBody,
-                     NotImplementedCoding, URITooLong, error_page)
 
 if TYPE_CHECKING:
     from .server import Server
@@ -220,7 +228,7 @@ class Connection(RequestHandler):
             if self.state is ConnState.HEAD:
                 self.enter(ConnState.BUSY)
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows a bool
         """The client half-closed (RFC 9112 section 9.6): still answer the requests it completed.
 
         A body cut short by the FIN is refused with 400 and never reaches the app. Nothing in
@@ -272,8 +280,11 @@ class Connection(RequestHandler):
         limits = (kwargs.get("max_line_size", 8190), kwargs.get("max_field_size", 8190))
         return parse_error(exc, self.line_done, limits)
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> Reply:  # type: ignore[override]
+    # A duck-typed response (Reply), not aiohttp's StreamResponse: RequestHandler only calls
+    # prepare()/write_eof() and reads keep_alive.
+    def handle_error(  # type: ignore[override]
+            self, request: Any, status: int = 500, exc: BaseException | None = None,
+            message: str | None = None) -> Reply:
         """aiohttp calls this for parse errors and for exceptions escaping our handler."""
         if isinstance(exc, http_exceptions.HttpProcessingError):
             error = self._parse_error(exc)

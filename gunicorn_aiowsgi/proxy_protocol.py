@@ -347,7 +347,8 @@ def _v1_port(text: str) -> int:
 
 # --- v2 (spec 2.2) -------------------------------------------------------
 
-_V2_MIN_LEN = {_Family.INET: _V2_INET.size, _Family.INET6: _V2_INET6.size, _Family.UNSPEC: 0}
+_V2_MIN_LEN: dict[int, int] = {_Family.INET: _V2_INET.size, _Family.INET6: _V2_INET6.size,
+                               _Family.UNSPEC: 0}
 
 
 def _check_v2_family(fam: int, length: int) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import inspect
+import io
 import os
 import time
 from email.utils import formatdate
@@ -17,8 +17,8 @@ from .application import AppCall, FileWrapper
 from .body import BodySpool
 from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, Inbox, ThreadPool
 from .connection import CLOSE, KEEP, Connection, ConnState, Reply, error_reply, fail_body
-from .environ import Peer, base_environ, build_environ, proxied_peer
 from .diagnostics import Monitor, describe, thread_stack
+from .environ import Peer, base_environ, build_environ, proxied_peer
 from .errors import BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge
 from .listener import unread_bytes
 from .records import RequestRecord
@@ -125,7 +125,10 @@ class Server(web_server.Server):
 
     def __init__(self, worker: Any, settings: Settings, wsgi: Callable[..., Any], pool: ThreadPool,
                  loop: asyncio.AbstractEventLoop, log: Any, errors: Any) -> None:
-        super().__init__(self.handle, request_factory=Exchange, loop=loop, **handler_options(settings))
+        # Our handler and request factory are duck-typed stand-ins for aiohttp's BaseRequest and
+        # StreamResponse: RequestHandler uses only what Exchange and Reply provide.
+        super().__init__(self.handle, request_factory=Exchange,  # type: ignore[arg-type]
+                         loop=loop, **handler_options(settings))
         self.worker = worker
         self.settings = settings
         self.wsgi = wsgi
@@ -221,6 +224,7 @@ class Server(web_server.Server):
         started = time.time()
         if self.health_path and msg.path.partition("?")[0] == self.health_path:
             return self.health(msg)
+        assert conn.peer is not None  # set in connection_made, before any byte is read
         environ, expect = build_environ(self.base, self.settings, conn.peer, msg.method,
                                         msg.path.encode("utf-8", "surrogateescape"),
                                         msg.version, msg.raw_headers)

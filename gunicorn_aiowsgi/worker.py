@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import enum
+import gc
 import os
 import signal
 import sys

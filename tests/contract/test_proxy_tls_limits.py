@@ -119,7 +119,7 @@ def test_proxy_protocol_addresses_every_request_on_the_connection(proxied: Any,
     ours = exchange(proxied[AIOWSGI], preamble + request() * 2, count=2)
     theirs = exchange(proxied[GTHREAD], preamble + request() * 2, count=2)
     assert [status for status, _ in ours] == [200, 200]
-    for (_, environ), (_, reference) in zip(ours, theirs):
+    for (_, environ), (_, _reference) in zip(ours, theirs):
         assert environ["REMOTE_ADDR"] in ("203.0.113.7", "2001:db8::7", "198.51.100.8")
         assert environ["REMOTE_PORT"] in ("4242", "4243", "5353")
         for key in ("REMOTE_ADDR", "REMOTE_PORT", "PROXY_PROTOCOL", "PROXY_ADDR", "PROXY_PORT"):

@@ -6,7 +6,6 @@ import time
 
 import httpx
 import pytest
-
 from server import Gunicorn
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,7 +8,6 @@ import tempfile
 import threading
 
 import pytest
-
 from inloop import fetch, serving
 
 pytestmark = pytest.mark.timeout(60)

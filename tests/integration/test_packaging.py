@@ -6,9 +6,9 @@ import importlib.metadata
 from pathlib import Path
 
 import pytest
+from server import Gunicorn, request
 
 import gunicorn_aiowsgi
-from server import Gunicorn, request
 
 pytestmark = pytest.mark.timeout(60)
 

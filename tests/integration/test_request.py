@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
 
-import http.client
 import pytest
-
 from server import Conn, Gunicorn, request
 
 pytestmark = pytest.mark.timeout(60)

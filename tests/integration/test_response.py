@@ -7,7 +7,6 @@ import socket
 import time
 
 import pytest
-
 from server import Conn, Gunicorn, hwm_kib, request, rss_kib
 
 pytestmark = pytest.mark.timeout(90)

@@ -9,8 +9,7 @@ import socket
 import time
 
 import pytest
-
-from server import Conn, Gunicorn, request
+from server import Conn, Gunicorn
 
 pytestmark = pytest.mark.timeout(90)
 

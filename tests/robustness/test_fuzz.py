@@ -17,10 +17,10 @@ import socket
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from server import Conn
 
 from robustness.conftest import check_log, module_server
 from robustness.helpers import Usage, settle
-from server import Conn
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -118,5 +118,6 @@ def test_tmp_upload_dir_must_exist(tmp_path):
 
 
 def test_settings_are_frozen():
-    with pytest.raises(Exception):
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().threads = 5  # type: ignore[misc]

@@ -7,8 +7,17 @@ import sys
 import pytest
 
 from gunicorn_aiowsgi.errors import AppError
-from gunicorn_aiowsgi.response import (BodyFramer, Framing, Head, Phase, StartResponse, check_headers,
-                                       check_status, framing, render_head)
+from gunicorn_aiowsgi.response import (
+    BodyFramer,
+    Framing,
+    Head,
+    Phase,
+    StartResponse,
+    check_headers,
+    check_status,
+    framing,
+    render_head,
+)
 
 
 @pytest.mark.parametrize("status, code", [("200 OK", 200), ("404 Not Found", 404), ("599", 599),
