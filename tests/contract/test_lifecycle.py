@@ -122,18 +122,20 @@ def test_max_requests_is_counted_exactly(tmp_path: Path) -> None:
 def test_reload_in_development(tmp_path: Path) -> None:
     module = tmp_path / "reloadable.py"
     source = ("def app(environ, start_response):\n"
-              "    start_response('200 OK', [('Content-Length', '1')])\n"
+              "    start_response('200 OK', [('Content-Length', '%d')])\n"
               "    return [b'%s']\n")
-    module.write_text(source % "1")
+    module.write_text(source % (1, "1"))
     with serve("--reload", "--pythonpath", str(tmp_path), app="reloadable:app") as g:
         pid = g.worker_pid()
         assert answered(start_request(g, "/"))[2] == b"1"
-        module.write_text(source % "2")
+        # A different size: the first worker's .pyc records the source's mtime in whole
+        # seconds and its size, so a same-size rewrite within that second would load stale code.
+        module.write_text(source % (2, "22"))
         g.wait_log(f"Worker reloading: {module} modified", timeout=15)
         wait_until(lambda: gone(pid), 10, "the reloading worker to exit")
         g.wait_workers(1, exclude=(pid,))
         wait_until(lambda: g.log().count("aiowsgi: serving") == 2, 10, "the new worker")
-        assert answered(start_request(g, "/"))[2] == b"2"
+        assert answered(start_request(g, "/"))[2] == b"22"
 
 
 # -- worker_connections -------------------------------------------------------------------
@@ -223,8 +225,11 @@ def test_keepalive_deadline_is_exact(loop_name: str, keepalive: int) -> None:
             writer.close()
 
     factory = uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(check())
+    loop = factory()  # asyncio.Runner(loop_factory=...) is Python 3.11+
+    try:
+        loop.run_until_complete(check())
+    finally:
+        loop.close()
 
 
 async def wait_idle(worker) -> list:

@@ -34,7 +34,9 @@ def test_hup_under_load_loses_no_request() -> None:
     assert_nothing_lost(results)
     assert all(r.outcome == OK for r in results)
     served_by = collections.Counter(r.pid for r in results)
-    assert old <= set(served_by) and new & set(served_by), served_by
+    # Old and new generations both served. Not every old worker: the kernel may hand all four
+    # keep-alive connections to the worker that wakes first.
+    assert old & set(served_by) and new & set(served_by), served_by
     assert len(results) >= before + 200
 
 
