@@ -6,26 +6,14 @@ import json
 import os
 import socket
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from server import wait_until  # noqa: F401  (re-exported: the contract tests import it from here)
 
 HERE = Path(__file__).resolve().parent
 APP = "contract.contract_apps:app"
 HOOKS = str(HERE / "hooks_conf.py")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; return that, or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -10,19 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from server import Conn, Gunicorn, rss_kib
+from server import Conn, Gunicorn, rss_kib, wait_until
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
     """Poll `predicate` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what or predicate}")
-        time.sleep(0.02)
+    return wait_until(predicate, timeout, what or repr(predicate))
 
 
 # -- a worker process, seen from /proc ---------------------------------------------------
