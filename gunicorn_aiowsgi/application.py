@@ -195,7 +195,8 @@ class AppCall:
             self._end()
             return
         head, framer = self._begin()
-        pieces = framer.pieces(body[0] if len(body) == 1 else b"".join(body))
+        # One chunk per item, as gunicorn frames them (and nothing copied to join them).
+        pieces = tuple(piece for chunk in body for piece in framer.pieces(chunk))
         tail, complete = framer.finish()
         self._report_overflow(framer, complete)
         size = sum(map(len, pieces))

@@ -147,10 +147,10 @@ class BodyFramer:
                 chunk = chunk[:self.remaining]
             self.remaining -= len(chunk)
         self.sent += len(chunk)
-        if self.mode is Framing.CHUNKED:
+        if self.mode is Framing.CHUNKED:  # upper-case hex sizes, byte for byte as gunicorn
             if len(chunk) >= COPY_LIMIT:
-                return (b"%x\r\n" % len(chunk), chunk, b"\r\n")
-            return (b"%x\r\n%b\r\n" % (len(chunk), chunk),)
+                return (b"%X\r\n" % len(chunk), chunk, b"\r\n")
+            return (b"%X\r\n%b\r\n" % (len(chunk), chunk),)
         return (chunk,) if chunk else ()
 
     def finish(self) -> tuple[bytes, bool]:

@@ -172,15 +172,22 @@ def test_file_wrapper(srv, query):
     assert body == data
 
 
+def read_mark(path, timeout: float) -> str:
+    """A mark's text once a whole line is in: the app's open(..., "a") creates the file
+    before its write lands."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().endswith("\n"):
+            break
+        time.sleep(0.02)
+    return path.read_text()
+
+
 def test_disconnect_mid_stream_closes_iterable_and_frees_thread(srv, marks):
     with Conn.to(srv) as conn:
         conn.send(b"GET /tracked?name=mid&chunks=100000&size=65536&gap=0 HTTP/1.1\r\nHost: h\r\n\r\n")
         conn.read(300_000)
-    mark = marks / "mid"
-    deadline = time.monotonic() + 10
-    while not mark.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    text = mark.read_text()
+    text = read_mark(marks / "mid", 10)
     assert text.startswith("closed after")
     assert int(text.split()[2]) < 100000
     # All four threads are free again: four slow requests at once all complete.
@@ -191,10 +198,7 @@ def test_disconnect_mid_stream_closes_iterable_and_frees_thread(srv, marks):
 def test_iterable_closed_exactly_once_on_success(srv, marks):
     status, _, body = get(srv, "/tracked?name=ok&chunks=3&size=10&gap=0")
     assert body == b"y" * 30
-    deadline = time.monotonic() + 5
-    while not (marks / "ok").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    lines = (marks / "ok").read_text().splitlines()
+    lines = read_mark(marks / "ok", 5).splitlines()
     assert lines == [lines[0]] and lines[0].startswith("closed after 3 thread=aiowsgi-")
 
 

@@ -68,8 +68,10 @@ def check_log(server: Gunicorn) -> None:
         assert sign not in log, f"{sign!r} in the worker log:\n{log[-4000:]}"
 
 
-def module_server(tmp_path_factory, app: str, *args: str, env: dict[str, str] | None = None):
+def module_server(tmp_path_factory, app: str, *args: str, env: dict[str, str] | None = None,
+                  worker_class: str = "gunicorn_aiowsgi.Worker"):
     """A worker shared by a module's tests (use from a module-scoped fixture)."""
     calls = Calls(tmp_path_factory.mktemp("calls") / "calls")
-    server = Gunicorn(app, *args, env={"ROBUST_CALLS": str(calls.path), **(env or {})})
+    server = Gunicorn(app, *args, env={"ROBUST_CALLS": str(calls.path), **(env or {})},
+                      worker_class=worker_class)
     return server, calls

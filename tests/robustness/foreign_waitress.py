@@ -30,7 +30,7 @@ _servers: dict[tuple[str, bool], Gunicorn] = {}
 _sockets = Path(tempfile.mkdtemp(prefix="aiowsgi-waitress-"))
 ADD_HOST = os.environ.get("AIOWSGI_FOREIGN_RAW") != "1"
 REQUEST_LINE = re.compile(rb"(?:^|(?<=\r\n))[A-Z]+ \S+ HTTP/1\.1\r\n")
-CLIENT_TIMEOUT = 3.0  # a test waiting longer for the server fails rather than hangs
+CLIENT_TIMEOUT = 2.0  # a test waiting longer for the server fails rather than hangs
 
 
 def with_host(data: bytes) -> bytes:

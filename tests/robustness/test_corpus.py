@@ -43,18 +43,15 @@ INVALID_SERVED = {  # refused by gunicorn, served (exactly once) here
 }
 INVALID_OTHER_STATUS = {"013": 400}   # gunicorn 431; here 400 (obs-fold is refused first)
 # Valid cases aiohttp's parser (llhttp, strict) or the worker refuses with 400, and the log line
-# that says why. RACY: refused only when the extra bytes come in the same read as the request.
+# that says why.
 VALID_REFUSED = {
     "099": "the client closed before the body was complete",
     "013": "Invalid character in chunk extensions",
-    "019": "Data after `Connection: close`",
-    "021": "Data after `Connection: close`",
     "025": "Duplicate 'Transfer-Encoding' header",
     "029": "Duplicate 'Transfer-Encoding' header",
     "030": "Duplicate 'Transfer-Encoding' header",
     "031": "Invalid method encountered",
 }
-RACY = ("019", "021")
 MISSING_HOST = "Missing 'Host' header"
 ADDED_HOST = b"Host: corpus.test\r\n"
 PROXY_KEYS = ("PROXY_PROTOCOL", "PROXY_ADDR", "PROXY_PORT", "REMOTE_ADDR", "REMOTE_PORT")
@@ -170,7 +167,7 @@ def check_all_served(case, server, calls, sender) -> None:
     before = reasons(server, case)
     responses, client = replay(server, case.data, sender)
     statuses = [r[0] for r in responses]
-    if case.name in VALID_REFUSED and not (case.name in RACY and statuses[:1] == [200]):
+    if case.name in VALID_REFUSED:
         assert refused_once(server, statuses, calls, before) == VALID_REFUSED[case.name]
         return
     assert statuses == [200] * len(case.expect), statuses

@@ -13,7 +13,7 @@ import json
 import pytest
 from server import Conn
 
-from robustness.conftest import module_server
+from robustness.conftest import check_log, module_server
 from robustness.helpers import replay
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,13 +87,34 @@ SERVED = {
 }
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+REFUSED_EXAMPLE = post("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n")
+
+# (request, statuses, app calls): a good request followed in the same read by something else.
+# aiohttp's parser drops the good one when a later one fails; the worker answers it anyway,
+# and judges the rest after it, as gunicorn does.
+FOLLOWED = {
+    "then-garbage": (b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGARBAGE\r\n\r\n", [200, 400], ["GET /a"]),
+    "then-bad-request": (b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n" + REFUSED_EXAMPLE,
+                         [200, 400], ["GET /a"]),
+    "body-then-garbage": (post("Content-Length: 3\r\n", b"abc") + b"xyz\r\n\r\n", [200, 400],
+                          ["POST /p"]),
+    "http10-then-more": (b"GET /a HTTP/1.0\r\n\r\n" + SMUGGLED, [200], ["GET /a"]),
+    "close-then-more": (b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + SMUGGLED,
+                        [200], ["GET /a"]),
+    "http10-then-stray-body": (b"GET /a HTTP/1.0\r\n\r\n" + b"a" * 2000, [200], ["GET /a"]),
+}
+
+
+@pytest.fixture(scope="module", params=["gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker"])
+def srv(tmp_path_factory, request):
+    """The asyncio and the uvloop worker: transports differ in half-close and pausing."""
     server, calls = module_server(tmp_path_factory, "robustness.robust_apps:echo",
-                                  "--keep-alive", "30", env={"AIOWSGI_BODY_TIMEOUT": "30"})
+                                  "--keep-alive", "30", env={"AIOWSGI_BODY_TIMEOUT": "30"},
+                                  worker_class=request.param)
     yield server, calls
     server.stop()
     assert "Traceback" not in server.log(), server.log()
+    check_log(server)
 
 
 @pytest.mark.parametrize("sender", ["whole", "pieces"])
@@ -122,6 +143,17 @@ def test_well_framed_requests_are_served_once_in_order(srv, name, sender):
         assert "HTTP_TRANSFER_ENCODING" not in json.loads(responses[0][2])
     if "holding-a-request" in name:  # the request-looking bytes were body, and only body
         assert bodies[0] == SMUGGLED.decode()
+
+
+@pytest.mark.parametrize("sender", ["whole", "pieces"])
+@pytest.mark.parametrize("name", sorted(FOLLOWED))
+def test_good_request_followed_by_bad_bytes_is_still_answered_once(srv, name, sender):
+    server, calls = srv
+    calls.reset()
+    data, statuses, expected = FOLLOWED[name]
+    responses, _client = replay(server, data + CANARY, sender)
+    assert [r[0] for r in responses] == statuses
+    assert calls.lines() == expected  # and neither /smuggled nor the canary
 
 
 def test_bad_trailer_after_the_body_began_is_answered_at_once(srv):
