@@ -21,8 +21,9 @@ from .diagnostics import Monitor, describe, thread_stack
 from .environ import Peer, base_environ, build_environ, proxied_peer
 from .errors import BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge
 from .listener import unread_bytes
+from .output import Output
 from .records import RequestRecord
-from .response import COPY_LIMIT, Framing, Head, render_head
+from .response import Framing, Head, render_head
 from .settings import Settings
 
 SERVER_HEADER = "gunicorn"
@@ -34,43 +35,6 @@ FRESH_GRACE = 1.0
 
 class BodyTimeout(asyncio.TimeoutError):
     """No request body bytes arrived for body_timeout seconds."""
-
-
-class Output:
-    """Bytes for one response gathered per batch: small pieces go out in one transport write
-    (the head and a small body in one send), large ones as they are, never copied."""
-
-    __slots__ = ("writer", "pieces", "size")
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-        self.pieces: list[bytes] = []
-        self.size = 0
-
-    def add(self, *pieces: bytes) -> None:
-        for piece in pieces:
-            if len(piece) >= COPY_LIMIT:
-                self.flush()
-                self._send(piece)
-            elif piece:
-                self.pieces.append(piece)
-                self.size += len(piece)
-                if self.size >= COPY_LIMIT:
-                    self.flush()
-
-    def flush(self) -> None:
-        if self.pieces:
-            pieces = self.pieces
-            self._send(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-            self.pieces = []
-            self.size = 0
-
-    def _send(self, data: bytes) -> None:
-        transport = self.writer.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("Cannot write to closing transport")
-        self.writer.output_size += len(data)
-        transport.write(data)
 
 
 class Exchange:
