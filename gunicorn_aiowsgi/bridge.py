@@ -72,10 +72,6 @@ class ThreadPool:
         """A snapshot of (thread ident, job) for every busy thread."""
         return list(self.current.items())
 
-    @property
-    def threads(self) -> list[threading.Thread]:
-        return list(self._threads)
-
     def shutdown(self, timeout: float = 0.0) -> None:
         """Ask every thread to stop after its current job; wait at most `timeout` seconds."""
         for _ in self._threads:
@@ -215,17 +211,5 @@ class Channel:
         self._open_gate()
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def inflight(self) -> int:
         return self._produced - self._consumed
-
-
-def loop_thread_only(loop: asyncio.AbstractEventLoop) -> bool:
-    """True when called on the loop's own thread (for assertions and tests)."""
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False

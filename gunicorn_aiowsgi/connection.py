@@ -10,7 +10,7 @@ from aiohttp.http_parser import HttpRequestParser
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from . import proxy_protocol
-from .environ import Peer, is_trusted, make_peer
+from .environ import Peer, is_trusted, make_peer, proxied_peer
 from .errors import (
     BadRequest,
     Forbidden,
@@ -203,10 +203,6 @@ class Connection(RequestHandler):
                 self.close()  # aiohttp closes once this response is out: nothing more can come
         self._arm()
 
-    @property
-    def idle(self) -> bool:
-        return self.state is ConnState.IDLE
-
     # -- bytes in ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self.proxy is not None:
@@ -315,7 +311,7 @@ class Connection(RequestHandler):
                     self.peer.remote_addr, settings.proxy_allow_ips, settings.proxy_networks):
                 self._refuse(Forbidden("Request forbidden"))
                 return b""
-            self.peer = self.server.peer_from_proxy(self.peer, info)
+            self.peer = proxied_peer(self.peer, info)
         self.enter(ConnState.IDLE)
         return rest
 

@@ -18,7 +18,7 @@ from .body import BodySpool
 from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, Inbox, ThreadPool
 from .connection import CLOSE, KEEP, Connection, ConnState, Reply, error_reply, fail_body
 from .diagnostics import Monitor, describe, thread_stack
-from .environ import Peer, base_environ, build_environ, proxied_peer
+from .environ import Peer, base_environ, build_environ
 from .errors import BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge
 from .listener import unread_bytes
 from .output import Output
@@ -110,7 +110,6 @@ class Server(web_server.Server):
         self.write_buffer = settings.write_buffer
         self.conns: set[Connection] = set()
         self.draining = False
-        self.in_app = 0                      # requests handed to threads, not finished (count)
         self.on_close: Callable[[], None] = lambda: None
         self.monitor = Monitor(pool, self, log, os.getpid())
         self._date = (0, "")
@@ -150,9 +149,6 @@ class Server(web_server.Server):
     def close_all(self) -> None:
         for conn in list(self.conns):
             conn.force_close()
-
-    def peer_from_proxy(self, peer: Peer, info: Any) -> Peer:
-        return proxied_peer(peer, info)
 
     def log_client_error(self, peer: Peer | None, error: HTTPError) -> None:
         if error.client_error:
@@ -207,12 +203,8 @@ class Server(web_server.Server):
         channel = Channel(self.inbox, self.loop, self.write_buffer)
         req = RequestRecord(environ, msg.version, msg.raw_headers, conn.peer, conn.requests + 1)
         call = AppCall(self.wsgi, environ, channel, msg.version, req, self, started)
-        self.in_app += 1
-        try:
-            self.pool.submit(call)
-            return await self.relay(ex, channel, msg, call)
-        finally:
-            self.in_app -= 1
+        self.pool.submit(call)
+        return await self.relay(ex, channel, msg, call)
 
     # -- request body --------------------------------------------------------------------
     async def receive(self, ex: Exchange, environ: dict[str, Any], expect: bool) -> Reply | None:
