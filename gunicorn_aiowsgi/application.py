@@ -8,10 +8,10 @@ import time
 from datetime import timedelta
 from typing import Any, Callable, Iterable
 
-from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel
+from .bridge import Abort, Channel, Data, End, Fail, Hints, SendFile, Start
 from .errors import AppError, ClientDisconnected, HTTPError
 from .records import RequestRecord, ResponseRecord
-from .response import BodyFramer, Framing, Head, Phase, StartResponse, framing
+from .response import BodyFramer, Framing, Head, Phase, StartResponse, check_headers, framing
 
 
 class FileWrapper:
@@ -98,11 +98,11 @@ class AppCall:
         self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
         try:
             if self.start.phase is Phase.SENT:
-                self.channel.put((ABORT,), 0, wait=False)
+                self.channel.put(Abort(), wait=False)
             else:
                 error = exc if isinstance(exc, HTTPError) and exc.status >= 500 else AppError()
                 self.resp.status, self.resp.status_code = f"{error.status} {error.reason}", error.status
-                self.channel.put((ERROR, error), 0, wait=False)
+                self.channel.put(Fail(error), wait=False)
         except ClientDisconnected:
             pass
 
@@ -162,13 +162,13 @@ class AppCall:
             head, framer = self._begin()
             pieces = framer.pieces(chunk)
             size = sum(map(len, pieces))
-            self.channel.put((HEAD, head, framer.mode, pieces, size), size)
+            self.channel.put(Start(head, framer.mode, pieces, size))
         else:
             assert self.framer is not None
             pieces = self.framer.pieces(chunk)
             if pieces:
                 size = sum(map(len, pieces))
-                self.channel.put((DATA, pieces, size), size)
+                self.channel.put(Data(pieces, size))
 
     def _end(self) -> None:
         head = None
@@ -179,9 +179,9 @@ class AppCall:
             framer = self.framer
         tail, complete = framer.finish()
         if head is not None:
-            self.channel.put((HEAD, head, framer.mode, (), 0), 0, wait=False)
+            self.channel.put(Start(head, framer.mode), wait=False)
         self._report_overflow(framer, complete)
-        self.channel.put((END, tail, complete), 0, wait=False)
+        self.channel.put(End(tail, complete), wait=False)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
         body = []
@@ -200,8 +200,8 @@ class AppCall:
         tail, complete = framer.finish()
         self._report_overflow(framer, complete)
         size = sum(map(len, pieces))
-        self.channel.put((HEAD, head, framer.mode, pieces, size), size, wait=False)
-        self.channel.put((END, tail, complete), 0, wait=False)
+        self.channel.put(Start(head, framer.mode, pieces, size), wait=False)
+        self.channel.put(End(tail, complete), wait=False)
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
         head = self.start.head
@@ -218,14 +218,27 @@ class AppCall:
         if framer.mode is not Framing.NONE and count:
             framer.remaining = (framer.remaining or 0) - count
             framer.sent = count
-            self.channel.put((HEAD, head, framer.mode, (), 0), 0)
-            self.channel.put((FILE, wrapper.filelike, offset, count), count)
+            self.channel.put(Start(head, framer.mode))
+            self.channel.put(SendFile(wrapper.filelike, offset, count))
         else:
-            self.channel.put((HEAD, head, framer.mode, (), 0), 0)
+            self.channel.put(Start(head, framer.mode))
         tail, complete = framer.finish()
-        self.channel.put((END, tail, complete), 0, wait=False)
+        self.channel.put(End(tail, complete), wait=False)
         self.channel.flush()  # the file must stay open until the loop has sent it
         return True
+
+    def early_hints(self, headers: list[tuple[str, str]]) -> None:
+        """wsgi.early_hints (gunicorn 27): a 103 Early Hints response before the final one.
+
+        As gunicorn does: ignored once the response has begun, and for HTTP/1.0 clients, which
+        cannot take a 1xx response (RFC 9110 section 15.2); bad names or values raise.
+        """
+        if self.start.phase is Phase.SENT or self.version < (1, 1):
+            return
+        pairs = [(n.decode("latin-1") if isinstance(n, bytes) else n,
+                  v.decode("latin-1") if isinstance(v, bytes) else v) for n, v in headers]
+        kept, _length, _close = check_headers(pairs)
+        self.channel.put(Hints(kept))
 
     def _report_overflow(self, framer: BodyFramer, complete: bool) -> None:
         if framer.overflow:

@@ -7,19 +7,88 @@ import collections
 import logging
 import queue
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ClientDisconnected
 
 log = logging.getLogger("gunicorn.error")
 
-# What an app thread sends to the loop, as (kind, ...) tuples:
-HEAD = 1    # (HEAD, head, framing, wire pieces, size): the response starts
-DATA = 2    # (DATA, wire pieces, size): framed body bytes, as pieces not to copy large chunks
-FILE = 3    # (FILE, file object, offset, count): sent with the loop's sendfile
-END = 4     # (END, closing bytes, complete): the body is done; complete=False must close
-ERROR = 5   # (ERROR, HTTPError): nothing was sent; answer with an error page and close
-ABORT = 6   # (ABORT,): the app failed after the head went out; close the connection
+
+# What an app thread sends to the loop: one small class per message. `size` is the credit the
+# message holds (body bytes in flight) until the loop releases it.
+class Start:
+    """The response head, with the first body pieces (already framed)."""
+
+    __slots__ = ("head", "mode", "pieces", "size")
+
+    def __init__(self, head: Any, mode: Any, pieces: tuple[bytes, ...] = (), size: int = 0) -> None:
+        self.head = head          # response.Head
+        self.mode = mode          # response.Framing
+        self.pieces = pieces
+        self.size = size
+
+
+class Data:
+    """Framed body bytes, as pieces so that large chunks are never copied to frame them."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self, pieces: tuple[bytes, ...], size: int) -> None:
+        self.pieces = pieces
+        self.size = size
+
+
+class SendFile:
+    """`count` bytes of a regular file from `offset`, sent with the loop's sendfile."""
+
+    __slots__ = ("file", "offset", "count", "size")
+
+    def __init__(self, file: Any, offset: int, count: int) -> None:
+        self.file = file
+        self.offset = offset
+        self.count = count
+        self.size = count
+
+
+class End:
+    """The body is done; `complete` False (a short Content-Length body) means close."""
+
+    __slots__ = ("tail",  "complete")
+    size = 0
+
+    def __init__(self, tail: bytes, complete: bool) -> None:
+        self.tail = tail
+        self.complete = complete
+
+
+class Fail:
+    """Nothing was sent: answer with this error's page and close."""
+
+    __slots__ = ("error",)
+    size = 0
+
+    def __init__(self, error: Any) -> None:
+        self.error = error
+
+
+class Abort:
+    """The app failed after the head went out: close the connection (never a second response)."""
+
+    __slots__ = ()
+    size = 0
+
+
+class Hints:
+    """A 103 Early Hints response to send before the final one (RFC 8297)."""
+
+    __slots__ = ("headers",)
+    size = 0
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
+
+
+Message = Start | Data | SendFile | End | Fail | Abort | Hints
 
 
 class ThreadPool:
@@ -120,31 +189,30 @@ class Channel:
     when it must actually wait.
     """
 
-    __slots__ = ("_inbox", "_loop", "_limit", "_items", "_produced", "_consumed", "_closed",
-                 "_wake_pending", "_waiter", "_gate", "_room", "_mutex")
+    __slots__ = ("_inbox", "_limit", "_items", "_produced", "_consumed", "_closed",
+                 "_wake_pending", "_listener", "_gate", "_room", "_mutex")
 
-    def __init__(self, inbox: Inbox, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+    def __init__(self, inbox: Inbox, limit: int, listener: Callable[[], None]) -> None:
         self._inbox = inbox
-        self._loop = loop
         self._limit = limit
-        self._items: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._items: collections.deque[Message] = collections.deque()
         self._produced = 0        # bytes put by the app thread (written by the thread only)
         self._consumed = 0        # bytes released by the loop (written by the loop only)
         self._closed = False
         self._wake_pending = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._listener: Callable[[], None] | None = listener  # runs on the loop when items arrive
         self._gate: Any = None    # a held lock the waiting thread blocks on; the loop releases it
         self._room = 0            # the in-flight bytes the waiting thread needs to fall below
         self._mutex = threading.Lock()
 
     # -- app thread side -------------------------------------------------------------------
-    def put(self, item: tuple[Any, ...], size: int, wait: bool = True) -> None:
-        """Queue an item for the loop; raises ClientDisconnected once the loop closed the channel."""
+    def put(self, item: Message, wait: bool = True) -> None:
+        """Queue a message for the loop; raises ClientDisconnected once the loop closed the channel."""
         while wait and not self._closed and self._produced - self._consumed >= self._limit:
             self._wait_below(self._limit)
         if self._closed:
             raise ClientDisconnected()
-        self._produced += size
+        self._produced += item.size
         self._items.append(item)
         if not self._wake_pending:
             self._wake_pending = True
@@ -180,25 +248,18 @@ class Channel:
                 gate.release()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        listener = self._listener
+        if listener is not None:
+            listener()
 
-    async def get(self) -> list[tuple[Any, ...]]:
-        """Everything queued so far, waiting for at least one item."""
+    def take(self) -> list[Message]:
+        """Everything queued so far (maybe nothing); a later put wakes the listener again."""
+        self._wake_pending = False  # cleared before looking: a put we miss posts a new wake
         items = self._items
-        while True:
-            self._wake_pending = False
-            if items:
-                batch = list(items)
-                for _ in batch:
-                    items.popleft()
-                return batch
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        batch = list(items)
+        for _ in batch:
+            items.popleft()
+        return batch
 
     def release(self, size: int) -> None:
         """`size` bytes left the loop's hands; let the app thread produce more."""
@@ -208,6 +269,7 @@ class Channel:
     def close(self) -> None:
         """The client is gone (or the worker is exiting): the app thread's next put raises."""
         self._closed = True
+        self._listener = None
         self._open_gate()
 
     @property

@@ -81,32 +81,50 @@ def test_app_threads_never_write_to_a_transport(monkeypatch):
     assert transport_cls is not None
 
 
+def _listening_channel(loop, limit):
+    """A Channel whose listener wakes an asyncio.Event; returns (channel, next_batch coroutine)."""
+    from gunicorn_aiowsgi.bridge import Channel, Inbox
+
+    ready = asyncio.Event()
+    channel = Channel(Inbox(loop), limit, ready.set)
+
+    async def next_batch():
+        while True:
+            batch = channel.take()
+            if batch:
+                return batch
+            ready.clear()
+            await ready.wait()
+
+    return channel, next_batch
+
+
 def test_channel_backpressure_bounds_inflight():
     """A producer thread far faster than the consumer waits on credit instead of queueing."""
-    from gunicorn_aiowsgi.bridge import DATA, END, Channel, Inbox
+    from gunicorn_aiowsgi.bridge import Data, End
 
     async def run() -> int:
         loop = asyncio.get_running_loop()
-        channel = Channel(Inbox(loop), loop, limit=64 * 1024)
+        channel, next_batch = _listening_channel(loop, 64 * 1024)
         peak = 0
 
         def produce() -> None:
             for _ in range(200):
-                channel.put((DATA, b"x" * 16384), 16384)
-            channel.put((END, b"", True), 0, wait=False)
+                channel.put(Data((b"x" * 16384,), 16384))
+            channel.put(End(b"", True), wait=False)
 
         thread = threading.Thread(target=produce)
         thread.start()
         done = False
         while not done:
-            batch = await channel.get()
+            batch = await next_batch()
             peak = max(peak, channel.inflight)
             for item in batch:
-                if item[0] == END:
+                if isinstance(item, End):
                     done = True
                 else:
                     await asyncio.sleep(0.001)  # a slow socket
-                    channel.release(len(item[1]))
+                    channel.release(item.size)
         thread.join()
         return peak
 
@@ -115,24 +133,24 @@ def test_channel_backpressure_bounds_inflight():
 
 
 def test_closed_channel_stops_the_producer():
-    from gunicorn_aiowsgi.bridge import DATA, Channel, Inbox
+    from gunicorn_aiowsgi.bridge import Data
     from gunicorn_aiowsgi.errors import ClientDisconnected
 
     async def run() -> list[str]:
         loop = asyncio.get_running_loop()
-        channel = Channel(Inbox(loop), loop, limit=1024)
+        channel, next_batch = _listening_channel(loop, 1024)
         outcome: list[str] = []
 
         def produce() -> None:
             try:
                 while True:
-                    channel.put((DATA, b"x" * 1024), 1024)
+                    channel.put(Data((b"x" * 1024,), 1024))
             except ClientDisconnected:
                 outcome.append("stopped")
 
         thread = threading.Thread(target=produce)
         thread.start()
-        await channel.get()
+        await next_batch()
         channel.close()  # the client went away
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 5)
         return outcome

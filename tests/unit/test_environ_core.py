@@ -13,10 +13,25 @@ TRUSTED = Peer("127.0.0.1", "5555", "127.0.0.1", "8000", trusted=True)
 UNIX = Peer("", None, None, None, trusted=True)
 
 
-def env(target=b"/", headers=(), peer=TCP, method="GET", version=(1, 1), settings=None):
+def env(target=b"/", headers=(), peer=TCP, method="GET", version=(1, 0), settings=None):
+    """build_environ for an HTTP/1.0 request unless told: 1.1 requires Host (see test_host_rule)."""
     settings = settings or Settings()
     return build_environ({}, settings, peer, method, target, version,
                          [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers])
+
+
+@pytest.mark.parametrize("version, headers, refused", [
+    ((1, 1), [], True),                         # RFC 9112 section 3.2: 400 without Host
+    ((1, 1), [("Host", "h")], False),
+    ((1, 1), [("Host", "")], False),            # an empty Host is allowed (no authority)
+    ((1, 0), [], False),                        # HTTP/1.0 has no such rule
+])
+def test_host_rule(version, headers, refused):
+    if refused:
+        with pytest.raises(BadRequest, match="Host"):
+            env(headers=headers, version=version)
+    else:
+        env(headers=headers, version=version)
 
 
 @pytest.mark.parametrize("method, target, raw, path, query", [
@@ -125,7 +140,7 @@ def test_contradictory_scheme_headers():
     ((1, 1), [], False),
 ])
 def test_expect(version, headers, expect):
-    assert env(headers=headers, version=version)[1] is expect
+    assert env(headers=[("Host", "h"), *headers], version=version)[1] is expect
 
 
 def test_unknown_expectation():

@@ -1,0 +1,291 @@
+"""One request's life on the loop: environ, body, hand-off to an app thread, and the relay of its response."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import TYPE_CHECKING, Any
+
+from .application import AppCall
+from .body import BodySpool
+from .bridge import Abort, Channel, Data, End, Fail, Hints, SendFile, Start
+from .context import Context
+from .diagnostics import describe, thread_stack
+from .environ import build_environ
+from .errors import BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge
+from .output import Output
+from .parser import Request
+from .records import RequestRecord
+from .replies import CONTINUE, SERVER_HEADER, early_hints, error_reply, plain
+from .response import Framing, render_head
+
+if TYPE_CHECKING:
+    from .protocol import Connection
+
+
+class Exchange:
+    """Created by the connection when a request head is parsed; ends with conn.finish() or an error.
+
+    Callbacks only, no task: a bodyless request goes to the pool from data_received, and the
+    response comes back through the channel's listener (one loop wake-up per batch).
+    """
+
+    __slots__ = ("ctx", "conn", "request", "number", "started", "environ", "spool", "channel",
+                 "call", "keep", "head_sent", "backlog", "timer", "sending")
+
+    def __init__(self, ctx: Context, conn: "Connection", request: Request, number: int) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.request = request
+        self.number = number                 # this request's place on its connection (count)
+        self.started = time.time()           # when its head was parsed
+        self.environ: dict[str, Any] = {}
+        self.spool: BodySpool | None = None  # the body being received, if any
+        self.channel: Channel | None = None  # the response, once the app has the request
+        self.call: AppCall | None = None
+        self.keep = False                    # keep the connection after this response
+        self.head_sent = False
+        self.backlog: list[Any] = []         # messages taken but not written (socket was full)
+        self.timer: Any = None               # AIOWSGI_REQUEST_TIMEOUT
+        self.sending = False                 # a sendfile is under way
+
+    # -- the request -------------------------------------------------------------------------
+    def begin(self) -> None:
+        """The head is parsed: answer on the loop, refuse, or get ready for the body."""
+        ctx, conn, req = self.ctx, self.conn, self.request
+        settings = ctx.settings
+        if ctx.settings.health_path and req.target.partition("?")[0] == settings.health_path:
+            self.health()
+            return
+        assert conn.peer is not None  # set in connection_made, before any byte is read
+        try:
+            self.environ, expect = build_environ(
+                ctx.base, settings, conn.peer, req.method,
+                req.target.encode("utf-8", "surrogateescape"), req.version, req.raw_headers)
+            if req.body_done():
+                self.environ["wsgi.input"] = io.BytesIO()  # no body: nothing to wait for
+                self.dispatch()
+                return
+            if req.method == "CONNECT":
+                # RFC 9110 section 9.3.6: a CONNECT request has no content; a length is framing
+                # no proxy agrees on.
+                raise BadRequest("CONNECT request with content")
+            length = self.environ.get("CONTENT_LENGTH")
+            limit = settings.max_body_size
+            if limit and not req.chunked and length and int(length) > limit:
+                raise PayloadTooLarge(f"Content-Length {length} is larger than {limit}")
+        except HTTPError as error:
+            conn.refuse(error, req.method)
+            return
+        self.spool = BodySpool(settings)
+        if expect:  # RFC 9110 section 10.1.1: only now that the body is wanted
+            conn.write(CONTINUE)
+
+    def body(self, data: bytes) -> None:
+        """Body bytes from the parser; raises an HTTPError (413, 507) that refuses the request."""
+        assert self.spool is not None
+        self.spool.write(data)
+
+    def body_end(self) -> None:
+        spool = self.spool
+        assert spool is not None
+        try:
+            self.environ["wsgi.input"] = spool.finish()
+        except HTTPError as error:
+            self.conn.refuse(error, self.request.method)
+            return
+        if self.request.chunked:  # a de-chunked body gets its length (gunicorn leaves it unset)
+            self.environ["CONTENT_LENGTH"] = str(spool.size)
+        self.spool = None
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand the request to the pool, or answer 503 at once when too many are waiting."""
+        ctx = self.ctx
+        limit = ctx.settings.effective_queue_limit
+        queued = ctx.pool.queued
+        if limit and queued >= limit:
+            self.environ["wsgi.input"].close()
+            ctx.monitor.overloaded(queued, limit)
+            self.answer(503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
+            return
+        # Counted before it is answered, so the request reaching max_requests gets
+        # Connection: close; only requests the app serves count (not health checks, not 503s).
+        ctx.worker.request_started()
+        req = self.request
+        self.channel = Channel(ctx.inbox, ctx.settings.write_buffer, self.relay)
+        record = RequestRecord(self.environ, req.version, req.raw_headers, self.conn.peer, self.number)
+        self.call = call = AppCall(ctx.wsgi, self.environ, self.channel, req.version, record, ctx,
+                                   self.started)
+        self.environ["wsgi.early_hints"] = call.early_hints
+        ctx.pool.submit(call)
+        if ctx.settings.request_timeout:
+            self.timer = ctx.loop.call_later(ctx.settings.request_timeout, self.timed_out)
+
+    # -- answers the loop gives itself ----------------------------------------------------------
+    def keep_alive(self, close: bool = False) -> bool:
+        conn = self.conn
+        return (not close and not self.request.close and self.ctx.settings.keepalive > 0
+                and not self.ctx.draining and not conn.eof and not self.request.upgrade)
+
+    def answer(self, code: int, reason: str, body: bytes, headers: list[tuple[str, str]]) -> None:
+        keep = self.keep_alive()
+        req = self.request
+        try:
+            self.conn.write(plain(req.version, req.method, code, reason, body, headers, keep,
+                                  self.ctx.date()))
+        except ConnectionError:
+            return
+        self.conn.finish(keep)
+
+    def health(self) -> None:
+        """200 while serving; 503 once draining (balancers stop routing first) or, if asked, when full."""
+        ctx = self.ctx
+        limit = ctx.settings.effective_queue_limit
+        if ctx.draining:
+            self.answer(503, "Service Unavailable", b"draining\n", [])
+        elif ctx.settings.health_queue_full and limit and ctx.pool.queued >= limit:
+            self.answer(503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
+        else:
+            self.answer(200, "OK", b"ok\n", [])
+
+    def timed_out(self) -> None:
+        """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
+
+        The thread cannot be killed; the channel closes behind us, so whatever it produces
+        later is discarded.
+        """
+        self.timer = None
+        if self.head_sent or self.call is None:
+            return
+        ctx, call = self.ctx, self.call
+        timeout = ctx.settings.request_timeout
+        ctx.monitor.count("request_timeouts")
+        stack = next((thread_stack(ident) for ident, job in ctx.pool.jobs() if job is call),
+                     "  (still queued: no thread took it)\n")
+        ctx.log.error("Request timed out after %ss: %s; its app thread is at:\n%s",
+                      timeout, describe(call, time.time()), stack)
+        self.stop()
+        try:
+            self.conn.write(error_reply(GatewayTimeout(), self.request.method))
+        except ConnectionError:
+            return
+        self.conn.finish(False)
+
+    def stop(self) -> None:
+        """No more of this response will be written: the app thread's next put raises."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def abandon(self) -> None:
+        """The connection ended (or refused the request) before the response was complete."""
+        self.stop()
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    # -- the response ---------------------------------------------------------------------------
+    def relay(self) -> None:
+        """Write what the app thread produced, in order; release its credit as bytes leave us.
+
+        Called by the channel when messages arrive and by the connection when its socket can
+        take more; stops while the transport's buffer is full (flow control, both ways).
+        """
+        channel = self.channel
+        if channel is None or self.sending:
+            return
+        out = Output(self.conn.write)
+        try:
+            while self.conn.writable:
+                batch = self.backlog or channel.take()
+                if not batch:
+                    break
+                self.backlog = []
+                for index, item in enumerate(batch):
+                    if not self.conn.writable:
+                        self.backlog = batch[index:]
+                        break
+                    if not self.write(item, out):
+                        if self.sending:  # the rest waits for sendfile to finish
+                            self.backlog = batch[index + 1:]
+                        return
+                    channel.release(item.size)
+            out.flush()
+        except Exception as exc:
+            self.broke(exc)
+
+    def write(self, item: Any, out: Output) -> bool:
+        """One message from the app thread; False once the response is over."""
+        kind = type(item)
+        if kind is Start:
+            self.started_response()
+            req = self.request
+            self.keep = self.keep_alive(item.head.close or item.mode is Framing.CLOSE)
+            out.add(render_head(req.version, item.head, item.mode, self.keep, SERVER_HEADER,
+                                self.ctx.date()), *item.pieces)
+        elif kind is Data:
+            out.add(*item.pieces)
+        elif kind is End:
+            out.add(item.tail)
+            out.flush()
+            self.done(self.keep and item.complete)
+            return False
+        elif kind is SendFile:
+            out.flush()
+            self.sending = True
+            self.ctx.loop.create_task(self.sendfile(item))
+            return False
+        elif kind is Hints:
+            out.add(early_hints(item.headers))
+        elif kind is Fail:
+            self.started_response()
+            out.add(error_reply(item.error, self.request.method))
+            out.flush()
+            self.done(False)
+            return False
+        elif kind is Abort:
+            out.flush()
+            self.stop()
+            self.conn.close()  # what was written still goes out; then the client sees the end
+            return False
+        return True
+
+    def started_response(self) -> None:
+        self.head_sent = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def done(self, keep: bool) -> None:
+        self.stop()
+        self.conn.finish(keep)
+
+    def broke(self, exc: BaseException) -> None:
+        """An error while writing: once a head is out, close; never a second response."""
+        if isinstance(exc, ConnectionError):
+            self.ctx.log.debug("Client went away while sending a response: %r", exc)
+        else:
+            self.ctx.log.error("Error sending the response to %s %s", self.request.method,
+                               self.request.target, exc_info=exc)
+        self.stop()
+        self.conn.abort() if isinstance(exc, ConnectionError) else self.conn.close()
+
+    async def sendfile(self, item: SendFile) -> None:
+        """file_wrapper's regular file with the loop's zero-copy sendfile (os.sendfile)."""
+        try:
+            transport = self.conn.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the connection is closed")
+            await self.ctx.loop.sendfile(transport, item.file, item.offset, item.count)
+        except Exception as exc:
+            self.sending = False
+            self.broke(exc)
+            return
+        self.sending = False
+        if self.channel is not None:
+            self.channel.release(item.size)
+            self.relay()

@@ -1,0 +1,143 @@
+"""The aiohttp adapter: the only module that imports aiohttp; its C request parser as plain requests and errors.
+
+Everything here goes through names aiohttp exports (`aiohttp.http.__all__`) and the documented
+methods of what they return (a message's fields, a payload's `read_nowait`/`is_eof`/`exception`),
+so an aiohttp patch release cannot break the worker through a private detail. What the worker
+needs is checked once, at import, with a message that names the supported range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from .errors import BadRequest, HeaderFieldsTooLarge, HTTPError, NotImplementedCoding, URITooLong
+from .settings import Settings
+
+SUPPORTED = "aiohttp>=3.13.4,<4"
+
+try:
+    import aiohttp
+    from aiohttp.http import HttpProcessingError, HttpRequestParser
+except ImportError as exc:  # pragma: no cover - an aiohttp too old or too new to have them
+    raise ImportError(f"gunicorn_aiowsgi needs {SUPPORTED}: {exc}") from exc
+
+# Request body bytes the parser's payload buffer may hold before it would ask us to pause reading
+# (it asks at twice this). We empty it after every read, so this is never reached by one read.
+PAYLOAD_BUFFER = 1024 * 1024
+# gunicorn's maxima for its limits: a value of 0 (or above these) means these.
+MAX_LINE = 8190
+MAX_FIELDS = 32768
+# aiohttp's LineTooLong says which limit it hit: "Got more than 8190 bytes when reading".
+LINE_TOO_LONG = re.compile(r"Got more than (\d+) bytes")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+if not (3, 13, 4) <= _version(aiohttp.__version__) < (4,):
+    raise ImportError(f"gunicorn_aiowsgi needs {SUPPORTED}; aiohttp {aiohttp.__version__} is installed")
+
+
+class Flow:
+    """What the parser's payload buffers call on their protocol; our connection paces reading itself."""
+
+    __slots__ = ()
+    connected = True
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        return None
+
+
+FLOW = Flow()
+
+
+class Request:
+    """One parsed request head, as plain values (the connection and environ never see aiohttp's types)."""
+
+    __slots__ = ("method", "target", "version", "raw_headers", "close", "chunked", "upgrade", "body")
+
+    def __init__(self, message: Any, payload: Any) -> None:
+        self.method: str = message.method
+        self.target: str = message.path             # the request-target as aiohttp decoded it
+        self.version: tuple[int, int] = (message.version[0], message.version[1])
+        self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
+        self.close: bool = message.should_close     # Connection: close, or HTTP/1.0 without keep-alive
+        self.chunked: bool = message.chunked
+        self.upgrade: bool = message.upgrade
+        self.body = payload                          # aiohttp's payload: read only below
+
+    def take_body(self) -> bytes:
+        """Every body byte parsed so far (b"" if none); the payload keeps nothing."""
+        return self.body.read_nowait(-1)  # type: ignore[no-any-return]
+
+    def body_done(self) -> bool:
+        """The parser has seen the end of this request's body (RFC 9112 section 6.3)."""
+        return bool(self.body.is_eof())
+
+
+class Parser:
+    """aiohttp's HTTP/1.1 request parser built from gunicorn's limits; feed() returns Requests.
+
+    One parser reads one connection's bytes in order from a message boundary: the connection
+    never feeds it bytes that do not follow what it was fed before (RFC 9112 section 2.2).
+    """
+
+    __slots__ = ("_parser", "_options", "upgraded")
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        line = settings.limit_request_line
+        fields = settings.limit_request_fields
+        field = settings.limit_request_field_size
+        self._options = dict(
+            max_line_size=MAX_LINE if line <= 0 or line > MAX_LINE else line,
+            # gunicorn counts a whole field line, "Name: value\r\n"; aiohttp counts name + value.
+            max_field_size=max(1, (field if field > 0 else MAX_LINE) - 4),
+            max_headers=MAX_FIELDS if fields <= 0 or fields > MAX_FIELDS else fields,
+            auto_decompress=False,
+        )
+        self._parser = HttpRequestParser(FLOW, loop, PAYLOAD_BUFFER, **self._options)
+        self.upgraded = False   # the parser stopped at an Upgrade/CONNECT head: build a new one
+
+    def reset(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A fresh parser for the bytes after a message boundary (after an upgrade, say)."""
+        self._parser = HttpRequestParser(FLOW, loop, PAYLOAD_BUFFER, **self._options)
+        self.upgraded = False
+
+    def feed(self, data: bytes, line_done: bool) -> tuple[list[Request], bytes]:
+        """Parse `data`; returns the requests whose heads completed and any bytes after an upgrade.
+
+        Raises an HTTPError with gunicorn's status for a malformed request.
+        """
+        try:
+            messages, upgraded, tail = self._parser.feed_data(data)
+        except HttpProcessingError as exc:
+            raise self.error(exc, line_done) from exc
+        if upgraded:
+            self.upgraded = True
+        return [Request(message, payload) for message, payload in messages], tail or b""
+
+    def error(self, exc: BaseException, line_done: bool) -> HTTPError:
+        """aiohttp's parser errors as the statuses gunicorn gives (414, 431, 501, 400).
+
+        A line too long names the limit it hit, so the request-target (414) and a header field
+        (431) are told apart even when the whole head came in one read; when both limits are
+        equal, `line_done` (the request line had ended) decides.
+        """
+        text = getattr(exc, "message", None) or str(exc)
+        too_long = LINE_TOO_LONG.search(text)
+        if too_long is not None:
+            line, field = self._options["max_line_size"], self._options["max_field_size"]
+            if line != field:
+                line_done = int(too_long.group(1)) != line
+            return HeaderFieldsTooLarge(text) if line_done else URITooLong(text)
+        if "Too many headers" in text:
+            return HeaderFieldsTooLarge(text)
+        if "transfer" in text.lower() and "not supported" in text.lower():
+            return NotImplementedCoding(text)
+        return BadRequest(text)

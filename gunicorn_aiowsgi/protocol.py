@@ -1,0 +1,450 @@
+"""One client connection as an asyncio.Protocol: request boundaries, timeouts, PROXY preambles, flow control.
+
+The connection serves one request at a time, as gunicorn does. Its request boundary is one state
+machine (ConnState). The parser is fed only bytes that follow, in order, what it was fed since a
+known message boundary, and never past the end of the current request when that end is known:
+bytes after a complete request wait (bounded) until its response is complete, so a malformed
+request can never take down or be joined to the one before it (RFC 9112 sections 2.2 and 9.3.2).
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from typing import Any
+
+from . import proxy_protocol
+from .context import Context
+from .environ import Peer, is_trusted, make_peer, proxied_peer
+from .errors import BadRequest, Forbidden, HTTPError, IncompleteBody
+from .exchange import Exchange
+from .listener import unread_bytes
+from .parser import Parser, Request
+from .replies import error_reply
+
+# Bytes of later requests kept while one is answered; past this, reading pauses (bytes).
+HELD_LIMIT = 64 * 1024
+# After an error answer, how long the client's remaining bytes are read and dropped before the
+# socket closes, so the answer is not lost to a reset (seconds; aiohttp's lingering time).
+LINGER = 2.0
+# The end of a request head, and of a chunked body (RFC 9112 sections 2.1 and 7.1).
+BLANK_LINE = b"\r\n\r\n"
+# A request line's bytes kept until it ends; the parser refuses longer ones (bytes).
+LINE_KEPT = 8190 + 64
+
+
+class ConnState(enum.Enum):
+    """Where the connection is between requests; each state has its own timeout (RFC 9112 section 9.8)."""
+
+    PREAMBLE = "preamble"   # a PROXY protocol preamble (header timeout)
+    IDLE = "idle"           # at a message boundary, no byte of the next request yet (keepalive)
+    HEAD = "head"           # a request head has begun (header timeout)
+    BODY = "body"           # the head is in; its body is being received (body timeout)
+    APP = "app"             # the request is complete; the app answers it (no connection timeout)
+    LINGER = "linger"       # answered an error; dropping what the client still sends, then close
+    CLOSED = "closed"
+
+
+def protocol_ok(line: bytes) -> bool:
+    """RFC 9112 section 2.3: the request line ends in HTTP-name "/" version; the name is "HTTP".
+
+    aiohttp's parser (llhttp) also takes RTSP/1.0 and ICE/1.0 request lines as HTTP/1.0.
+    """
+    return line.rstrip(b"\r").rpartition(b" ")[2].startswith(b"HTTP/")
+
+
+class Connection:
+    """asyncio.Protocol for one socket (duck-typed: asyncio needs no base class)."""
+
+    __slots__ = ("ctx", "transport", "peer", "state", "parser", "exchange", "held", "requests",
+                 "since", "timer", "line", "carry", "request", "body_left", "proxy",
+                 "reading", "writable", "eof")
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.transport: Any = None
+        self.peer: Peer | None = None
+        settings = ctx.settings
+        self.proxy = (proxy_protocol.ProxyParser(settings.proxy_protocol)
+                      if proxy_protocol.enabled(settings.proxy_protocol) else None)
+        self.state = ConnState.PREAMBLE if self.proxy else ConnState.IDLE
+        self.parser = Parser(settings, ctx.loop)
+        self.exchange: Exchange | None = None
+        self.request: Request | None = None      # the request whose head or body is being read
+        self.held = bytearray()     # bytes after the current request, known to start a new one
+        self.requests = 0           # requests answered on this connection (count)
+        self.since = ctx.loop.time()  # when the current state began, or the last body byte came
+        self.timer: Any = None
+        self.line: bytes | None = b""  # a head's first bytes until its request line ends; then None
+        self.carry = b""            # the last bytes fed, to find a blank line split across reads
+        self.body_left: int | None = None  # Content-Length bytes still to come; None: chunked
+        self.reading = True         # the transport is reading (we pause it, never aiohttp)
+        self.writable = True        # the transport's buffer is below its high-water mark
+        self.eof = False            # the client half-closed (sent FIN)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        # asyncio pauses writers at 64 KiB; large streamed chunks would then stall on every
+        # one. Let the transport hold up to write_buffer before the relay waits.
+        high = self.ctx.settings.write_buffer
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        self.peer = make_peer(self.ctx.settings, transport.get_extra_info("peername"),
+                              transport.get_extra_info("sockname"))
+        self.ctx.opened(self)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.state = ConnState.CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.exchange is not None:
+            self.exchange.abandon()
+            self.exchange = None
+        self.ctx.closed(self)
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.exchange is not None:
+            self.exchange.relay()
+
+    # -- bytes in ------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is ConnState.PREAMBLE:
+            data = self._preamble(data)
+            state = self.state
+        if not data or state is ConnState.LINGER or state is ConnState.CLOSED:
+            return
+        if state is ConnState.APP or self.held:  # a request is answered, or held bytes go first
+            self._hold(data)
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parse(data)
+        except HTTPError as error:
+            self.refuse(error)
+
+    def _hold(self, data: bytes) -> None:
+        """Bytes after a complete request (pipelining): parsed once its response is complete."""
+        self.held += data
+        if len(self.held) > HELD_LIMIT:
+            self.pause_reading()
+
+    def _parse(self, data: bytes) -> None:
+        """Feed the parser up to the end of the current message; what follows is held."""
+        while data:
+            state = self.state
+            if state is ConnState.IDLE:
+                self._enter(ConnState.HEAD)
+                data = self._head(data)
+            elif state is ConnState.HEAD:
+                data = self._head(data)
+            elif state is ConnState.BODY:
+                data = self._body(data)
+            else:
+                break
+        if data and self.state is ConnState.APP:
+            self._hold(data)
+
+    def _head(self, data: bytes) -> bytes:
+        """Feed head bytes, up to and including the blank line that ends the head."""
+        end = self._blank_line(data)
+        chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
+        self._check_line(chunk)
+        requests, tail = self.parser.feed(chunk, line_done=self.line is None)
+        if not requests:
+            return rest
+        if len(requests) > 1 or tail:
+            # Strict CRLF parsing ends a head at its blank line; anything else is not HTTP/1.1.
+            raise BadRequest("Invalid request framing")
+        self._begin(requests[0])
+        return rest
+
+    def _check_line(self, chunk: bytes) -> None:
+        """Keep a head's first bytes until its request line is complete; then check its protocol."""
+        if self.line is None:
+            return
+        line = (self.line + chunk).lstrip(b"\r\n")  # RFC 9112 section 2.2: empty lines before it
+        end = line.find(b"\n")
+        if end < 0:
+            self.line = line[:LINE_KEPT]
+            return
+        if not protocol_ok(line[:end]):
+            raise BadRequest(f"Invalid HTTP version: {line[:end].decode('latin-1')!r}")
+        self.line = None
+
+    def _blank_line(self, data: bytes) -> int:
+        """Index just past the first blank line in data, counting bytes fed before; -1 if none."""
+        carry = self.carry
+        if carry:
+            found = (carry + data[:3]).find(BLANK_LINE)
+            if found >= 0:
+                self.carry = b""
+                return found + 4 - len(carry)
+        found = data.find(BLANK_LINE)
+        if found >= 0:
+            self.carry = b""
+            return found + 4
+        self.carry = data[-3:] if len(data) >= 3 else (carry + data)[-3:]
+        return -1
+
+    def _begin(self, request: Request) -> None:
+        """A head is complete: start its exchange; read its body, if any, next."""
+        self.line = b""
+        self.carry = b""
+        if self.parser.upgraded:
+            # The parser stops at an Upgrade or CONNECT head; what follows it starts a new one.
+            self.parser.reset(self.ctx.loop)
+        self.exchange = exchange = Exchange(self.ctx, self, request, self.requests + 1)
+        if request.body_done():
+            self._enter(ConnState.APP)
+        else:
+            self.request = request
+            self.body_left = None if request.chunked else self._content_length(request)
+            self._enter(ConnState.BODY)
+        exchange.begin()  # may answer at once (a health check, an error), or wait for the body
+
+    @staticmethod
+    def _content_length(request: Request) -> int:
+        for name, value in request.raw_headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                return int(value)  # the parser checked it is one plain number
+        return 0
+
+    def _body(self, data: bytes) -> bytes:
+        """Feed body bytes: exactly Content-Length of them, or chunks up to the last chunk."""
+        request, exchange = self.request, self.exchange
+        assert request is not None and exchange is not None
+        self.since = self.ctx.loop.time()
+        if self.body_left is not None:
+            cut = self.body_left
+            chunk, rest = (data, b"") if cut >= len(data) else (data[:cut], data[cut:])
+            self.body_left -= len(chunk)
+        else:
+            end = self._blank_line(data)  # a chunked body ends with a blank line (RFC 9112 7.1)
+            chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
+        requests, tail = self.parser.feed(chunk, line_done=True)
+        if requests or tail:
+            raise BadRequest("Invalid request framing")
+        body = request.take_body()
+        if body:
+            exchange.body(body)
+        if request.body_done():
+            self._body_end()
+        return rest
+
+    def _body_end(self) -> None:
+        self.request = None
+        self.carry = b""
+        self._enter(ConnState.APP)
+        assert self.exchange is not None
+        self.exchange.body_end()
+
+    # -- bytes out (called by the exchange) ----------------------------------------------
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        transport.write(data)
+
+    def finish(self, keep_alive: bool) -> None:
+        """The response is complete: the next request may begin, or the connection ends."""
+        self.exchange = None
+        self.requests += 1
+        if self.state is ConnState.BODY:
+            # Answered before its body was read (a loop answer): the rest of the body is still
+            # coming, and nothing after it can be trusted to start a request.
+            self.linger()
+            return
+        if not keep_alive or self.state is not ConnState.APP:
+            self.close()
+            return
+        self._enter(ConnState.IDLE)
+        if self.held:
+            # Later, not now: a long pipeline must not nest one call per request.
+            self.ctx.loop.call_soon(self._resume_held)
+        elif self.eof:
+            self.close()
+
+    def _resume_held(self) -> None:
+        """Parse the bytes held while the last request was answered; they start at its end."""
+        if self.state is not ConnState.IDLE:
+            return
+        data, self.held = bytes(self.held), bytearray()
+        self._feed(data)
+        if len(self.held) <= HELD_LIMIT:
+            self.resume_reading()
+        if self.eof and not self.held:
+            self._client_done()
+
+    def _client_done(self) -> None:
+        """The client sent FIN and every byte it sent before is parsed: nothing more will come."""
+        if self.state is ConnState.BODY:
+            self.refuse(IncompleteBody("the client closed before the body was complete"))
+        elif self.state is ConnState.IDLE or self.state is ConnState.HEAD:
+            self.close()
+
+    def refuse(self, error: HTTPError, method: str = "") -> None:
+        """Answer an error with gunicorn's page and end the connection (RFC 9112 section 2.2)."""
+        self.ctx.log_client_error(self.peer, error)
+        if self.exchange is not None:
+            self.exchange.abandon()
+            self.exchange = None
+        try:
+            self.write(error_reply(error, method))
+        except ConnectionError:
+            return
+        self.linger()
+
+    def linger(self) -> None:
+        """Close after an error answer, reading (and dropping) what the client still sends first."""
+        transport = self.transport
+        self.held = bytearray()
+        if (transport is None or transport.is_closing() or self.eof
+                or not transport.can_write_eof()):
+            self.close()
+            return
+        transport.write_eof()
+        self._enter(ConnState.LINGER)
+        if not self.reading:
+            self.resume_reading()
+
+    def close(self) -> None:
+        self.state = ConnState.CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once: a response broke off and nothing more may be written."""
+        self.state = ConnState.CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if self.reading and self.transport is not None and not self.transport.is_closing():
+            self.reading = False
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.reading and self.transport is not None and not self.transport.is_closing():
+            self.reading = True
+            self.transport.resume_reading()
+
+    # -- the client half-closes ----------------------------------------------------------
+    def eof_received(self) -> bool | None:
+        """The client half-closed (RFC 9112 section 9.6): still answer the requests it completed.
+
+        A body cut short by the FIN is refused with 400 and never reaches the app. Nothing in
+        progress, or TLS (which cannot half-close): close now, as asyncio does by default.
+        """
+        self.eof = True
+        if self.transport is None or self.transport.get_extra_info("ssl_object") is not None:
+            return None
+        if self.state is ConnState.APP or self.held:
+            return True  # finish() answers what is complete, then closes
+        self._client_done()
+        return None
+
+    # -- timeouts ------------------------------------------------------------------------
+    def _enter(self, state: ConnState) -> None:
+        self.state = state
+        if state is ConnState.APP:
+            return  # no connection deadline while the app answers: a pending timer stands down
+        self.since = self.ctx.loop.time()
+        self._arm()
+
+    def _deadline(self) -> float | None:
+        settings = self.ctx.settings
+        state = self.state
+        if state is ConnState.IDLE:
+            return self.since + (settings.keepalive if self.requests else settings.header_timeout)
+        if state is ConnState.BODY:
+            return self.since + settings.body_timeout
+        if state is ConnState.LINGER:
+            return self.since + LINGER
+        if state is ConnState.HEAD or state is ConnState.PREAMBLE:
+            return self.since + settings.header_timeout
+        return None
+
+    def _arm(self) -> None:
+        deadline = self._deadline()
+        if deadline is None:
+            return
+        if self.timer is not None:
+            if self.timer.when() <= deadline:
+                return  # fires first, then re-arms itself for the later deadline
+            # A shorter deadline than the pending one (keepalive 2 s after a 30 s header
+            # timeout, say): the pending timer would close the idle connection far too late.
+            self.timer.cancel()
+        self.timer = self.ctx.loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        deadline = self._deadline()
+        if deadline is None or self.transport is None:
+            return
+        if self.ctx.loop.time() < deadline:  # the state moved on since: check again later
+            self.timer = self.ctx.loop.call_at(deadline, self._expire)
+            return
+        if self.state is ConnState.IDLE and unread_bytes(self.transport):
+            # The next request is in the socket, not read yet: a head has begun, never close.
+            self._enter(ConnState.HEAD)
+            return
+        if self.state is ConnState.BODY:
+            self.ctx.log.debug("Closing %s: no request body bytes for %ss", self.peer,
+                               self.ctx.settings.body_timeout)
+            self.abort()
+            return
+        if self.state is not ConnState.IDLE and self.state is not ConnState.LINGER:
+            self.ctx.log.debug("Closing %s: request head not received within %ss",
+                               self.peer, self.ctx.settings.header_timeout)
+        self.close()
+
+    def close_if_idle(self, now: float, grace: float) -> None:
+        """Graceful shutdown: an idle keep-alive connection goes now; a busy one finishes first.
+
+        Spared (answered with Connection: close instead): one whose next request is already in
+        the socket, and a new one that has had no chance yet to send its first request.
+        """
+        if self.state is not ConnState.IDLE and self.state is not ConnState.PREAMBLE:
+            return
+        if (not self.requests and now - self.since < grace) or unread_bytes(self.transport):
+            return
+        self.close()
+
+    # -- PROXY protocol ------------------------------------------------------------------
+    def _preamble(self, data: bytes) -> bytes:
+        """Consume a PROXY protocol preamble before any request byte is parsed."""
+        assert self.proxy is not None and self.peer is not None
+        settings = self.ctx.settings
+        try:
+            result = self.proxy.feed(data)
+        except proxy_protocol.ProxyProtocolError as exc:
+            self.refuse(BadRequest(f"Invalid PROXY line: {exc}"))
+            return b""
+        if result is None:
+            return b""
+        self.proxy = None
+        info, rest = result
+        if info is not None:
+            if self.peer.remote_port is not None and not is_trusted(
+                    self.peer.remote_addr, settings.proxy_allow_ips, settings.proxy_networks):
+                self.refuse(Forbidden("Request forbidden"))
+                return b""
+            self.peer = proxied_peer(self.peer, info)
+        self._enter(ConnState.IDLE)
+        return rest
