@@ -62,14 +62,15 @@ class Exchange:
             self.environ, expect = build_environ(
                 ctx.base, settings, conn.peer, req.method,
                 req.target.encode("utf-8", "surrogateescape"), req.version, req.raw_headers)
+            if req.method == "CONNECT" and (req.chunked or self.environ.get("CONTENT_LENGTH", "0") != "0"):
+                # RFC 9110 section 9.3.6: a CONNECT request has no content (aiohttp's parser
+                # would hand its bytes on as a tunnel's); refused, never given a length that
+                # wsgi.input does not hold.
+                raise BadRequest("CONNECT request with content")
             if req.body_done():
                 self.environ["wsgi.input"] = io.BytesIO()  # no body: nothing to wait for
                 self.dispatch()
                 return
-            if req.method == "CONNECT":
-                # RFC 9110 section 9.3.6: a CONNECT request has no content; a length is framing
-                # no proxy agrees on.
-                raise BadRequest("CONNECT request with content")
             length = self.environ.get("CONTENT_LENGTH")
             limit = settings.max_body_size
             if limit and not req.chunked and length and int(length) > limit:
@@ -124,9 +125,12 @@ class Exchange:
 
     # -- answers the loop gives itself ----------------------------------------------------------
     def keep_alive(self, close: bool = False) -> bool:
+        """Keep the connection for another request? A client that half-closed still gets the
+        answers to every request it completed (the connection closes after the last one)."""
         conn = self.conn
         return (not close and not self.request.close and self.ctx.settings.keepalive > 0
-                and not self.ctx.draining and not conn.eof and not self.request.upgrade)
+                and not self.ctx.draining and not self.request.upgrade
+                and not (conn.eof and not conn.held))
 
     def answer(self, code: int, reason: str, body: bytes, headers: list[tuple[str, str]]) -> None:
         keep = self.keep_alive()

@@ -178,7 +178,9 @@ class Connection:
         """Keep a head's first bytes until its request line is complete; then check its protocol."""
         if self.line is None:
             return
-        line = (self.line + chunk).lstrip(b"\r\n")  # RFC 9112 section 2.2: empty lines before it
+        line = self.line + chunk if self.line else chunk
+        if line[:1] in (b"\r", b"\n"):
+            line = line.lstrip(b"\r\n")  # RFC 9112 section 2.2: empty lines may come first
         end = line.find(b"\n")
         if end < 0:
             self.line = line[:LINE_KEPT]

@@ -1,0 +1,186 @@
+"""In-memory harness for the connection: a fake transport, an inline pool, a real loop; no socket, no master."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from gunicorn_aiowsgi.application import FileWrapper
+from gunicorn_aiowsgi.context import Context
+from gunicorn_aiowsgi.diagnostics import Monitor
+from gunicorn_aiowsgi.environ import base_environ
+from gunicorn_aiowsgi.protocol import Connection
+from gunicorn_aiowsgi.settings import Settings
+
+
+class FakeTransport:
+    """What asyncio's transport offers a protocol, recording what the connection does with it."""
+
+    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.aborted = False
+        self.eof_written = False
+        self.reading = True
+        self.peer = peer
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": self.peer, "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+class InlinePool:
+    """Runs each app call at once on the caller's thread: deterministic, no thread needed."""
+
+    size = 1
+    queued = 0
+    busy = 0
+
+    def submit(self, job: Any) -> None:
+        job.run()
+
+    def jobs(self) -> list[Any]:
+        return []
+
+
+class Log:
+    """gunicorn's logger methods the worker calls, recorded as (level, message)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def _add(self, level: str, msg: str, *args: Any, **_kw: Any) -> None:
+        self.lines.append((level, msg % args if args else msg))
+
+    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._add("debug", msg, *args, **kw)
+
+    def info(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._add("info", msg, *args, **kw)
+
+    def warning(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._add("warning", msg, *args, **kw)
+
+    def error(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._add("error", msg, *args, **kw)
+
+    def exception(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._add("exception", msg, *args, **kw)
+
+    def access(self, *args: Any) -> None:
+        pass
+
+
+class Cfg:
+    @staticmethod
+    def pre_request(worker: Any, req: Any) -> None:
+        pass
+
+    @staticmethod
+    def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+        pass
+
+
+class FakeWorker:
+    cfg = Cfg()
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def request_started(self) -> None:
+        self.served += 1
+
+
+def echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """Answers "METHOD PATH body" so that every response names the request it answers."""
+    body = environ["wsgi.input"].read()
+    text = f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']} ".encode() + body
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(text)))])
+    return [text]
+
+
+class Harness:
+    """One Connection on a FakeTransport inside a real (not running) event loop."""
+
+    def __init__(self, app: Callable[..., Any] = echo_app, **settings: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.settings = Settings(**settings)
+        self.log = Log()
+        self.worker = FakeWorker()
+        pool: Any = InlinePool()
+        self.ctx = Context(self.settings, self.loop, self.log, pool, app,
+                           base_environ(self.settings, None, FileWrapper), self.worker,
+                           Monitor(pool, self, self.log, 0), None)
+        self.conns: list[Connection] = []
+        self.transport = FakeTransport()
+        self.conn = Connection(self.ctx)
+        self.conn.connection_made(self.transport)
+
+    def feed(self, *pieces: bytes) -> "Harness":
+        """Deliver each piece as one read, letting the loop run its callbacks between reads."""
+        for piece in pieces:
+            if not self.transport.closed:
+                self.conn.data_received(piece)
+            self.settle()
+        return self
+
+    def eof(self) -> "Harness":
+        if not self.conn.eof_received():
+            self.transport.close()
+        self.settle()
+        return self
+
+    def settle(self, turns: int = 5) -> None:
+        for _ in range(turns):
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+    def wait(self, seconds: float) -> None:
+        self.loop.run_until_complete(asyncio.sleep(seconds))
+
+    def close(self) -> None:
+        self.conn.connection_lost(None)
+        self.loop.close()
+
+    def responses(self) -> list[tuple[int, bytes]]:
+        """(status, body) of every complete response written, in order (Content-Length framed)."""
+        data, out = bytes(self.transport.written), []
+        while data:
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            if not sep:
+                break
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            out.append((status, rest[:length]))
+            data = rest[length:]
+        return out

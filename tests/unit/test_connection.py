@@ -1,0 +1,195 @@
+"""The connection in memory (h11-style): bytes in through a fake transport, responses out; no socket, no master."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+from memory import Harness
+
+from gunicorn_aiowsgi.protocol import ConnState, protocol_ok
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gunicorn_aiowsgi"
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
+
+
+def post(path: str, body: bytes) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def chunked(path: str, *chunks: bytes) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+def splits(data: bytes) -> list[list[bytes]]:
+    """The data as two reads, split at every byte boundary (and once whole)."""
+    return [[data]] + [[data[:i], data[i:]] for i in range(1, len(data))]
+
+
+def run(*reads: bytes, eof: bool = False, **settings) -> Harness:
+    h = Harness(**settings)
+    h.feed(*reads)
+    if eof:
+        h.eof()
+    return h
+
+
+PIPELINE = get("/one") + post("/two", b"hello") + chunked("/three", b"ab", b"\r\n\r\n", b"c") + get("/four")
+PIPELINE_ANSWERS = [(200, b"GET /one "), (200, b"POST /two hello"), (200, b"POST /three ab\r\n\r\nc"),
+                    (200, b"GET /four ")]
+
+
+@pytest.mark.parametrize("reads", splits(PIPELINE), ids=lambda r: f"split-{len(r[0])}")
+def test_pipelined_sequence_split_anywhere_is_answered_in_order(reads):
+    h = run(*reads)
+    assert h.responses() == PIPELINE_ANSWERS
+    assert h.conn.state is ConnState.IDLE and not h.transport.closed
+
+
+@pytest.mark.parametrize("reads", splits(post("/up", b"0123456789") + get("/next")),
+                         ids=lambda r: f"split-{len(r[0])}")
+def test_body_split_anywhere(reads):
+    assert run(*reads).responses() == [(200, b"POST /up 0123456789"), (200, b"GET /next ")]
+
+
+@pytest.mark.parametrize("reads", splits(chunked("/c", b"abc", b"0\r\n\r\nGET /x HTTP/1.1") + get("/n")),
+                         ids=lambda r: f"split-{len(r[0])}")
+def test_chunked_body_split_anywhere_never_leaks_into_the_next_request(reads):
+    assert run(*reads).responses() == [(200, b"POST /c abc0\r\n\r\nGET /x HTTP/1.1"), (200, b"GET /n ")]
+
+
+BAD = b"GET /bad HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n"
+
+
+@pytest.mark.parametrize("reads", splits(get("/ok") + BAD + get("/canary")),
+                         ids=lambda r: f"split-{len(r[0])}")
+def test_valid_then_malformed_answers_the_first_and_refuses_the_rest(reads):
+    h = run(*reads)
+    assert h.responses()[0] == (200, b"GET /ok ")
+    assert [status for status, _ in h.responses()] == [200, 400]
+    assert h.transport.closed or h.conn.state is ConnState.LINGER
+
+
+SMUGGLE = [get("/a") + b"GET /b HTTP/1.1\r\nHost: t\r\nX-Junk: 1\r\n", b"GET /admin HTTP/1.1\r\nHost: t\r\n\r\n"]
+
+
+@pytest.mark.parametrize("cut", range(1, len(SMUGGLE[1])))
+def test_a_continuation_line_is_never_a_request(cut):
+    """A line inside /b's head that looks like a request line must not be served (issue: _recover)."""
+    tail = SMUGGLE[1]
+    h = run(SMUGGLE[0], tail[:cut], tail[cut:])
+    served = [body for status, body in h.responses() if status == 200]
+    assert served == [b"GET /a "]  # /b never completes; /admin is a line inside its head
+    assert [status for status, _ in h.responses()][1:] in ([], [400])
+
+
+@pytest.mark.parametrize("line, ok", [
+    (b"GET / HTTP/1.1", True), (b"GET / HTTP/1.0\r", True), (b"GET / RTSP/1.0", False),
+    (b"SOURCE / ICE/1.0", False), (b"GET / http/1.1", False),
+])
+def test_protocol_name_must_be_http(line, ok):
+    assert protocol_ok(line) is ok
+
+
+@pytest.mark.parametrize("request_line", [b"GET / RTSP/1.0", b"SOURCE / ICE/1.0", b"DESCRIBE / RTSP/1.0"])
+def test_other_protocols_are_refused(request_line):
+    h = run(request_line + b"\r\nHost: t\r\n\r\n")
+    assert [status for status, _ in h.responses()] == [400]
+
+
+def test_connect_with_content_is_refused_and_without_is_answered_then_closed():
+    h = run(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\nContent-Length: 10\r\n\r\n0123456789" + get("/x"))
+    assert [status for status, _ in h.responses()] == [400]
+    h = run(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n" + get("/x"))
+    assert [status for status, _ in h.responses()] == [200]  # and /x is never parsed:
+    assert h.transport.closed  # the parser stops at CONNECT (a tunnel), so the connection ends
+
+
+def test_half_close_after_complete_requests_answers_them_then_closes():
+    h = run(get("/one") + get("/two"), eof=True)
+    assert h.responses() == [(200, b"GET /one "), (200, b"GET /two ")]
+    assert h.transport.closed
+
+
+def test_half_close_inside_a_body_is_refused_without_calling_the_app():
+    h = run(post("/p", b"0123456789")[:-3], eof=True)
+    assert [status for status, _ in h.responses()] == [400]
+    assert h.worker.served == 0
+
+
+def test_pipelined_bytes_past_the_limit_pause_reading():
+    h = Harness()
+    h.conn.state = ConnState.APP  # a request is being answered
+    h.conn.data_received(get("/x") * 5000)  # about 90 KiB
+    assert not h.transport.reading
+
+
+@pytest.mark.parametrize("reads, state, setting", [
+    ([], ConnState.IDLE, "header_timeout"),                   # nothing yet: the header timeout
+    ([b"GET / HT"], ConnState.HEAD, "header_timeout"),         # a head begun
+    ([post("/p", b"abcdef")[:-3]], ConnState.BODY, "body_timeout"),  # a body begun
+    ([get("/x")], ConnState.IDLE, "keepalive"),                # answered: keep-alive
+])
+def test_every_waiting_state_times_out(reads, state, setting):
+    h = run(*reads, header_timeout=0.05, body_timeout=0.05, keepalive=0.05)
+    assert h.conn.state is state
+    assert h.conn._deadline() == pytest.approx(h.conn.since + 0.05)
+    h.wait(0.12)
+    assert h.transport.closed, f"{state} did not time out after {setting}"
+
+
+def test_proxy_preamble_state_times_out():
+    h = run(b"PROXY TCP4 1.2.3.4", proxy_protocol="v1", header_timeout=0.05)
+    assert h.conn.state is ConnState.PREAMBLE
+    h.wait(0.12)
+    assert h.transport.closed
+
+
+def test_a_request_being_answered_has_no_connection_deadline():
+    h = Harness(header_timeout=0.05)
+    h.conn.state = ConnState.APP
+    assert h.conn._deadline() is None
+
+
+def test_error_answer_lingers_then_closes():
+    h = run(BAD)
+    assert h.conn.state is ConnState.LINGER and h.transport.eof_written
+    h.feed(b"more bytes the client still sends")
+    assert [status for status, _ in h.responses()] == [400]
+
+
+# -- the aiohttp boundary ---------------------------------------------------------------------
+def _imports(path: pathlib.Path) -> list[tuple[str, list[str]]]:
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def test_only_the_adapter_imports_aiohttp():
+    importers = sorted(path.name for path in PACKAGE.glob("*.py")
+                       if any(module.split(".")[0] == "aiohttp" for module, _ in _imports(path)))
+    assert importers == ["parser.py"]
+
+
+def test_no_private_aiohttp_name_is_used():
+    for module, names in _imports(PACKAGE / "parser.py"):
+        if module.startswith("aiohttp"):
+            assert not any(part.startswith("_") for part in module.split(".")), module
+            assert not any(name.startswith("_") for name in names), (module, names)
+    source = (PACKAGE / "parser.py").read_text()
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = node.value
+            assert not (isinstance(owner, ast.Name) and owner.id in ("aiohttp", "payload", "message")), \
+                node.attr
