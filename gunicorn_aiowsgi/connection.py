@@ -6,8 +6,7 @@ import enum
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import http_exceptions
-from aiohttp.http_parser import HttpRequestParser
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from . import proxy_protocol
 from .environ import Peer, is_trusted, make_peer, proxied_peer
@@ -25,10 +24,6 @@ from .listener import unread_bytes
 
 if TYPE_CHECKING:
     from .server import Server
-
-
-# Bytes of a request kept, from its first, until aiohttp has parsed it (see Connection._recover).
-HEAD_KEPT = 65536
 
 
 class ConnState(enum.Enum):
@@ -115,7 +110,7 @@ class Connection(RequestHandler):
     """aiohttp's HTTP/1.1 protocol for one socket, with the timeouts and addresses gunicorn users expect."""
 
     __slots__ = ("server", "peer", "state", "proxy", "requests", "line_done", "since", "timer",
-                 "body_read", "early", "half_closed", "payload", "head")
+                 "body_read", "early", "half_closed", "payload")
 
     def __init__(self, server: "Server", **kwargs: Any) -> None:
         super().__init__(server, loop=server.loop, **kwargs)
@@ -132,7 +127,6 @@ class Connection(RequestHandler):
         self.early = False         # bytes of the next request arrived while this one was busy
         self.half_closed = False   # the client sent FIN: answer what it sent, then close
         self.payload: Any = None   # body stream of the newest request parsed (aiohttp StreamReader)
-        self.head: bytearray | None = None  # bytes since a request boundary, none parsed yet
 
     # -- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -212,30 +206,24 @@ class Connection(RequestHandler):
         if data:  # aiohttp re-parses its buffered tail with b"": no client activity, that
             if self.state is ConnState.IDLE:
                 self.enter(ConnState.HEAD)
-                self.head = bytearray()  # a request begins here
             elif self.state is ConnState.BUSY and self.body_read:
-                if not self.early:
-                    self.head = bytearray()  # the next request begins here
                 self.early = True
             if not self.line_done and self.state is ConnState.HEAD:
                 self.line_done = b"\n" in data
-            if self.head is not None and len(self.head) < HEAD_KEPT:
-                self.head += data
-            else:
-                self.head = None
         before = self._request_count
-        head = self.head
         super().data_received(data)
         if self._request_count != before:
-            self.head = None  # what follows may begin mid-request
-            self._parsed(head, before)
+            self._parsed()
 
-    def _parsed(self, head: bytearray | None, before: int) -> None:
-        """aiohttp queued new messages (requests, or one parse error)."""
+    def _parsed(self) -> None:
+        """aiohttp queued new messages (requests, or one parse error).
+
+        Framing is security: nothing is ever parsed again from a read that is not known to
+        begin at a message boundary (a read may begin inside a head aiohttp still holds, and
+        re-parsing it alone smuggles a request past a front proxy). When a read holds a bad
+        request, aiohttp answers 400 for the whole read, requests before it included.
+        """
         newest, payload = self._messages[-1] if self._messages else (None, None)
-        if (isinstance(newest, _ErrInfo) and head is not None
-                and self._request_count == before + 1 and self._recover(bytes(head))):
-            newest, payload = self._messages[-1]
         current = self.payload
         if isinstance(newest, _ErrInfo):
             # aiohttp's parser failed inside a body (a bad trailer, say) without telling
@@ -246,35 +234,6 @@ class Connection(RequestHandler):
             self.payload = payload
         if self.state is not ConnState.BUSY:
             self.enter(ConnState.BUSY)
-
-    def _recover(self, data: bytes) -> bool:
-        """Answer the good request a read began with, though a later one in it is malformed.
-
-        aiohttp drops every request parsed from a read when a later one in it fails (or
-        merely follows a request that closes the connection): the valid first request got
-        the 400. Parse the read again with a parser that pauses after each request; the rest
-        is then parsed (and judged) only once that request is answered, as gunicorn does.
-        `data` is everything received since the first request began (at most HEAD_KEPT).
-        """
-        options = self.server._kwargs
-        parser = HttpRequestParser(
-            self, self.server.loop, 2 ** 16, max_line_size=options.get("max_line_size", 8190),
-            max_field_size=options.get("max_field_size", 8190),
-            max_headers=options.get("max_headers", 128), payload_exception=RequestPayloadError,
-            auto_decompress=options.get("auto_decompress", True), max_msg_queue_size=1)
-        try:
-            messages, upgraded, _tail = parser.feed_data(data)
-        except http_exceptions.HttpProcessingError:
-            return False  # the first request is the bad one: its 400 stands
-        if len(messages) != 1 or upgraded:
-            return False
-        self._messages.pop()
-        self._messages.append(messages[0])
-        self._parser = parser  # holds the rest of the read; aiohttp feeds it on when drained
-        self._max_msg_queue_size, self._msg_queue_resume_size = 1, 0
-        if not self._buffer_paused:
-            self._pause_reading_for_buffer()
-        return True
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows a bool
         """The client half-closed (RFC 9112 section 9.6): still answer the requests it completed.

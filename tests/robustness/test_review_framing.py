@@ -1,0 +1,119 @@
+"""Framing end to end through real masters: no request assembled across a boundary.
+
+- A read that continues a request head the parser still holds is never parsed as if it began
+  a request: `GET /admin HTTP/1.1` sent after a partial head is a bad header line of that head
+  (gunicorn: 400 and close), never a request for /admin (a front proxy forwarding those bytes
+  sees one request for /b: an access-control bypass). Requests before the bad one are answered.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from server import Conn, Gunicorn
+
+pytestmark = pytest.mark.timeout(120)
+
+HEAD_A = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+PARTIAL_B = b"GET /b HTTP/1.1\r\nHost: x\r\nX-Junk: 1\r\n"          # a head, not complete
+CONTINUATION = b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"            # its next "header" line
+PIPELINED = (b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+             b"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+             b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+PAUSE = 0.3         # seconds between sends: each arrives in a read of its own
+SHORT_PAUSE = 0.03  # the same, for the many byte-boundary splits
+
+
+class Served:
+    """What the app was asked for: robust_apps records `METHOD RAW_URI` per call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.write_text("")
+
+    def reset(self) -> None:
+        self.path.write_text("")
+
+    def lines(self) -> list[str]:
+        return self.path.read_text(encoding="latin-1").splitlines()
+
+
+@pytest.fixture(scope="module", params=["gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker"])
+def srv(tmp_path_factory, request):
+    """One master per worker class for every framing case (router: /held waits for a file)."""
+    base = tmp_path_factory.mktemp("framing")
+    served, release = Served(base / "calls"), base / "release"
+    release.mkdir()
+    server = Gunicorn("robustness.robust_apps:router", "--keep-alive", "30",
+                      env={"ROBUST_CALLS": str(served.path), "ROBUST_RELEASE": str(release)},
+                      worker_class=request.param)
+    yield server, served, release
+    server.stop()
+    assert "Traceback" not in server.log(), server.log()
+
+
+def exchange(server: Gunicorn, parts: list[bytes], pause: float,
+             before_reading=None) -> list[tuple[int, dict[str, str]]]:
+    """Send `parts` on one connection, `pause` seconds apart; read answers until it closes."""
+    sock = server.connect(10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with Conn(sock, 10) as conn:
+        for i, part in enumerate(parts):
+            if i:
+                time.sleep(pause)
+            try:
+                conn.send(part)
+            except OSError:  # refused and closed already: read what came back
+                break
+        if before_reading is not None:
+            before_reading()
+        answers = []
+        while True:
+            try:
+                status, headers, _body = conn.response()
+            except ConnectionError:  # closed (EOF or reset) before another status line
+                return answers
+            answers.append((status, headers))
+
+
+def assert_refused_after(answers: list, served: Served, expected: list[str], server: Gunicorn) -> None:
+    """The requests before the bad bytes answered 200, then one 400 and the connection closed;
+    the app saw exactly those requests and nothing assembled from the bytes after them."""
+    assert [status for status, _ in answers] == [200] * len(expected) + [400], answers
+    assert answers[-1][1]["connection"] == "close"
+    assert served.lines() == expected
+    assert "/admin" not in server.access()
+
+
+@pytest.mark.parametrize("first", ["/a", "/held?name=running"], ids=["answered", "running"])
+def test_continuation_of_a_partial_head_is_never_served_as_a_request(srv, first):
+    """The issue's bytes: /a, a partial /b head, a pause, then `GET /admin ...`."""
+    server, served, release = srv
+    served.reset()
+    (release / "running").unlink(missing_ok=True)  # /held answers only once the test says so
+    head = HEAD_A.replace(b"/a", first.encode())
+    answers = exchange(server, [head + PARTIAL_B, CONTINUATION], PAUSE,
+                       before_reading=lambda: (release / "running").touch())
+    assert_refused_after(answers, served, [f"GET {first}"], server)
+
+
+def test_continuation_split_at_every_byte_is_never_served(srv):
+    server, served, _release = srv
+    for at in range(1, len(CONTINUATION)):
+        served.reset()
+        parts = [HEAD_A + PARTIAL_B, CONTINUATION[:at], CONTINUATION[at:]]
+        answers = exchange(server, parts, SHORT_PAUSE)
+        try:
+            assert_refused_after(answers, served, ["GET /a"], server)
+        except AssertionError as exc:
+            raise AssertionError(f"continuation split after byte {at}: {exc}") from None
+
+
+def test_pipelined_requests_before_a_partial_head_are_answered_and_the_rest_refused(srv):
+    server, served, _release = srv
+    served.reset()
+    answers = exchange(server, [PIPELINED + PARTIAL_B, CONTINUATION], PAUSE)
+    assert_refused_after(answers, served, ["GET /1", "POST /2", "GET /3"], server)
