@@ -27,6 +27,9 @@ from .response import Framing, Head, render_head
 from .settings import Settings
 
 SERVER_HEADER = "gunicorn"
+# What a write to a client that went away raises (aiohttp: ConnectionResetError, or RuntimeError
+# from a closed transport; the loop's sendfile: OSError).
+CLIENT_GONE = (ConnectionError, RuntimeError, OSError)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A connection accepted less than this long ago (seconds) is not closed as idle when draining:
 # its client has just connected, and its first request is on the way.
@@ -272,6 +275,7 @@ class Server(web_server.Server):
         """Write what the app thread produces, in order, releasing credit as the socket drains."""
         writer = ex.writer
         keep = False
+        begun = False  # a head is out: an error can only close the connection now
         started = not self.request_timeout
         out = Output(writer)
         try:
@@ -287,6 +291,7 @@ class Server(web_server.Server):
                 for item in batch:
                     kind = item[0]
                     if kind == HEAD:
+                        begun = True
                         keep = self.keep_alive(msg, item[1], item[2])
                         out.add(render_head(msg.version, item[1], item[2], keep,
                                             SERVER_HEADER, self.http_date()))
@@ -314,12 +319,26 @@ class Server(web_server.Server):
                     channel.release(item[-1])
                 out.flush()
                 await writer.drain()
-        except (ConnectionError, RuntimeError, OSError) as exc:
-            self.log.debug("Client went away while sending a response: %r", exc)
-            ex.protocol.force_close()
-            return CLOSE
+        except Exception as exc:
+            if not begun and not isinstance(exc, CLIENT_GONE):
+                raise  # nothing sent yet: the connection answers 500 (handle_error)
+            return self.abandon(ex, msg, exc)
         finally:
             channel.close()
+
+    def abandon(self, ex: Exchange, msg: Any, exc: Exception) -> Reply:
+        """A response that cannot go on: close the connection, never write a second response.
+
+        A 500 after a head would be read as body bytes (RFC 9112 section 6.3): closing before
+        the announced end is the only way left to tell the client.
+        """
+        if isinstance(exc, CLIENT_GONE):
+            self.log.debug("Client went away while sending a response: %r", exc)
+        else:
+            self.log.error("Error sending the response to %s %s; closing the connection",
+                           msg.method, msg.path, exc_info=exc)
+        ex.protocol.force_close()
+        return CLOSE
 
     async def timed_out(self, ex: Exchange, call: AppCall, timeout: float) -> Reply:
         """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.

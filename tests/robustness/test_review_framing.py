@@ -1,9 +1,14 @@
-"""Framing end to end through real masters: no request assembled across a boundary.
+"""Framing end to end through real masters: no request assembled across a boundary, never a
+second response inside the first.
 
 - A read that continues a request head the parser still holds is never parsed as if it began
   a request: `GET /admin HTTP/1.1` sent after a partial head is a bad header line of that head
   (gunicorn: 400 and close), never a request for /admin (a front proxy forwarding those bytes
   sees one request for /b: an access-control bypass). Requests before the bad one are answered.
+- wsgi.file_wrapper on a file that cannot be sent (text mode, write-only) is a clean 500 before
+  any head; a binary file object that is not a regular file (GzipFile, BytesIO, a pipe) is read
+  and sent; a failure on the loop once the head is out closes the connection, never a 500
+  written after it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from server import Conn, Gunicorn
+
+from robustness.robust_apps import WRAPPED_TEXT
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,3 +124,66 @@ def test_pipelined_requests_before_a_partial_head_are_answered_and_the_rest_refu
     served.reset()
     answers = exchange(server, [PIPELINED + PARTIAL_B, CONTINUATION], PAUSE)
     assert_refused_after(answers, served, ["GET /1", "POST /2", "GET /3"], server)
+
+
+# -- wsgi.file_wrapper ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The asyncio worker (the one that uses sendfile) serving robust_apps.wrapped."""
+    served = Served(tmp_path_factory.mktemp("files") / "calls")
+    server = Gunicorn("robustness.robust_apps:wrapped", "--threads", "2",
+                      env={"ROBUST_CALLS": str(served.path)})
+    yield server
+    server.stop()
+
+
+def raw_get(server: Gunicorn, path: str) -> bytes:
+    """Every byte the worker sends for one GET, up to its close."""
+    with Conn.to(server) as conn:
+        conn.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return conn.read_all()
+
+
+def status_of(data: bytes) -> int:
+    return int(data.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("path, reason", [("/text", "text mode"), ("/write-only", "not open for reading")])
+def test_file_that_cannot_be_sent_is_one_clean_500(files, path, reason):
+    data = raw_get(files, path)
+    assert data.count(b"HTTP/1.1 ") == 1, data   # one response, nothing inside it
+    assert status_of(data) == 500 and b"Internal Server Error" in data
+    log = files.wait_log(f"Error handling request GET {path}")
+    assert "Traceback (most recent call last)" in log and reason in log
+    assert raw_get(files, "/binary").endswith(WRAPPED_TEXT)   # the worker goes on
+
+
+@pytest.mark.parametrize("path", ["/gzip", "/bytesio", "/pipe", "/binary"])
+def test_binary_file_objects_are_sent_as_read_gives_them(files, path):
+    with Conn.to(files) as conn:
+        conn.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status, _headers, body = conn.response()
+        assert status == 200 and body == WRAPPED_TEXT   # a GzipFile: decompressed
+        conn.send(b"GET /binary HTTP/1.1\r\nHost: x\r\n\r\n")  # and the connection goes on
+        assert conn.response()[2] == WRAPPED_TEXT
+
+
+def test_file_read_from_before_it_is_wrapped_is_sent_from_where_reading_stopped(files):
+    """PEP 3333: the file's bytes as read() gives them, from its position (a buffered reader's
+    descriptor is further on: it read ahead)."""
+    with Conn.to(files) as conn:
+        conn.send(b"GET /after-read HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _headers, body = conn.response()
+    assert status == 200 and body == WRAPPED_TEXT[10:]
+
+
+def test_failure_on_the_loop_after_the_head_closes_without_a_second_response(files):
+    data = raw_get(files, "/loop-fails")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert status_of(head) == 200 and data.count(b"HTTP/1.1 ") == 1, data
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    assert len(body) < length   # cut short: the client sees the failure
+    log = files.wait_log("forced failure of the file on the loop")
+    assert "Traceback (most recent call last)" in log
+    assert raw_get(files, "/binary").endswith(WRAPPED_TEXT)
