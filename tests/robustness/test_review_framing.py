@@ -1,5 +1,5 @@
 """Framing end to end through real masters: no request assembled across a boundary, never a
-second response inside the first.
+second response inside the first, untrusted PROXY peers refused before their preamble.
 
 - A read that continues a request head the parser still holds is never parsed as if it began
   a request: `GET /admin HTTP/1.1` sent after a partial head is a bad header line of that head
@@ -9,11 +9,14 @@ second response inside the first.
   any head; a binary file object that is not a regular file (GzipFile, BytesIO, a pipe) is read
   and sent; a failure on the loop once the head is out closes the connection, never a 500
   written after it.
+- PROXY protocol: a peer outside proxy_allow_ips is refused once its signature is recognised,
+  not after it sent (or failed to send) the whole preamble.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -187,3 +190,45 @@ def test_failure_on_the_loop_after_the_head_closes_without_a_second_response(fil
     log = files.wait_log("forced failure of the file on the loop")
     assert "Traceback (most recent call last)" in log
     assert raw_get(files, "/binary").endswith(WRAPPED_TEXT)
+
+
+# -- PROXY protocol ---------------------------------------------------------------------------
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+V2_LONGEST = V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 0xFFFF) + b"abcd"
+
+
+@pytest.mark.parametrize("start, allowed", [
+    (V2_LONGEST, "192.0.2.1"),             # announces 64 KiB and sends 4 bytes of it
+    (b"PROXY TCP4 203.0.113.7", "192.0.2.1"),  # a v1 line without its end
+    (V2_SIGNATURE, "192.0.2.1"),
+], ids=["v2-64k", "v1-unfinished", "v2-signature-only"])
+def test_untrusted_proxy_peer_is_refused_before_its_preamble_is_complete(start, allowed):
+    """Refused long before header_timeout (30 s here), with the preamble still incomplete."""
+    with Gunicorn("robustness.robust_apps:echo", "--proxy-protocol", "auto",
+                  "--proxy-allow-from", allowed, env={"AIOWSGI_HEADER_TIMEOUT": "30"}) as server:
+        with Conn.to(server, timeout=5) as conn:
+            conn.send(start)
+            try:
+                status, headers, _body = conn.response()
+            except socket.timeout:
+                raise AssertionError("the worker waited for the rest of the preamble") from None
+            assert status == 403 and headers["connection"] == "close"
+            assert conn.closed_by_peer(5)
+        server.wait_log("Request forbidden")
+
+
+@pytest.mark.parametrize("preamble", [
+    b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 8000\r\n",
+    V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 12)
+    + bytes([203, 0, 113, 7, 127, 0, 0, 1]) + struct.pack("!HH", 4242, 8000),
+], ids=["v1", "v2"])
+def test_trusted_proxy_peer_sending_its_preamble_in_pieces_is_served(preamble):
+    with Gunicorn("robustness.robust_apps:echo", "--proxy-protocol", "auto",
+                  "--proxy-allow-from", "127.0.0.1") as server:
+        with Conn.to(server) as conn:
+            for at in range(0, len(preamble), 5):
+                conn.send(preamble[at:at + 5])
+                time.sleep(SHORT_PAUSE)
+            conn.send(b"GET /e HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _headers, body = conn.response()
+            assert status == 200 and b'"REMOTE_ADDR": "203.0.113.7"' in body
