@@ -150,6 +150,9 @@ class Worker(base.Worker):
             return
         self.log.info("Worker draining (pid: %s): %s", self.pid, why)
         self.phase = Phase.DRAINING
+        if self.pool is not None and self.loop is not None:
+            # The drain waits for app calls too: wake it when the last one finishes.
+            self.pool.wake_when_idle(self.loop, self._poke)
         if self.listener is not None:
             self.listener.stop()
         if self.server is not None:
@@ -249,15 +252,23 @@ class Worker(base.Worker):
         self._wake.clear()
 
     async def finish_draining(self, period: float) -> None:
-        assert self.server is not None and self.loop is not None and self.settings is not None
-        deadline = self.loop.time() + self.settings.graceful_timeout
-        while self.phase is Phase.DRAINING and self.server.conns and self.loop.time() < deadline:
+        """Wait for open connections and for every app call in progress (queued or running,
+        its client there or not), as gthread does, until graceful_timeout."""
+        server, pool, loop = self.server, self.pool, self.loop
+        assert server is not None and pool is not None and loop is not None
+        assert self.settings is not None
+        deadline = loop.time() + self.settings.graceful_timeout
+        while (self.phase is Phase.DRAINING and (server.conns or pool.inflight)
+               and loop.time() < deadline):
             self.notify()  # the master must not kill a worker that is draining on time
-            self.server.close_idle()
-            await self.wait(min(period, max(0.0, deadline - self.loop.time())))
-        if self.server.conns:
-            self.log.info("Closing %d connections at exit", len(self.server.conns))
-        self.server.close_all()
+            server.close_idle()
+            await self.wait(min(period, max(0.0, deadline - loop.time())))
+        if server.conns:
+            self.log.info("Closing %d connections at exit", len(server.conns))
+        if pool.inflight:
+            self.log.warning("Exiting with %d app calls unfinished (queued or running)",
+                             pool.inflight)
+        server.close_all()
 
     def shutdown(self) -> None:
         """Close what the loop owns; app threads are daemons and do not hold the process."""
