@@ -172,8 +172,6 @@ class Server(web_server.Server):
         conn: Connection = ex.protocol
         if conn.state is not ConnState.BUSY:
             conn.enter(ConnState.BUSY)
-        # Counted before it is answered: the request reaching max_requests gets Connection: close.
-        self.worker.request_started()
         try:
             reply = await self.serve(ex, conn)
         except HTTPError as error:
@@ -208,6 +206,9 @@ class Server(web_server.Server):
         channel = Channel(self.inbox, self.loop, self.write_buffer)
         req = RequestRecord(environ, msg.version, msg.raw_headers, conn.peer, conn.requests + 1)
         call = AppCall(self.wsgi, environ, channel, msg.version, req, self, started)
+        # Only requests the app serves count toward max_requests (not health checks nor our
+        # own refusals); counted before the answer, so the one reaching it gets Connection: close.
+        self.worker.request_started()
         ex.call = call
         self.pool.submit(call)
         return await self.relay(ex, channel, msg, call)

@@ -7,6 +7,7 @@ its marks, and the hooks config's, are JSON lines in $CONTRACT_MARKS.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from server import Conn, Gunicorn, wait_until
+
+from gunicorn_aiowsgi.worker import drain_budget
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -202,3 +205,92 @@ def test_a_call_whose_client_reset_while_queued_is_never_run(tmp_path: Path) -> 
         assert not marks(marks_path, "app_called", id="b"), "the abandoned POST was run"
         assert "Skipped POST /work?id=b: its client went away" in g.log()
         assert get(g, "/work?id=c")[0] == 200
+
+
+# -- item 8 -------------------------------------------------------------------------------
+@pytest.mark.parametrize("graceful, budget", [
+    (30.0, 27.0), (10.0, 9.0), (100.0, 90.0), (5.0, 4.0), (2.0, 1.0), (1.0, 0.5), (0.0, 0.0),
+])
+def test_drain_budget_leaves_a_margin_before_the_masters_sigkill(graceful: float,
+                                                                 budget: float) -> None:
+    assert drain_budget(graceful) == pytest.approx(budget)
+
+
+def test_worker_exit_runs_when_a_request_outlasts_graceful_timeout(tmp_path: Path) -> None:
+    """The drain ends before the master's SIGKILL, so the worker_exit hook (here one that
+    takes 0.3 s to flush something) still runs."""
+    marks_path = tmp_path / "marks"
+    config = tmp_path / "exit_conf.py"
+    config.write_text(
+        "import json, os, time\n"
+        "def worker_exit(server, worker):\n"
+        "    time.sleep(0.3)\n"
+        "    with open(os.environ['CONTRACT_MARKS'], 'a') as f:\n"
+        "        f.write(json.dumps({'hook': 'worker_exit', 'pid': os.getpid()}) + '\\n')\n")
+    with serve(marks_path, "--graceful-timeout", "3", config=str(config)) as g:
+        pid = g.worker_pid()
+        conn = Conn.to(g, timeout=30)
+        conn.send(b"GET /work?s=20&id=a HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: marks(marks_path, "app_called", id="a"), what="the long call")
+        g.signal(signal.SIGTERM)
+        assert g.wait(30) == 0
+        conn.close()
+    assert marks(marks_path, "worker_exit", pid=pid), g.log()
+    assert exited_cleanly(g, pid), g.log()
+    assert "Exiting with 1 app calls unfinished" in g.log()
+
+
+def _thread_waits_in_pipe_read(pid: int, tid: int) -> bool:
+    task = Path(f"/proc/{pid}/task/{tid}")
+    return (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "S" and \
+        "pipe" in (task / "wchan").read_text()
+
+
+def _pending(pid: int, tid: int, sig: int) -> bool:
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    mask = int(next(line for line in status.splitlines() if line.startswith("SigPnd:")).split()[1], 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+def test_usr1_does_not_interrupt_a_blocking_read_in_an_app_thread(tmp_path: Path) -> None:
+    """SIGUSR1 (reopen logs) to the worker, and one delivered to the app thread itself (as the
+    kernel does when the main thread is busy): the thread's read(2) goes on and returns data."""
+    marks_path = tmp_path / "marks"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with serve(marks_path, "--threads", "2") as g:
+        pid = g.worker_pid()
+        conn = Conn.to(g, timeout=30)
+        conn.send(f"GET /read?fifo={fifo} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        tid = wait_until(lambda: marks(marks_path, "reading"), what="the read")[0]["tid"]
+        wait_until(lambda: _thread_waits_in_pipe_read(pid, tid), what="the thread in read(2)")
+        os.kill(pid, signal.SIGUSR1)
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.tgkill(pid, tid, signal.SIGUSR1) == 0, os.strerror(ctypes.get_errno())
+        wait_until(lambda: not _pending(pid, tid, signal.SIGUSR1), what="USR1 delivered")
+        try:  # the app holds the FIFO open for reading, unless its read already failed
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO, exc
+        else:
+            os.write(fd, b"data")
+            os.close(fd)
+        status, _, body = conn.response()
+        conn.close()
+        assert (status, body) == (200, b"data")
+        assert g.worker_pid() == pid
+
+
+def test_health_checks_do_not_count_toward_max_requests(tmp_path: Path) -> None:
+    marks_path = tmp_path / "marks"
+    with serve(marks_path, "--max-requests", "5",
+               env={"AIOWSGI_HEALTH_PATH": "/healthz"}) as g:
+        pid = g.worker_pid()
+        for _ in range(20):
+            assert get(g, "/healthz")[:3:2] == (200, b"ok\n")
+        assert g.worker_pid() == pid
+        assert "Autorestarting" not in g.log()
+        for n in range(5):
+            assert get(g, f"/work?id={n}")[0] == 200
+        g.wait_log(f"Worker draining (pid: {pid}): max_requests reached")
+        assert g.wait_workers(1, exclude=(pid,))
