@@ -119,10 +119,12 @@ class Worker(base.Worker):
         # ABRT is what the master sends a worker that missed its heartbeat, which may mean the
         # loop is blocked: a plain handler still runs between bytecodes of the main thread.
         signal.signal(signal.SIGABRT, lambda _sig, _frame: self.on_abort())
-        # As gunicorn's base worker does for TERM and USR1, for every signal handled here: a
-        # signal landing on an app thread must not fail its blocking C call (a read, a
-        # database driver's wait) with EINTR; SA_RESTART resumes it instead.
-        for sig in (*self._on_loop, signal.SIGABRT):
+        # As gunicorn's base worker does for TERM and USR1, for every signal forwarded to the
+        # loop: one landing on an app thread must not fail its blocking C call (a read, a
+        # database driver's wait) with EINTR; SA_RESTART resumes it instead. Not ABRT: the
+        # worker exits on it anyway, and a loop blocked in a restartable call (a blocking
+        # socket read) must still be interrupted for the handler to run.
+        for sig in self._on_loop:
             signal.siginterrupt(sig, False)
 
     def _forward(self, signum: int, _frame: Any) -> None:
