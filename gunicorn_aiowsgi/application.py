@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 from typing import Any, Callable, Iterable
 
-from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel
+from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, JobState
 from .errors import AppError, ClientDisconnected, HTTPError
 from .records import RequestRecord, ResponseRecord
 from .response import BodyFramer, Framing, Head, Phase, StartResponse, framing
@@ -106,6 +106,9 @@ class AppCall:
         # Our own body stream: the app (or middleware such as wsgiref.validate) may replace
         # environ["wsgi.input"] with a wrapper that must not be closed by the server.
         self.body = environ["wsgi.input"]
+        # The pool moves it to RUNNING when a thread takes the call; the loop may cancel it
+        # before that (ThreadPool.cancel), and then it is skipped, never run.
+        self.state = JobState.QUEUED
 
     # -- the job -------------------------------------------------------------------------
     def run(self) -> None:
@@ -129,6 +132,21 @@ class AppCall:
             # start_response's `write` is our bound method: a reference cycle that would leave
             # every request's objects to the garbage collector (and its pauses). Break it.
             self.start.write = _closed_write
+
+    def skip(self) -> None:
+        """The pool's alternative to `run` for a call cancelled while queued: the app is never
+        called, so a client that was answered 504 (or left) and retries never writes twice."""
+        why = ("was answered 504 (request timeout) while it waited for a thread"
+               if self.state is JobState.ANSWERED else "went away while it waited for a thread")
+        self.server.log.info("Skipped %s %s: its client %s", self.method, self.req.uri, why)
+        self.server.monitor.count("skipped_requests")
+        self.body.close()
+        try:
+            # Ends the relay still waiting for this call (a client that went away); after a
+            # 504 the relay is over and the channel closed.
+            self.channel.put((ABORT,), 0, wait=False)
+        except ClientDisconnected:
+            pass
 
     def _fail(self, exc: BaseException) -> None:
         self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)

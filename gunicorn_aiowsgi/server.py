@@ -15,7 +15,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .application import AppCall, FileWrapper
 from .body import BodySpool
-from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, Inbox, ThreadPool
+from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, Inbox, JobState, ThreadPool
 from .connection import CLOSE, KEEP, Connection, ConnState, Reply, error_reply, fail_body
 from .diagnostics import Monitor, describe, thread_stack
 from .environ import Peer, base_environ, build_environ
@@ -46,7 +46,7 @@ class Exchange:
     aiohttp's RequestHandler only needs `_cancel`, `_finish`, `_task` and `writer` of it.
     """
 
-    __slots__ = ("message", "payload", "protocol", "writer", "_task")
+    __slots__ = ("message", "payload", "protocol", "writer", "_task", "call")
 
     def __init__(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> None:
         self.message = message
@@ -54,9 +54,14 @@ class Exchange:
         self.protocol = protocol
         self.writer = writer
         self._task = task
+        self.call: AppCall | None = None  # once handed to the pool
 
     def _cancel(self, exc: BaseException) -> None:
+        """aiohttp: the connection was lost while this request was being handled."""
         self.payload.set_exception(exc)
+        if self.call is not None:
+            # Still queued: it must never run for a client that is gone (its thread skips it).
+            self.protocol.server.pool.cancel(self.call, JobState.GONE)
 
     def _finish(self) -> None:
         return None
@@ -170,8 +175,6 @@ class Server(web_server.Server):
         conn: Connection = ex.protocol
         if conn.state is not ConnState.BUSY:
             conn.enter(ConnState.BUSY)
-        # Counted before it is answered: the request reaching max_requests gets Connection: close.
-        self.worker.request_started()
         try:
             reply = await self.serve(ex, conn)
         except HTTPError as error:
@@ -206,6 +209,10 @@ class Server(web_server.Server):
         channel = Channel(self.inbox, self.loop, self.write_buffer)
         req = RequestRecord(environ, msg.version, msg.raw_headers, conn.peer, conn.requests + 1)
         call = AppCall(self.wsgi, environ, channel, msg.version, req, self, started)
+        # Only requests the app serves count toward max_requests (not health checks nor our
+        # own refusals); counted before the answer, so the one reaching it gets Connection: close.
+        self.worker.request_started()
+        ex.call = call
         self.pool.submit(call)
         return await self.relay(ex, channel, msg, call)
 
@@ -343,12 +350,17 @@ class Server(web_server.Server):
     async def timed_out(self, ex: Exchange, call: AppCall, timeout: float) -> Reply:
         """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
 
-        The thread cannot be killed; the channel closes behind us, so whatever it produces
-        later is discarded.
+        A call still queued is cancelled: no thread will run it (a retrying client must not
+        write twice). A running thread cannot be killed; the channel closes behind us, so
+        whatever it produces later is discarded.
         """
         self.monitor.count("request_timeouts")
-        stack = next((thread_stack(ident) for ident, job in self.pool.jobs() if job is call),
-                     "  (still queued: no thread took it)\n")
+        self.pool.cancel(call, JobState.ANSWERED)  # if still queued, it will never run
+        if call.state is JobState.RUNNING:
+            stack = next((thread_stack(ident) for ident, job in self.pool.jobs() if job is call),
+                         "  (its thread has just finished it)\n")
+        else:
+            stack = "  (still queued: no thread took it, and none will)\n"
         self.log.error("Request timed out after %ss: %s; its app thread is at:\n%s",
                        timeout, describe(call, time.time()), stack)
         await ex.writer.write(error_reply(GatewayTimeout(), ex.message.method).payload)
