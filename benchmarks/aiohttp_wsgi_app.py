@@ -18,10 +18,9 @@ aiohttp 3.14; its defaults are kept.
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import apps
 from aiohttp import web
 from aiohttp_wsgi import WSGIHandler
-
-import apps
 
 
 def make_app() -> web.Application:

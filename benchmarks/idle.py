@@ -16,7 +16,7 @@ import time
 import sysinfo  # tests/sysinfo.py (benchmarks/__init__.py puts tests/ on the path)
 
 from benchmarks import LOADCLIENT
-from benchmarks.drivers import pin_child, check_worker, run_wrk
+from benchmarks.drivers import check_worker, pin_child, run_wrk
 from benchmarks.servers import Running
 
 READY_TIMEOUT = 120.0  # seconds for the helper to open all its connections

@@ -27,8 +27,7 @@ import time
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import BENCH, OUT  # noqa: E402
-from benchmarks import machine, report, schedule  # noqa: E402
+from benchmarks import BENCH, OUT, machine, report, schedule  # noqa: E402
 from benchmarks.catalog import GIB, MIB, SCENARIOS, SERVER_BY_NAME, find_sketch_dir  # noqa: E402
 from benchmarks.chart import make_chart  # noqa: E402
 from benchmarks.drivers import pin_clients  # noqa: E402
