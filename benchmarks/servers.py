@@ -67,8 +67,8 @@ def unavailable(server: Server, sketch_dir: str | None) -> str | None:
     if missing:
         return f"skipped: cannot import {', '.join(missing)}"
     if server.sketch and not sketch_dir:
-        return (f"sketch not found: no shared/sketches/{SKETCH_FILE} beside this checkout "
-                "(--sketch-dir names it)")
+        return (f"sketch not found: no {SKETCH_FILE} in shared/sketches beside the checkout "
+                "or in --sketch-dir")
     return None
 
 
