@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import pytest
 
+from gunicorn_aiowsgi import bridge
 from gunicorn_aiowsgi.application import AppCall, FileWrapper
-from gunicorn_aiowsgi.bridge import ABORT, DATA, END, ERROR, FILE, HEAD
 from gunicorn_aiowsgi.errors import BadRequest, ClientDisconnected, HTTPError
 from gunicorn_aiowsgi.records import RequestRecord
 from gunicorn_aiowsgi.response import Phase
@@ -31,17 +31,17 @@ def describe(item: Any) -> tuple:
     ("head", status, framing, wire body) / ("data", wire bytes) / ("file", offset, count) /
     ("end", closing bytes, complete) / ("error", status) / ("abort",)."""
     kind = item[0]
-    if kind == HEAD:
+    if kind == bridge.HEAD:
         return ("head", item[1].status, item[2].value, b"".join(item[3]))
-    if kind == DATA:
+    if kind == bridge.DATA:
         return ("data", b"".join(item[1]))
-    if kind == FILE:
+    if kind == bridge.FILE:
         return ("file", item[2], item[3])
-    if kind == END:
+    if kind == bridge.END:
         return ("end", item[1], item[2])
-    if kind == ERROR:
+    if kind == bridge.ERROR:
         return ("error", item[1].status)
-    if kind == ABORT:
+    if kind == bridge.ABORT:
         return ("abort",)
     raise AssertionError(f"unknown message {item!r}")
 
