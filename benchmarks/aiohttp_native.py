@@ -10,9 +10,8 @@ sends 1 GiB in 1 MiB chunks, ``/upload`` reads and discards the request body
 and answers with its length, ``/ping`` is the readiness probe.
 """
 
-from aiohttp import web
-
 import apps
+from aiohttp import web
 
 _HELLO_HEADERS = {"Content-Type": "text/plain"}
 

@@ -3,8 +3,8 @@
     BENCH_APP=hello BENCH_THREADS=8 \\
         gunicorn -k aiohttp.worker.GunicornWebWorker aiohttp_wsgi_app:app_factory
 
-``BENCH_APP`` picks the WSGI app from benchmarks/apps.py (hello, sleep, stream,
-upload); ``BENCH_THREADS`` sizes the executor the WSGI app runs in (the
+``BENCH_APP`` picks the WSGI app from benchmarks/apps.py (hello, flask_json, sleep,
+stream, upload); ``BENCH_THREADS`` sizes the executor the WSGI app runs in (the
 equivalent of ``--threads`` for the threaded gunicorn workers).
 
 Note how aiohttp-wsgi works (0.10.0, checked against aiohttp 3.14): it reads the
@@ -18,17 +18,16 @@ aiohttp 3.14; its defaults are kept.
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import apps
 from aiohttp import web
 from aiohttp_wsgi import WSGIHandler
-
-import apps
 
 
 def make_app() -> web.Application:
     name = os.environ.get("BENCH_APP", "hello")
     threads = int(os.environ.get("BENCH_THREADS", "8"))
     handler = WSGIHandler(
-        apps.WSGI_APPS[name],
+        apps.wsgi_app(name),
         executor=ThreadPoolExecutor(threads, thread_name_prefix="aiohttp-wsgi"),
         # everything else at its defaults: bodies over 512 KiB spill to a temp file,
         # max_request_body_size is exactly 1 GiB (the upload scenario fits)

@@ -8,11 +8,14 @@ Each callable is a plain WSGI app; servers load them as ``apps:<name>`` with
 * ``stream`` -- streams 1 GiB in 1 MiB chunks with a Content-Length (scenario 3).
 * ``upload`` -- reads ``wsgi.input`` in 1 MiB chunks, discards the data and
   answers with the number of bytes read (scenario 4).
+* ``flask_json`` -- a small real framework app: a Flask view returning a small dict as
+  JSON; built when first accessed, so importing this module never requires Flask.
 
 ``stream`` and ``upload`` also answer ``GET /ping`` with a tiny body so the
 harness can probe readiness without pulling a gigabyte.
 
-``asgi_hello`` / ``asgi_sleep`` / ... wrap the same apps with a2wsgi for
+``wsgi_app(name)`` returns any of them by name. ``asgi_hello`` / ``asgi_sleep`` / ... wrap
+the same apps with a2wsgi for
 gunicorn's ``asgi`` worker; they are only built when accessed, so importing this
 module never requires a2wsgi.
 """
@@ -84,21 +87,54 @@ def upload(environ, start_response):
 
 
 WSGI_APPS = {"hello": hello, "sleep": sleep, "stream": stream, "upload": upload}
+LAZY_APPS = ("flask_json",)  # built on first access: their framework is a benchmark dependency
+
+JSON_PAYLOAD = {"message": "Hello, world!", "ok": True, "count": 3, "tags": ["a", "b"]}
+
+
+def _flask_json():
+    from flask import Flask
+
+    app = Flask("bench_flask")
+
+    @app.get("/")
+    def index():
+        return JSON_PAYLOAD  # Flask turns a dict into a JSON response
+
+    @app.get("/ping")
+    def ping():
+        return PING_BODY
+
+    return app
+
+
+_lazy_cache = {}
+
+
+def wsgi_app(name):
+    """The WSGI app called `name` (one of WSGI_APPS or LAZY_APPS)."""
+    if name in WSGI_APPS:
+        return WSGI_APPS[name]
+    if name not in LAZY_APPS:
+        raise KeyError(name)
+    if name not in _lazy_cache:
+        _lazy_cache[name] = globals()["_" + name]()
+    return _lazy_cache[name]
 
 
 def _asgi(name):
     from a2wsgi import WSGIMiddleware
 
     workers = int(os.environ.get("BENCH_THREADS", "8"))
-    return WSGIMiddleware(WSGI_APPS[name], workers=workers)
+    return WSGIMiddleware(wsgi_app(name), workers=workers)
 
 
-_asgi_cache = {}
-
-
-def __getattr__(attr):  # PEP 562: asgi_hello, asgi_sleep, ... built lazily
-    if attr.startswith("asgi_") and attr[5:] in WSGI_APPS:
-        if attr not in _asgi_cache:
-            _asgi_cache[attr] = _asgi(attr[5:])
-        return _asgi_cache[attr]
+def __getattr__(attr):  # PEP 562: flask_json, asgi_hello, asgi_sleep, ... built lazily
+    if attr in LAZY_APPS:
+        return wsgi_app(attr)
+    name = attr[5:] if attr.startswith("asgi_") else None
+    if name in WSGI_APPS or name in LAZY_APPS:
+        if attr not in _lazy_cache:
+            _lazy_cache[attr] = _asgi(name)
+        return _lazy_cache[attr]
     raise AttributeError(attr)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import enum
+import io
 import os
 import stat
 import time
 from datetime import timedelta
 from typing import Any, Callable, Iterable
 
-from .bridge import Abort, Channel, Data, End, Fail, Hints, SendFile, Start
+from .bridge import Abort, Channel, Data, End, Fail, Hints, JobState, SendFile, Start
 from .errors import AppError, ClientDisconnected, HTTPError
 from .records import RequestRecord, ResponseRecord
 from .response import BodyFramer, Framing, Head, Phase, StartResponse, check_headers, framing
@@ -33,12 +35,46 @@ class FileWrapper:
         raise StopIteration
 
 
+class FileKind(enum.Enum):
+    """How a wsgi.file_wrapper body goes out (PEP 3333, "Optional Platform-Specific File Handling")."""
+
+    SENDFILE = "sendfile"  # a file object whose descriptor holds exactly what read() gives
+    ITERATE = "iterate"    # any other binary file object: read(blksize) chunks, in the app thread
+
+
+# File objects whose fileno() holds exactly the bytes read() returns: only these may go out with
+# sendfile. A GzipFile's descriptor is the compressed file, a codecs reader's is undecoded.
+SENDFILE_TYPES = (io.FileIO, io.BufferedReader, io.BufferedRandom)
+
+
+def file_kind(filelike: Any) -> FileKind:
+    """Judge a wrapped file before the head goes out: AppError when it cannot be sent at all.
+
+    PEP 3333: the body is bytes, and file_wrapper's object needs a read() giving them. A text
+    file, a file not open for reading, or a closed one fails here, as a clean 500, instead of
+    after the head (where only closing the connection is left).
+    """
+    mode = getattr(filelike, "mode", None)
+    if isinstance(filelike, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
+        raise AppError(f"wsgi.file_wrapper got a file in text mode ({mode!r}): PEP 3333 bodies are bytes")
+    if not callable(getattr(filelike, "read", None)):
+        raise AppError(f"wsgi.file_wrapper got a {type(filelike).__name__} without read()")
+    readable = getattr(filelike, "readable", None)
+    try:
+        if callable(readable) and not readable():
+            raise AppError(f"wsgi.file_wrapper got a file not open for reading ({mode!r})")
+    except ValueError as exc:  # io's answer for a closed file
+        raise AppError(f"wsgi.file_wrapper got an unusable file: {exc}") from exc
+    return FileKind.SENDFILE if isinstance(filelike, SENDFILE_TYPES) else FileKind.ITERATE
+
+
 def _file_span(wrapper: FileWrapper, length: int | None) -> tuple[int, int, int] | None:
     """(fd, offset, count) when the wrapped object is a regular file sendfile can take."""
     try:
         fd = wrapper.filelike.fileno()
         info = os.fstat(fd)
-        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        # The file object's position, not the descriptor's: a buffered reader reads ahead.
+        offset = wrapper.filelike.tell()
     except (AttributeError, OSError, ValueError):
         return None
     if not stat.S_ISREG(info.st_mode):
@@ -70,6 +106,9 @@ class AppCall:
         # Our own body stream: the app (or middleware such as wsgiref.validate) may replace
         # environ["wsgi.input"] with a wrapper that must not be closed by the server.
         self.body = environ["wsgi.input"]
+        # The pool moves it to RUNNING when a thread takes the call; the loop may cancel it
+        # before that (ThreadPool.cancel), and then it is skipped, never run.
+        self.state = JobState.QUEUED
 
     # -- the job -------------------------------------------------------------------------
     def run(self) -> None:
@@ -93,6 +132,21 @@ class AppCall:
             # start_response's `write` is our bound method: a reference cycle that would leave
             # every request's objects to the garbage collector (and its pauses). Break it.
             self.start.write = _closed_write
+
+    def skip(self) -> None:
+        """The pool's alternative to `run` for a call cancelled while queued: the app is never
+        called, so a client that was answered 504 (or left) and retries never writes twice."""
+        why = ("was answered 504 (request timeout) while it waited for a thread"
+               if self.state is JobState.ANSWERED else "went away while it waited for a thread")
+        self.server.log.info("Skipped %s %s: its client %s", self.method, self.req.uri, why)
+        self.server.monitor.count("skipped_requests")
+        self.body.close()
+        try:
+            # Ends the relay still waiting for this call (a client that went away); after a
+            # 504 the relay is over and the channel closed.
+            self.channel.put(Abort(), wait=False)
+        except ClientDisconnected:
+            pass
 
     def _fail(self, exc: BaseException) -> None:
         self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
@@ -125,8 +179,9 @@ class AppCall:
 
     # -- the response --------------------------------------------------------------------
     def _consume(self, result: Iterable[bytes]) -> None:
-        if isinstance(result, FileWrapper) and self._send_file(result):
-            return
+        if isinstance(result, FileWrapper):
+            if file_kind(result.filelike) is FileKind.SENDFILE and self._send_file(result):
+                return
         if isinstance(result, (list, tuple)):
             # Known in full already: one hop to the loop for the whole response.
             self._send_all(result)
@@ -223,6 +278,7 @@ class AppCall:
         else:
             self.channel.put(Start(head, framer.mode))
         tail, complete = framer.finish()
+        self._report_overflow(framer, complete)
         self.channel.put(End(tail, complete), wait=False)
         self.channel.flush()  # the file must stay open until the loop has sent it
         return True

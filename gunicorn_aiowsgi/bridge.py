@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import queue
 import threading
@@ -91,25 +92,61 @@ class Hints:
 Message = Start | Data | SendFile | End | Fail | Abort | Hints
 
 
+class JobState(enum.Enum):
+    """Where a pool job is. Only a QUEUED job can be cancelled, and a cancelled one never runs."""
+
+    QUEUED = "queued"
+    RUNNING = "running"     # a thread took it: it runs to its end (threads cannot be stopped)
+    ANSWERED = "answered"   # cancelled: its client already got an answer (the request timeout's 504)
+    GONE = "gone"           # cancelled: its client disconnected while it waited
+
+
 class ThreadPool:
-    """`size` daemon threads running jobs (objects with a `run()` method) from one SimpleQueue.
+    """`size` daemon threads running jobs from one SimpleQueue.
+
+    A job has a `state` (JobState, QUEUED when submitted), a `run()` method, and a `skip()`
+    method called instead of `run()` when it was cancelled before a thread took it.
 
     Daemon threads, so an app thread stuck in a request never keeps the process alive after
     the worker decides to exit (gthread's pool does, and QUIT then waits for it). `current`
-    maps each busy thread to its job, for stack dumps and the busy-threads gauge.
+    maps each busy thread to its job, for stack dumps and the busy-threads gauge. `inflight`
+    counts jobs submitted and not yet finished (queued or running), so a graceful drain can
+    wait for every app call, not only for open connections (see `wake_when_idle`).
     """
 
     def __init__(self, size: int, name: str = "aiowsgi") -> None:
         self.size = size
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.current: dict[int, Any] = {}
+        self._idle_waker: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
+        self._submitted = 0     # written by the submitting (loop) thread only
+        self._finished = 0      # written by pool threads, under _lock
+        # Guards a job's QUEUED -> RUNNING / cancelled transition (a thread taking it against
+        # the loop cancelling it) and the finished count; held for a few bytecodes only.
+        self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(size)]
         for thread in self._threads:
             thread.start()
 
     def submit(self, job: Any) -> None:
+        self._submitted += 1
         self._jobs.put(job)
+
+    def wake_when_idle(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        """From now on, run `callback` on `loop` whenever `inflight` drops to zero.
+
+        Set only while draining: serving does not need a loop wake-up per idle moment.
+        """
+        self._idle_waker = (loop, callback)
+
+    def cancel(self, job: Any, state: JobState) -> bool:
+        """Mark a job no thread has taken yet as cancelled (`state`); False if it already runs."""
+        with self._lock:
+            if job.state is not JobState.QUEUED:
+                return False
+            job.state = state
+            return True
 
     @property
     def queued(self) -> int:
@@ -121,21 +158,45 @@ class ThreadPool:
         """Threads running a job now (count)."""
         return len(self.current)
 
+    @property
+    def inflight(self) -> int:
+        """Jobs submitted and not finished yet, queued or running (count)."""
+        return self._submitted - self._finished
+
     def _work(self) -> None:
         ident = threading.get_ident()
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            # One key per thread, written only by that thread: safe under the GIL.
-            self.current[ident] = job
+            with self._lock:
+                start = job.state is JobState.QUEUED
+                if start:
+                    job.state = JobState.RUNNING
+                    # One key per thread, written only by that thread: safe under the GIL.
+                    self.current[ident] = job
             try:
-                job.run()
+                if start:
+                    job.run()
+                else:
+                    job.skip()
             except BaseException:  # a job must never kill its thread
                 log.exception("Unhandled error in an app thread")
             finally:
                 self.current.pop(ident, None)
+                self._done()
             del job
+
+    def _done(self) -> None:
+        with self._lock:
+            self._finished += 1
+            idle = self._finished == self._submitted
+        waker = self._idle_waker
+        if idle and waker is not None:
+            try:
+                waker[0].call_soon_threadsafe(waker[1])
+            except RuntimeError:  # the loop is closed: the worker is exiting
+                pass
 
     def jobs(self) -> list[tuple[int, Any]]:
         """A snapshot of (thread ident, job) for every busy thread."""

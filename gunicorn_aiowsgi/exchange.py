@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .application import AppCall
 from .body import BodySpool
-from .bridge import Abort, Channel, Data, End, Fail, Hints, SendFile, Start
+from .bridge import Abort, Channel, Data, End, Fail, Hints, JobState, SendFile, Start
 from .context import Context
 from .diagnostics import describe, thread_stack
 from .environ import build_environ
@@ -156,8 +156,9 @@ class Exchange:
     def timed_out(self) -> None:
         """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
 
-        The thread cannot be killed; the channel closes behind us, so whatever it produces
-        later is discarded.
+        A call still queued is cancelled: no thread will run it (a retrying client must not
+        write twice). A running thread cannot be killed; the channel closes behind us, so
+        whatever it produces later is discarded.
         """
         self.timer = None
         if self.head_sent or self.call is None:
@@ -165,8 +166,12 @@ class Exchange:
         ctx, call = self.ctx, self.call
         timeout = ctx.settings.request_timeout
         ctx.monitor.count("request_timeouts")
-        stack = next((thread_stack(ident) for ident, job in ctx.pool.jobs() if job is call),
-                     "  (still queued: no thread took it)\n")
+        ctx.pool.cancel(call, JobState.ANSWERED)  # if still queued, it will never run
+        if call.state is JobState.RUNNING:
+            stack = next((thread_stack(ident) for ident, job in ctx.pool.jobs() if job is call),
+                         "  (its thread has just finished it)\n")
+        else:
+            stack = "  (still queued: no thread took it, and none will)\n"
         ctx.log.error("Request timed out after %ss: %s; its app thread is at:\n%s",
                       timeout, describe(call, time.time()), stack)
         self.stop()
@@ -187,6 +192,9 @@ class Exchange:
 
     def abandon(self) -> None:
         """The connection ended (or refused the request) before the response was complete."""
+        if self.call is not None:
+            # Still queued: it must never run for a client that is gone (its thread skips it).
+            self.ctx.pool.cancel(self.call, JobState.GONE)
         self.stop()
         if self.spool is not None:
             self.spool.close()
@@ -269,14 +277,22 @@ class Exchange:
         self.conn.finish(keep)
 
     def broke(self, exc: BaseException) -> None:
-        """An error while writing: once a head is out, close; never a second response."""
+        """An error while writing. Before the head: a 500 page. Once a head is out: close, never a
+        second response (its bytes would be read as body, RFC 9112 section 6.3)."""
+        self.stop()
         if isinstance(exc, ConnectionError):
             self.ctx.log.debug("Client went away while sending a response: %r", exc)
-        else:
-            self.ctx.log.error("Error sending the response to %s %s", self.request.method,
-                               self.request.target, exc_info=exc)
-        self.stop()
-        self.conn.abort() if isinstance(exc, ConnectionError) else self.conn.close()
+            self.conn.abort()
+            return
+        self.ctx.log.error("Error sending the response to %s %s; closing the connection",
+                           self.request.method, self.request.target, exc_info=exc)
+        if not self.head_sent:
+            self.head_sent = True
+            try:
+                self.conn.write(error_reply(HTTPError("internal error"), self.request.method))
+            except ConnectionError:
+                pass
+        self.conn.close()
 
     async def sendfile(self, item: SendFile) -> None:
         """file_wrapper's regular file with the loop's zero-copy sendfile (os.sendfile)."""

@@ -438,15 +438,18 @@ class Connection:
         except proxy_protocol.ProxyProtocolError as exc:
             self.refuse(BadRequest(f"Invalid PROXY line: {exc}"))
             return b""
+        # Judged as soon as the signature is recognised (the parser's `version`), as gunicorn
+        # does: a v2 header may announce 64 KiB, which an untrusted peer must not make us hold
+        # until header_timeout.
+        if self.proxy.version is not None and self.peer.remote_port is not None and not is_trusted(
+                self.peer.remote_addr, settings.proxy_allow_ips, settings.proxy_networks):
+            self.refuse(Forbidden("Request forbidden"))
+            return b""
         if result is None:
             return b""
         self.proxy = None
         info, rest = result
         if info is not None:
-            if self.peer.remote_port is not None and not is_trusted(
-                    self.peer.remote_addr, settings.proxy_allow_ips, settings.proxy_networks):
-                self.refuse(Forbidden("Request forbidden"))
-                return b""
             self.peer = proxied_peer(self.peer, info)
         self._enter(ConnState.IDLE)
         return rest

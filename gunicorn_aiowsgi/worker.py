@@ -22,6 +22,13 @@ from .server import Server
 
 # Heartbeat period (seconds): at most this, and at most half of the master's timeout.
 HEARTBEAT = 1.0
+# The master SIGKILLs a worker graceful_timeout after its TERM. A drain ends this much earlier,
+# so closing connections, cancelling tasks and the worker_exit hook run before that: at least
+# EXIT_MARGIN seconds, or EXIT_MARGIN_SHARE of graceful_timeout if longer, never more than half.
+EXIT_MARGIN = 1.0
+EXIT_MARGIN_SHARE = 0.1
+# At exit, how long the loop waits for its cancelled tasks (seconds): well inside EXIT_MARGIN.
+EXIT_TASKS_WAIT = 0.5
 
 # gunicorn settings aiohttp (or this worker) cannot honour: (setting, is it set?, what happens).
 # Said once at startup, in the log, never silently ignored (README settings table, same words).
@@ -42,6 +49,12 @@ UNSUPPORTED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("http_parser", lambda value: value not in (None, "auto"),
      "requests are parsed by aiohttp's parser, not by gunicorn's"),
 )
+
+
+def drain_budget(graceful_timeout: float) -> float:
+    """Seconds a graceful drain may last: graceful_timeout less the exit margin."""
+    margin = max(EXIT_MARGIN, graceful_timeout * EXIT_MARGIN_SHARE)
+    return max(0.0, graceful_timeout - min(margin, graceful_timeout / 2))
 
 
 class Phase(enum.Enum):
@@ -68,6 +81,7 @@ class Worker(base.Worker):
         self.settings: settings_mod.Settings | None = None
         self._wake: asyncio.Event | None = None
         self._on_loop: dict[int, Callable[[], None]] = {}
+        self._drain_started: float | None = None  # loop time of the TERM (or other cause)
 
     # -- the event loop --------------------------------------------------------------------
     def new_loop(self) -> asyncio.AbstractEventLoop:
@@ -105,6 +119,13 @@ class Worker(base.Worker):
         # ABRT is what the master sends a worker that missed its heartbeat, which may mean the
         # loop is blocked: a plain handler still runs between bytecodes of the main thread.
         signal.signal(signal.SIGABRT, lambda _sig, _frame: self.on_abort())
+        # As gunicorn's base worker does for TERM and USR1, for every signal forwarded to the
+        # loop: one landing on an app thread must not fail its blocking C call (a read, a
+        # database driver's wait) with EINTR; SA_RESTART resumes it instead. Not ABRT: the
+        # worker exits on it anyway, and a loop blocked in a restartable call (a blocking
+        # socket read) must still be interrupted for the handler to run.
+        for sig in self._on_loop:
+            signal.siginterrupt(sig, False)
 
     def _forward(self, signum: int, _frame: Any) -> None:
         loop, callback = self.loop, self._on_loop.get(signum)
@@ -150,6 +171,11 @@ class Worker(base.Worker):
             return
         self.log.info("Worker draining (pid: %s): %s", self.pid, why)
         self.phase = Phase.DRAINING
+        if self.loop is not None:
+            self._drain_started = self.loop.time()
+        if self.pool is not None and self.loop is not None:
+            # The drain waits for app calls too: wake it when the last one finishes.
+            self.pool.wake_when_idle(self.loop, self._poke)
         if self.listener is not None:
             self.listener.stop()
         if self.server is not None:
@@ -249,15 +275,24 @@ class Worker(base.Worker):
         self._wake.clear()
 
     async def finish_draining(self, period: float) -> None:
-        assert self.server is not None and self.loop is not None and self.settings is not None
-        deadline = self.loop.time() + self.settings.graceful_timeout
-        while self.phase is Phase.DRAINING and self.server.conns and self.loop.time() < deadline:
+        """Wait for open connections and for every app call in progress (queued or running,
+        its client there or not), as gthread does, until just before the master's SIGKILL."""
+        server, pool, loop = self.server, self.pool, self.loop
+        assert server is not None and pool is not None and loop is not None
+        assert self.settings is not None
+        started = self._drain_started if self._drain_started is not None else loop.time()
+        deadline = started + drain_budget(self.settings.graceful_timeout)
+        while (self.phase is Phase.DRAINING and (server.conns or pool.inflight)
+               and loop.time() < deadline):
             self.notify()  # the master must not kill a worker that is draining on time
-            self.server.close_idle()
-            await self.wait(min(period, max(0.0, deadline - self.loop.time())))
-        if self.server.conns:
-            self.log.info("Closing %d connections at exit", len(self.server.conns))
-        self.server.close_all()
+            server.close_idle()
+            await self.wait(min(period, max(0.0, deadline - loop.time())))
+        if server.conns:
+            self.log.info("Closing %d connections at exit", len(server.conns))
+        if pool.inflight:
+            self.log.warning("Exiting with %d app calls unfinished (queued or running)",
+                             pool.inflight)
+        server.close_all()
 
     def shutdown(self) -> None:
         """Close what the loop owns; app threads are daemons and do not hold the process."""
@@ -270,7 +305,7 @@ class Worker(base.Worker):
             for task in pending:
                 task.cancel()
             if pending:
-                loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
+                loop.run_until_complete(asyncio.wait(pending, timeout=EXIT_TASKS_WAIT))
         finally:
             loop.close()
             # Our forwarding handlers are no-ops from here; SIG_IGN also survives interpreter

@@ -13,9 +13,12 @@ streamed response produced so far; `held` waits for a file in ROBUST_RELEASE.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
+import tempfile
 import threading
 import time
 from wsgiref.validate import validator
@@ -238,3 +241,60 @@ def faults(environ, start_response):
 
 FAULT_PATHS = ("/raise", "/raise-after-head", "/none", "/not-iterable", "/str", "/start-twice",
                "/never-start")
+
+
+# -- wsgi.file_wrapper on file objects of every kind (not validated: the wrapper must reach
+# -- the worker as it is, for sendfile) ------------------------------------------------------
+WRAPPED_TEXT = b"a line of text\n" * 100
+
+
+class _FailsOnTheLoop(io.BufferedReader):
+    """A regular binary file whose fileno() fails on the loop thread (the worker's main thread).
+
+    The app thread's checks pass and the head goes out; then the loop's sendfile fails, as a
+    file closed or broken under it would: a failure on the loop after the head.
+    """
+
+    def fileno(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            raise ValueError("forced failure of the file on the loop")
+        return super().fileno()
+
+
+def _wrapped_file(path: str):
+    """The file object PATH_INFO names, holding WRAPPED_TEXT (or its gzip compression)."""
+    fd, name = tempfile.mkstemp()
+    with os.fdopen(fd, "wb") as out:
+        out.write(gzip.compress(WRAPPED_TEXT) if path == "/gzip" else WRAPPED_TEXT)
+    try:
+        if path == "/text":
+            return open(name, encoding="ascii")
+        if path == "/write-only":
+            return open(name, "ab")
+        if path == "/gzip":
+            return gzip.GzipFile(name, "rb")
+        if path == "/loop-fails":
+            return _FailsOnTheLoop(io.FileIO(name, "rb"))
+        if path == "/pipe":
+            read, write = os.pipe()
+            os.write(write, WRAPPED_TEXT)
+            os.close(write)
+            return os.fdopen(read, "rb")
+        if path == "/bytesio":
+            return io.BytesIO(WRAPPED_TEXT)
+        if path == "/after-read":  # the app read ahead of the body it sends (buffered)
+            started = open(name, "rb")
+            started.read(10)
+            return started
+        return open(name, "rb")
+    finally:
+        os.unlink(name)  # the open file keeps its bytes
+
+
+def wrapped(environ, start_response):
+    """/text, /write-only, /gzip, /loop-fails, /pipe, /bytesio, anything else a binary file:
+    WRAPPED_TEXT through wsgi.file_wrapper, with no Content-Length (/after-read: from byte 10)."""
+    record(environ)
+    filelike = _wrapped_file(environ.get("PATH_INFO", "/"))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](filelike, 512)

@@ -144,7 +144,7 @@ def test_every_waiting_state_times_out(reads, state, setting):
 
 
 def test_proxy_preamble_state_times_out():
-    h = run(b"PROXY TCP4 1.2.3.4", proxy_protocol="v1", header_timeout=0.05)
+    h = run(b"PROXY TCP4 1.2.3.4", proxy_protocol="v1", proxy_allow_ips=("*",), header_timeout=0.05)
     assert h.conn.state is ConnState.PREAMBLE
     h.wait(0.12)
     assert h.transport.closed
