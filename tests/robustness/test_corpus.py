@@ -51,11 +51,6 @@ VALID_REFUSED = {
     "029": "Duplicate 'Transfer-Encoding' header",
     "030": "Duplicate 'Transfer-Encoding' header",
     "031": "Invalid method encountered",
-    # Bytes after a request that closes the connection, in the same read: one 400 for the read
-    # until the connection rewrite answers the first request again (issue: own the HTTP/1.1
-    # connection). 021 lacks Host as well; with Host added it gets this 400.
-    "019": "Data after `Connection: close`",
-    "021": "Data after `Connection: close`",
 }
 MISSING_HOST = "Missing 'Host' header"
 ADDED_HOST = b"Host: corpus.test\r\n"
