@@ -1,0 +1,146 @@
+"""Upload limits through a real master: the default maximum (413), the spool budget (503), free space (507)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+
+import pytest
+from server import Conn, Gunicorn, free_bytes, open_files
+
+pytestmark = pytest.mark.timeout(90)
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def head(length: int, expect: bool = False) -> bytes:
+    return (f"POST /digest HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n"
+            + ("Expect: 100-continue\r\n" if expect else "") + "\r\n").encode()
+
+
+def spool_conf(tmp_path) -> tuple[str, str]:
+    """A gunicorn.conf.py with tmp_upload_dir in a fresh directory; returns (conf, directory)."""
+    where = tmp_path / "spool"
+    where.mkdir(parents=True)
+    conf = tmp_path / "spool.conf.py"
+    conf.write_text(f"tmp_upload_dir = {str(where)!r}\n")
+    return str(conf), str(where)
+
+
+def test_default_limit_refuses_3_gib_before_reading_and_a_raised_one_takes_it(tmp_path):
+    """No setting: 413 at once, though not a byte of the body (nor 100-continue) went out.
+    Raised maximum and budget: the same 3 GiB body is wanted (100 Continue)."""
+    conf, where = spool_conf(tmp_path)
+    with Gunicorn("apps:router", config=conf) as g:
+        for expect in (False, True):
+            with Conn.to(g, timeout=5) as conn:
+                conn.send(head(3 * GIB, expect))
+                status, headers, body = conn.response()  # times out if the body is awaited
+                assert status == 413, body
+                assert headers["connection"] == "close"
+                assert conn.closed_by_peer(5)
+        assert "POST /digest" not in g.access()  # the app never ran
+        assert open_files(g.worker_pid(), where) == [] and os.listdir(where) == []
+    assert free_bytes(where) > 4 * GIB, "this test needs 4 GiB free in the temp directory"
+    env = {"AIOWSGI_MAX_BODY_SIZE": str(4 * GIB), "AIOWSGI_SPOOL_BUDGET": str(4 * GIB)}
+    with Gunicorn("apps:router", config=conf, env=env) as g:
+        with Conn.to(g, timeout=10) as conn:
+            conn.send(head(3 * GIB, expect=True))
+            assert conn.readline() == b"HTTP/1.1 100 Continue\r\n"
+        with Conn.to(g, timeout=10) as conn:  # and a real upload under the raised limits works
+            data = os.urandom(3 * MIB)
+            conn.send(head(len(data)) + data)
+            status, _headers, body = conn.response()
+            assert (status, body) == (200, f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())
+
+
+def test_body_that_cannot_fit_on_disk_gets_507_before_reading(tmp_path):
+    conf, where = spool_conf(tmp_path)
+    env = {"AIOWSGI_MAX_BODY_SIZE": "0", "AIOWSGI_SPOOL_BUDGET": "0"}
+    with Gunicorn("apps:router", config=conf, env=env) as g:
+        length = free_bytes(where) + 64 * GIB
+        with Conn.to(g, timeout=5) as conn:
+            conn.send(head(length, expect=True))
+            status, _headers, _body = conn.response()
+            assert status == 507
+        assert "No space left on device" in g.wait_log("cannot spool request body")
+        assert "POST /digest" not in g.access()
+
+
+def upload_all(g: Gunicorn, bodies: list[bytes]) -> list[tuple[int, dict[str, str], bytes]]:
+    """Every upload's head goes out before any body: all are in progress at once."""
+    results: list = [None] * len(bodies)
+    heads_sent = threading.Barrier(len(bodies))
+
+    def one(index: int) -> None:
+        with Conn.to(g, timeout=30) as conn:
+            conn.send(head(len(bodies[index])))
+            heads_sent.wait(10)
+            try:
+                conn.send(bodies[index])
+            except OSError:  # refused and closed before the body went out
+                pass
+            try:
+                results[index] = conn.response()
+            except (ConnectionError, socket.timeout) as exc:
+                results[index] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def check_uploads(tmp_path, budget: int, refused: bool) -> None:
+    conf, where = spool_conf(tmp_path)
+    with Gunicorn("apps:router", "--threads", "4", config=conf,
+                  env={"AIOWSGI_SPOOL_BUDGET": str(budget)}) as g:
+        pid = g.worker_pid()
+        bodies = [os.urandom(3 * MIB) for _ in range(8)]
+        results = upload_all(g, bodies)
+        statuses = []
+        for data, result in zip(bodies, results):
+            assert isinstance(result, tuple), result
+            status, headers, body = result
+            statuses.append(status)
+            if status == 200:
+                assert body == f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()
+            else:
+                assert status == 503, body
+                assert headers["retry-after"] == "1" and headers["connection"] == "close"
+        assert statuses.count(200) >= 1
+        assert (503 in statuses) is refused, statuses
+        if refused:
+            assert "Spool budget full" in g.log()
+        # The budget came back with each closed file: one after another, every upload fits.
+        for data in bodies[:3]:
+            assert upload_all(g, [data])[0][0] == 200
+        assert open_files(pid, where) == [] and os.listdir(where) == []
+
+
+def test_spool_budget_refuses_new_uploads_with_503_and_can_be_raised(tmp_path):
+    """8 concurrent 3 MiB uploads: a 4 MiB budget takes one at a time (the rest 503 and
+    Retry-After); a budget the user raised to 32 MiB takes all. Nothing stays on disk."""
+    check_uploads(tmp_path / "small", 4 * MIB, refused=True)
+    check_uploads(tmp_path / "raised", 32 * MIB, refused=False)
+
+
+def test_chunked_upload_past_the_budget_gets_503(tmp_path):
+    conf, where = spool_conf(tmp_path)
+    with Gunicorn("apps:router", config=conf, env={"AIOWSGI_SPOOL_BUDGET": str(2 * MIB)}) as g:
+        with Conn.to(g, timeout=10) as conn:
+            conn.send(b"POST /digest HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            piece = b"c" * 65536
+            try:
+                for _ in range(64):  # 4 MiB, twice the budget
+                    conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            except OSError:  # refused and closed mid-body
+                pass
+            status, headers, _body = conn.response()
+        assert status == 503 and headers["retry-after"] == "1"
+        assert open_files(g.worker_pid(), where) == []
