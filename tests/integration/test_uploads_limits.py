@@ -144,3 +144,67 @@ def test_chunked_upload_past_the_budget_gets_503(tmp_path):
             status, headers, _body = conn.response()
         assert status == 503 and headers["retry-after"] == "1"
         assert open_files(g.worker_pid(), where) == []
+
+
+# -- item 6: the loop never waits for the disk -------------------------------------------------
+def test_slow_spool_writes_never_stall_other_connections(tmp_path, monkeypatch):
+    """In-loop, with a disk that holds every write: other connections are answered while a
+    write is in progress (impossible if the write ran on the loop), then the upload completes."""
+    import asyncio
+    import time
+
+    from apps import router
+    from inloop import fetch, serving
+
+    from gunicorn_aiowsgi import body as body_mod
+
+    real_write, gate, entered = body_mod.write_all, threading.Event(), threading.Event()
+    in_write = [0]
+
+    def slow_write(fd: int, chunks: list[bytes]) -> None:
+        in_write[0] += 1
+        entered.set()
+        gate.wait(5)  # a stalled disk, until the test lets it go
+        real_write(fd, chunks)
+        in_write[0] -= 1
+
+    monkeypatch.setattr(body_mod, "write_all", slow_write)
+    monkeypatch.setenv("AIOWSGI_BODY_MEMORY_LIMIT", "65536")
+    data = os.urandom(6 * MIB)
+    latencies: list[float] = []
+
+    async def upload(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head(len(data)).replace(b"Host: t", b"Host: t\r\nConnection: close") + data)
+        await writer.drain()  # waits while the server, backlogged, stops reading
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    async def run() -> bytes:
+        async with serving(router, threads=2, tmp_upload_dir=str(tmp_path)) as (worker, port):
+            try:
+                task = asyncio.ensure_future(upload(port))
+                while not entered.is_set():
+                    await asyncio.sleep(0.005)
+                for _ in range(20):
+                    started = time.monotonic()
+                    answer = await fetch(port, b"GET /hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                    latencies.append(time.monotonic() - started)
+                    assert answer.startswith(b"HTTP/1.1 200 OK")
+                    assert in_write[0] == 1  # answered while the disk still held a write
+                assert not task.done()
+                gate.set()
+                return await asyncio.wait_for(task, 30)
+            finally:
+                gate.set()
+                spools = getattr(worker.server, "spools", None)
+                if spools is not None:  # the writer thread: stopped, not left to the process
+                    spools.shutdown(timeout=5)
+
+    answer = asyncio.run(run())
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert answer.endswith(f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())
+    assert os.listdir(tmp_path) == []
+    print(f"GET latency while a spool write is stalled: max {max(latencies) * 1000:.1f} ms, "
+          f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms")
