@@ -115,7 +115,7 @@ def _close(target: SpoolFile, _argument: Any) -> int:
     return free_space(target.directory)
 
 
-def _measure(directory: str, _argument: Any) -> int:
+def _free(directory: str, _argument: Any) -> int:
     return free_space(directory)
 
 
@@ -142,7 +142,7 @@ class SpoolStore:
         self.promised = 0
         self.free: int | None = None
         self.writer = SpoolWriter(loop, {OPEN: _open, WRITE: _write, REWIND: _rewind,
-                                         CLOSE: _close, MEASURE: _measure})
+                                         CLOSE: _close, MEASURE: _free})
         self._measure()
 
     def _measure(self) -> None:
@@ -205,6 +205,9 @@ class SpooledInput(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         return self._file.readinto(buffer)  # type: ignore[attr-defined]
+
+    def readall(self) -> bytes:
+        return self._file.readall()  # type: ignore[attr-defined]  # one read, not 8 KiB pieces
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return self._file.seek(offset, whence)
@@ -288,7 +291,7 @@ class BodySpool:
     def _open(self) -> None:
         self._target = SpoolFile(self.store.directory)
         self.state = SpoolState.SPOOLING
-        self.store.writer.submit(OPEN, self._target, self.length, self._opened)
+        self.store.writer.submit(OPEN, self._target, self.length, self._written)
 
     def _spill(self) -> None:
         """Hand what is held to the writer: one job, one writev(2), no joining copy."""
@@ -314,6 +317,7 @@ class BodySpool:
         if self._error is not None:
             callback(self._error)
         elif self.state is SpoolState.MEMORY:
+            self._release()  # a charge taken for a body that never needed the disk
             self.state = SpoolState.DONE
             memory, self._memory = self._memory, []
             callback(io.BytesIO(b"".join(memory) if len(memory) != 1 else memory[0]))
@@ -347,11 +351,8 @@ class BodySpool:
             self.store.used -= charged
 
     # -- the writer's answers (on the loop) -----------------------------------------------
-    def _opened(self, _result: Any, error: BaseException | None) -> None:
-        if error is not None:
-            self._fail(error)
-
     def _written(self, size: int | None, error: BaseException | None) -> None:
+        """A write (or the open, size None) is done."""
         if error is not None:
             self._fail(error)
             return
@@ -371,6 +372,8 @@ class BodySpool:
         elif self.state is SpoolState.FINISHING:
             assert self._target is not None and self._done is not None
             self.state = SpoolState.DONE
+            self.store.promised -= self._promised  # all written: nothing more is owed
+            self._promised = 0
             raw = SpooledInput(self.store, self._target, self._charged)
             self._charged = 0  # the input owns the file and its share of the budget now
             done, self._done = self._done, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import io
 import os
@@ -31,6 +32,12 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A connection accepted less than this long ago (seconds) is not closed as idle when draining:
 # its client has just connected, and its first request is on the way.
 FRESH_GRACE = 1.0
+
+
+def resolve(future: asyncio.Future[Any], result: Any) -> None:
+    """A body spool's answer, unless the request stopped waiting for it (cancelled)."""
+    if not future.done():
+        future.set_result(result)
 
 
 class BodyTimeout(asyncio.TimeoutError):
@@ -246,7 +253,7 @@ class Server(web_server.Server):
     async def spooled(self, spool: BodySpool) -> Any:
         """wsgi.input, once the writer thread has every byte on disk."""
         done: asyncio.Future[Any] = self.loop.create_future()
-        spool.finish(lambda result: done.done() or done.set_result(result))
+        spool.finish(functools.partial(resolve, done))
         result = await done
         if isinstance(result, HTTPError):
             raise result
@@ -291,7 +298,7 @@ class Server(web_server.Server):
 
     async def drained(self, spool: BodySpool) -> None:
         done: asyncio.Future[None] = self.loop.create_future()
-        spool.on_drained(lambda: done.done() or done.set_result(None))
+        spool.on_drained(functools.partial(resolve, done, None))
         await done
 
     # -- response ------------------------------------------------------------------------
