@@ -8,7 +8,7 @@ import socket
 import threading
 
 import pytest
-from server import Conn, Gunicorn, free_bytes, open_files
+from server import Conn, Gunicorn, free_bytes, open_files, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -117,10 +117,13 @@ def check_uploads(tmp_path, budget: int, refused: bool) -> None:
         assert (503 in statuses) is refused, statuses
         if refused:
             assert "Spool budget full" in g.log()
-        # The budget came back with each closed file: one after another, every upload fits.
+        # The budget comes back as each file is closed (by the app thread, just after the
+        # response): one after another, every upload fits, at most after a retry.
         for data in bodies[:3]:
-            assert upload_all(g, [data])[0][0] == 200
-        assert open_files(pid, where) == [] and os.listdir(where) == []
+            wait_until(lambda data=data: upload_all(g, [data])[0][0] == 200, 10,
+                       "the budget back for a new upload")
+        wait_until(lambda: open_files(pid, where) == [], 10, "every spool file closed")
+        assert os.listdir(where) == []
 
 
 def test_spool_budget_refuses_new_uploads_with_503_and_can_be_raised(tmp_path):
@@ -143,7 +146,7 @@ def test_chunked_upload_past_the_budget_gets_503(tmp_path):
                 pass
             status, headers, _body = conn.response()
         assert status == 503 and headers["retry-after"] == "1"
-        assert open_files(g.worker_pid(), where) == []
+        wait_until(lambda: open_files(g.worker_pid(), where) == [], 10, "the spool file closed")
 
 
 # -- item 6: the loop never waits for the disk -------------------------------------------------
