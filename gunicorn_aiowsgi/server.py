@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import io
 import os
@@ -14,12 +15,12 @@ from aiohttp import web_server
 from aiohttp.web_protocol import RequestHandler
 
 from .application import AppCall, FileWrapper
-from .body import BodySpool
+from .body import BodySpool, SpoolFull, SpoolStore
 from .bridge import ABORT, DATA, END, ERROR, FILE, HEAD, Channel, Inbox, JobState, ThreadPool
 from .connection import CLOSE, KEEP, Connection, ConnState, Reply, error_reply, fail_body
 from .diagnostics import Monitor, describe, thread_stack
 from .environ import Peer, base_environ, build_environ
-from .errors import BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge
+from .errors import BadRequest, GatewayTimeout, HTTPError
 from .listener import unread_bytes
 from .output import Output
 from .records import RequestRecord
@@ -34,6 +35,12 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A connection accepted less than this long ago (seconds) is not closed as idle when draining:
 # its client has just connected, and its first request is on the way.
 FRESH_GRACE = 1.0
+
+
+def resolve(future: asyncio.Future[Any], result: Any) -> None:
+    """A body spool's answer, unless the request stopped waiting for it (cancelled)."""
+    if not future.done():
+        future.set_result(result)
 
 
 class BodyTimeout(asyncio.TimeoutError):
@@ -111,6 +118,7 @@ class Server(web_server.Server):
         self.can_sendfile = (settings.sendfile and not settings.is_ssl
                              and isinstance(loop, asyncio.BaseEventLoop))
         self.inbox = Inbox(loop)
+        self.spools = SpoolStore(loop, settings)  # the body writer thread and the spool budget
         # Read per request: resolved once.
         self.health_path = settings.health_path
         self.queue_limit = settings.effective_queue_limit
@@ -220,16 +228,20 @@ class Server(web_server.Server):
     async def receive(self, ex: Exchange, environ: dict[str, Any], expect: bool) -> Reply | None:
         """Read the whole body on the loop, so a slow upload never holds a thread."""
         msg, payload = ex.message, ex.payload
-        limit = self.settings.max_body_size
-        length = environ.get("CONTENT_LENGTH")
-        if limit and not msg.chunked and length and int(length) > limit:
-            raise PayloadTooLarge(f"Content-Length {length} is larger than {limit}")
-        if expect:  # RFC 9110 section 10.1.1: only now that the body is wanted
-            await ex.writer.write(CONTINUE)
-        spool = BodySpool(self.settings)
+        spool = BodySpool(self.settings, self.spools)
         try:
+            # 413/503/507 before 100-continue (RFC 9110 section 10.1.1): the body is never sent.
+            spool.expect(None if msg.chunked else int(environ["CONTENT_LENGTH"]))
+            if expect:  # only now that the body is wanted
+                await ex.writer.write(CONTINUE)
             await self.pump(payload, spool)
-            environ["wsgi.input"] = spool.finish()
+            environ["wsgi.input"] = await self.spooled(spool)
+        except SpoolFull as error:
+            spool.close()
+            self.monitor.count("spool_full_503")
+            self.log.warning("Spool budget full: %s; answering 503", error)
+            return self.plain(msg, 503, "Service Unavailable", b"upload capacity in use\n",
+                              [("Retry-After", error.retry_after)], keep=False)
         except HTTPError:
             spool.close()
             raise
@@ -241,12 +253,28 @@ class Server(web_server.Server):
             spool.close()
             # Answered like a bad head (gunicorn: 400 for InvalidChunkSize and the like).
             raise BadRequest(f"Invalid request body: {exc}") from exc
+        except BaseException:  # cancelled (connection lost): the file and budget go back
+            spool.close()
+            raise
         if msg.chunked:  # a de-chunked body gets its length (gunicorn leaves it unset)
             environ["CONTENT_LENGTH"] = str(spool.size)
         return None
 
+    async def spooled(self, spool: BodySpool) -> Any:
+        """wsgi.input, once the writer thread has every byte on disk."""
+        done: asyncio.Future[Any] = self.loop.create_future()
+        spool.finish(functools.partial(resolve, done))
+        result = await done
+        if isinstance(result, HTTPError):
+            raise result
+        return result
+
     async def pump(self, payload: Any, spool: BodySpool) -> None:
-        """Move body bytes into the spool; no byte for body_timeout seconds ends the request."""
+        """Move body bytes into the spool; no byte for body_timeout seconds ends the request.
+
+        While the spool waits for the disk, the body is not read: aiohttp's reader fills and
+        pauses the socket (backpressure), and that wait is not the client's idleness.
+        """
         loop = self.loop
         timeout = self.settings.body_timeout
         progress = [loop.time()]
@@ -254,6 +282,8 @@ class Server(web_server.Server):
 
         def check() -> None:
             nonlocal handle
+            if spool.backlogged:
+                progress[0] = loop.time()
             left = progress[0] + timeout - loop.time()
             if left <= 0:
                 fail_body(loop, payload, BodyTimeout(f"no request body bytes for {timeout}s"))
@@ -269,9 +299,17 @@ class Server(web_server.Server):
                     return
                 progress[0] = loop.time()
                 spool.write(chunk)
+                if spool.backlogged:
+                    await self.drained(spool)
+                    progress[0] = loop.time()
         finally:
             if handle is not None:
                 handle.cancel()
+
+    async def drained(self, spool: BodySpool) -> None:
+        done: asyncio.Future[None] = self.loop.create_future()
+        spool.on_drained(functools.partial(resolve, done, None))
+        await done
 
     # -- response ------------------------------------------------------------------------
     def keep_alive(self, msg: Any, head: Head, mode: Framing) -> bool:
