@@ -336,3 +336,54 @@ class Channel:
     @property
     def inflight(self) -> int:
         return self._produced - self._consumed
+
+
+class SpoolWriter:
+    """One thread per worker doing the request-body spools' disk work, so the loop never blocks on a disk.
+
+    A queue of typed jobs, `(kind, target, argument, done)`: the thread runs
+    `actions[kind](target, argument)`, jobs strictly in order (a body's file is created before
+    its first write, written before it is rewound, closed last), then posts
+    `done(result, error)` to the loop with call_soon_threadsafe. `submit` may be called from any
+    thread: an app thread closing its wsgi.input hands the close to this thread.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, actions: dict[int, Any],
+                 name: str = "aiowsgi-spool") -> None:
+        self._loop = loop
+        self._actions = actions
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # A daemon, like the app threads: a disk that hangs must not keep the process alive.
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: int, target: Any, argument: Any = None, done: Any = None) -> None:
+        self._jobs.put((kind, target, argument, done))
+
+    @property
+    def queued(self) -> int:
+        """Jobs not yet started (count)."""
+        return self._jobs.qsize()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            kind, target, argument, done = job
+            result, error = None, None
+            try:
+                result = self._actions[kind](target, argument)
+            except Exception as exc:  # the loop decides what it means; the thread lives on
+                error = exc
+            if done is not None:
+                try:
+                    self._loop.call_soon_threadsafe(done, result, error)
+                except RuntimeError:  # the loop is closed: the worker is exiting
+                    pass
+            del job, target, argument, done, result, error
+
+    def shutdown(self, timeout: float = 0.0) -> None:
+        """Stop after the jobs already queued (files still open get closed); wait at most `timeout`."""
+        self._jobs.put(None)
+        self._thread.join(timeout)

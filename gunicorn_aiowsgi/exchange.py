@@ -7,12 +7,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .application import AppCall
-from .body import BodySpool
+from .body import BodySpool, SpoolFull
 from .bridge import Abort, Channel, Data, End, Fail, Hints, JobState, SendFile, Start
 from .context import Context
 from .diagnostics import describe, thread_stack
 from .environ import build_environ
-from .errors import BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge
+from .errors import BadRequest, GatewayTimeout, HTTPError
 from .output import Output
 from .parser import Request
 from .records import RequestRecord
@@ -71,32 +71,51 @@ class Exchange:
                 self.environ["wsgi.input"] = io.BytesIO()  # no body: nothing to wait for
                 self.dispatch()
                 return
-            length = self.environ.get("CONTENT_LENGTH")
-            limit = settings.max_body_size
-            if limit and not req.chunked and length and int(length) > limit:
-                raise PayloadTooLarge(f"Content-Length {length} is larger than {limit}")
+            self.spool = BodySpool(settings, ctx.spools)
+            # 413/503/507 before 100-continue (RFC 9110 section 10.1.1): the body is never sent.
+            self.spool.expect(None if req.chunked else int(self.environ["CONTENT_LENGTH"]))
         except HTTPError as error:
-            conn.refuse(error, req.method)
+            self.refused(error)
             return
-        self.spool = BodySpool(settings)
-        if expect:  # RFC 9110 section 10.1.1: only now that the body is wanted
+        if expect:  # only now that the body is wanted
             conn.write(CONTINUE)
 
-    def body(self, data: bytes) -> None:
-        """Body bytes from the parser; raises an HTTPError (413, 507) that refuses the request."""
-        assert self.spool is not None
-        self.spool.write(data)
+    def refused(self, error: HTTPError) -> None:
+        """The request cannot be taken; a full spool budget is the overload answer (retry soon)."""
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        if isinstance(error, SpoolFull):
+            self.ctx.monitor.count("spool_full_503")
+            self.ctx.log.warning("Spool budget full: %s; answering 503", error)
+        self.conn.refuse(error, self.request.method)
 
-    def body_end(self) -> None:
+    def body(self, data: bytes) -> None:
+        """Body bytes from the parser. While the disk is behind, the socket is not read."""
         spool = self.spool
         assert spool is not None
         try:
-            self.environ["wsgi.input"] = spool.finish()
+            spool.write(data)
         except HTTPError as error:
-            self.conn.refuse(error, self.request.method)
+            self.refused(error)
             return
+        if spool.backlogged:
+            self.conn.pause_reading()
+            spool.on_drained(self.conn.disk_caught_up)
+
+    def body_end(self) -> None:
+        """Every body byte is in: wsgi.input once the writer thread has them all on disk."""
+        assert self.spool is not None
+        self.spool.finish(self.spooled)
+
+    def spooled(self, result: Any) -> None:
+        if isinstance(result, HTTPError):
+            self.refused(result)
+            return
+        self.environ["wsgi.input"] = result
         if self.request.chunked:  # a de-chunked body gets its length (gunicorn leaves it unset)
-            self.environ["CONTENT_LENGTH"] = str(spool.size)
+            assert self.spool is not None
+            self.environ["CONTENT_LENGTH"] = str(self.spool.size)
         self.spool = None
         self.dispatch()
 

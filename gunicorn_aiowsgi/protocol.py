@@ -336,6 +336,12 @@ class Connection:
         if self.transport is not None:
             self.transport.abort()
 
+    def disk_caught_up(self) -> None:
+        """The body's spool wrote its backlog: read again; the wait was not the client's idling."""
+        if self.state is ConnState.BODY:
+            self.since = self.ctx.loop.time()
+            self.resume_reading()
+
     def pause_reading(self) -> None:
         if self.reading and self.transport is not None and not self.transport.is_closing():
             self.reading = False
@@ -405,6 +411,10 @@ class Connection:
         if self.state is ConnState.IDLE and unread_bytes(self.transport):
             # The next request is in the socket, not read yet: a head has begun, never close.
             self._enter(ConnState.HEAD)
+            return
+        if self.state is ConnState.BODY and not self.reading:  # waiting for the disk, not the client
+            self.since = self.ctx.loop.time()
+            self._arm()
             return
         if self.state is ConnState.BODY:
             self.ctx.log.debug("Closing %s: no request body bytes for %ss", self.peer,

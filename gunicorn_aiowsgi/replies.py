@@ -17,10 +17,11 @@ def error_reply(error: HTTPError, method: str = "") -> bytes:
     """gunicorn's util.write_error response: an HTML page and Connection: close.
 
     RFC 9110 section 9.3.2: the answer to HEAD has the head GET would get, and no content.
-    Extra header lines an error carries (Retry-After on a 503) go into the head.
+    An error that says when to come back (a full spool's 503) gets Retry-After (RFC 9110 10.2.3).
     """
     page = error_page(error.status, error.reason, str(error) if error.client_error else "")
-    extra = "".join(f"{name}: {value}\r\n" for name, value in getattr(error, "headers", ()))
+    retry = getattr(error, "retry_after", None)  # a 503 for load says when to come back
+    extra = f"Retry-After: {retry}\r\n" if retry is not None else ""
     head = (f"HTTP/1.1 {error.status} {error.reason}\r\nConnection: close\r\n{extra}"
             f"Content-Type: text/html\r\nContent-Length: {len(page)}\r\n\r\n")
     return head.encode("latin-1") + (b"" if method == "HEAD" else page)

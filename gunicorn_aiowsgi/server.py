@@ -7,6 +7,7 @@ import os
 from typing import Any, Callable
 
 from .application import FileWrapper
+from .body import SpoolStore
 from .bridge import ThreadPool
 from .context import Context
 from .diagnostics import Monitor
@@ -32,8 +33,9 @@ class Server:
         self.log = log
         self.conns: set[Connection] = set()
         self.monitor = Monitor(pool, self, log, os.getpid())
+        self.spools = SpoolStore(loop, settings)  # the body writer thread and the spool budget
         self.ctx = Context(settings, loop, log, pool, wsgi, base_environ(settings, errors, FileWrapper),
-                           worker, self.monitor, None)
+                           worker, self.monitor, self.spools)
         self.ctx.opened = self.conns.add
         self.ctx.closed = self._closed
         self.on_close: Callable[[], None] = lambda: None

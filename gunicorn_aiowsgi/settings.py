@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 KIB = 1024
 MIB = 1024 * KIB
+GIB = 1024 * MIB
 
 
 class SettingsError(ValueError):
@@ -21,7 +22,8 @@ class SettingsError(ValueError):
 # name -> (field, kind, default)
 ENV_SETTINGS: dict[str, tuple[str, str, Any]] = {
     "AIOWSGI_BODY_MEMORY_LIMIT": ("body_memory_limit", "bytes", 1 * MIB),
-    "AIOWSGI_MAX_BODY_SIZE": ("max_body_size", "bytes", 0),
+    "AIOWSGI_MAX_BODY_SIZE": ("max_body_size", "bytes", 1 * GIB),
+    "AIOWSGI_SPOOL_BUDGET": ("spool_budget", "bytes", 1 * GIB),
     "AIOWSGI_HEADER_TIMEOUT": ("header_timeout", "seconds", 30.0),
     "AIOWSGI_BODY_TIMEOUT": ("body_timeout", "seconds", 60.0),
     "AIOWSGI_WRITE_BUFFER": ("write_buffer", "bytes", 2 * MIB),
@@ -63,7 +65,12 @@ class Settings:
     script_name: str = ""                  # SCRIPT_NAME from the environment (path)
     # -- our own, from AIOWSGI_* ------------------------------------------------------------
     body_memory_limit: int = 1 * MIB       # request body kept in memory before spooling (bytes)
-    max_body_size: int = 0                 # largest accepted request body (bytes); 0 = no limit
+    # waitress's default: an internet client cannot send an endless body; 0 = no limit.
+    max_body_size: int = 1 * GIB           # largest accepted request body (bytes); 0 = no limit
+    # Bodies on disk (or on their way) per worker at once. Without it, worker_connections
+    # uploads of max_body_size each could fill the disk (1000 GiB per worker by default); equal
+    # to max_body_size, so one upload of the largest size always fits an idle worker.
+    spool_budget: int = 1 * GIB            # request body bytes spooled per worker at once (bytes); 0 = no limit
     header_timeout: float = 30.0           # time to receive a complete request head (seconds)
     body_timeout: float = 60.0             # longest pause between request body reads (seconds)
     write_buffer: int = 2 * MIB            # response bytes in flight before the app thread waits (bytes)

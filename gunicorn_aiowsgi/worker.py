@@ -314,6 +314,8 @@ class Worker(base.Worker):
                 signal.signal(sig, signal.SIG_IGN)
         if self.pool is not None:
             self.pool.shutdown(timeout=0)
+        if self.server is not None:
+            self.server.spools.shutdown(timeout=0)
 
 
 class UVLoopWorker(Worker):

@@ -252,6 +252,22 @@ def slow(environ, start_response):
     return [b"slow"]
 
 
+def digest(environ, start_response):
+    """The body's length and SHA-256, read in 64 KiB pieces: proof an upload arrived intact."""
+    import hashlib
+
+    stream, hasher, total = environ["wsgi.input"], hashlib.sha256(), 0
+    while True:
+        part = stream.read(65536)
+        if not part:
+            break
+        hasher.update(part)
+        total += len(part)
+    body = f"{total} {hasher.hexdigest()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def router(environ, start_response):
     """One app with every fixture under its path, so one master serves a whole module."""
     name = environ["PATH_INFO"].strip("/").split("/")[0] or "hello"
@@ -263,7 +279,8 @@ def router(environ, start_response):
 
 ROUTES = {"hello": hello, "environ": environ_json, "body": body_read, "stream": stream,
           "big": big, "tracked": tracked, "framing": framing, "bad_header": bad_header,
-          "fail": fail, "writer": writer, "files": files, "status": status, "slow": slow}
+          "fail": fail, "writer": writer, "files": files, "status": status, "slow": slow,
+          "digest": digest}
 
 # The same, inside wsgiref's validator: any PEP 3333 slip by the server fails the request.
 validated = validator(router)

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, Callable
 
 from gunicorn_aiowsgi.application import FileWrapper
+from gunicorn_aiowsgi.body import SpoolStore
 from gunicorn_aiowsgi.context import Context
 from gunicorn_aiowsgi.diagnostics import Monitor
 from gunicorn_aiowsgi.environ import base_environ
@@ -135,9 +136,10 @@ class Harness:
         self.log = Log()
         self.worker = FakeWorker()
         pool: Any = InlinePool()
+        self.spools = SpoolStore(self.loop, self.settings)  # its writer thread idles unless spooling
         self.ctx = Context(self.settings, self.loop, self.log, pool, app,
                            base_environ(self.settings, None, FileWrapper), self.worker,
-                           Monitor(pool, self, self.log, 0), None)
+                           Monitor(pool, self, self.log, 0), self.spools)
         self.conns: list[Connection] = []
         self.transport = FakeTransport()
         self.conn = Connection(self.ctx)
@@ -166,6 +168,7 @@ class Harness:
 
     def close(self) -> None:
         self.conn.connection_lost(None)
+        self.spools.shutdown(timeout=1)
         self.loop.close()
 
     def responses(self) -> list[tuple[int, bytes]]:

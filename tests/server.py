@@ -273,6 +273,26 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
         time.sleep(0.02)
 
 
+def open_files(pid: int, directory: str) -> list[str]:
+    """Files process `pid` holds open under `directory` (unnamed temporary files show only here)."""
+    found = []
+    base = Path(f"/proc/{pid}/fd")
+    for name in os.listdir(base):
+        try:
+            target = os.readlink(base / name)
+        except OSError:  # closed while we looked
+            continue
+        if target.startswith(directory.rstrip("/") + "/"):
+            found.append(target)
+    return found
+
+
+def free_bytes(directory: str) -> int:
+    """Bytes an unprivileged process may still write in `directory`'s file system (statvfs)."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -31,8 +31,19 @@ def splits(data: bytes) -> list[list[bytes]]:
     return [[data]] + [[data[:i], data[i:]] for i in range(1, len(data))]
 
 
+HARNESSES: list[Harness] = []
+
+
+@pytest.fixture(autouse=True)
+def close_harnesses():
+    yield
+    while HARNESSES:
+        HARNESSES.pop().close()
+
+
 def run(*reads: bytes, eof: bool = False, **settings) -> Harness:
     h = Harness(**settings)
+    HARNESSES.append(h)
     h.feed(*reads)
     if eof:
         h.eof()
@@ -123,7 +134,7 @@ def test_half_close_inside_a_body_is_refused_without_calling_the_app():
 
 
 def test_pipelined_bytes_past_the_limit_pause_reading():
-    h = Harness()
+    h = run()
     h.conn.state = ConnState.APP  # a request is being answered
     h.conn.data_received(get("/x") * 5000)  # about 90 KiB
     assert not h.transport.reading
@@ -151,7 +162,7 @@ def test_proxy_preamble_state_times_out():
 
 
 def test_a_request_being_answered_has_no_connection_deadline():
-    h = Harness(header_timeout=0.05)
+    h = run(header_timeout=0.05)
     h.conn.state = ConnState.APP
     assert h.conn._deadline() is None
 

@@ -1,0 +1,213 @@
+"""Upload limits through a real master: the default maximum (413), the spool budget (503), free space (507)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+
+import pytest
+from server import Conn, Gunicorn, free_bytes, open_files, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def head(length: int, expect: bool = False) -> bytes:
+    return (f"POST /digest HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n"
+            + ("Expect: 100-continue\r\n" if expect else "") + "\r\n").encode()
+
+
+def spool_conf(tmp_path) -> tuple[str, str]:
+    """A gunicorn.conf.py with tmp_upload_dir in a fresh directory; returns (conf, directory)."""
+    where = tmp_path / "spool"
+    where.mkdir(parents=True)
+    conf = tmp_path / "spool.conf.py"
+    conf.write_text(f"tmp_upload_dir = {str(where)!r}\n")
+    return str(conf), str(where)
+
+
+def test_default_limit_refuses_3_gib_before_reading_and_a_raised_one_takes_it(tmp_path):
+    """No setting: 413 at once, though not a byte of the body (nor 100-continue) went out.
+    Raised maximum and budget: the same 3 GiB body is wanted (100 Continue)."""
+    conf, where = spool_conf(tmp_path)
+    with Gunicorn("apps:router", config=conf) as g:
+        for expect in (False, True):
+            with Conn.to(g, timeout=5) as conn:
+                conn.send(head(3 * GIB, expect))
+                status, headers, body = conn.response()  # times out if the body is awaited
+                assert status == 413, body
+                assert headers["connection"] == "close"
+                assert conn.closed_by_peer(5)
+        assert "POST /digest" not in g.access()  # the app never ran
+        assert open_files(g.worker_pid(), where) == [] and os.listdir(where) == []
+    assert free_bytes(where) > 4 * GIB, "this test needs 4 GiB free in the temp directory"
+    env = {"AIOWSGI_MAX_BODY_SIZE": str(4 * GIB), "AIOWSGI_SPOOL_BUDGET": str(4 * GIB)}
+    with Gunicorn("apps:router", config=conf, env=env) as g:
+        with Conn.to(g, timeout=10) as conn:
+            conn.send(head(3 * GIB, expect=True))
+            assert conn.readline() == b"HTTP/1.1 100 Continue\r\n"
+        with Conn.to(g, timeout=10) as conn:  # and a real upload under the raised limits works
+            data = os.urandom(3 * MIB)
+            conn.send(head(len(data)) + data)
+            status, _headers, body = conn.response()
+            assert (status, body) == (200, f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())
+
+
+def test_body_that_cannot_fit_on_disk_gets_507_before_reading(tmp_path):
+    conf, where = spool_conf(tmp_path)
+    env = {"AIOWSGI_MAX_BODY_SIZE": "0", "AIOWSGI_SPOOL_BUDGET": "0"}
+    with Gunicorn("apps:router", config=conf, env=env) as g:
+        length = free_bytes(where) + 64 * GIB
+        with Conn.to(g, timeout=5) as conn:
+            conn.send(head(length, expect=True))
+            status, _headers, _body = conn.response()
+            assert status == 507
+        assert "No space left on device" in g.wait_log("cannot spool request body")
+        assert "POST /digest" not in g.access()
+
+
+def upload_all(g: Gunicorn, bodies: list[bytes]) -> list[tuple[int, dict[str, str], bytes]]:
+    """Every upload's head goes out before any body: all are in progress at once."""
+    results: list = [None] * len(bodies)
+    heads_sent = threading.Barrier(len(bodies))
+
+    def one(index: int) -> None:
+        with Conn.to(g, timeout=30) as conn:
+            conn.send(head(len(bodies[index])))
+            heads_sent.wait(10)
+            try:
+                conn.send(bodies[index])
+            except OSError:  # refused and closed before the body went out
+                pass
+            try:
+                results[index] = conn.response()
+            except (ConnectionError, socket.timeout) as exc:
+                results[index] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def check_uploads(tmp_path, budget: int, refused: bool) -> None:
+    conf, where = spool_conf(tmp_path)
+    with Gunicorn("apps:router", "--threads", "4", config=conf,
+                  env={"AIOWSGI_SPOOL_BUDGET": str(budget)}) as g:
+        pid = g.worker_pid()
+        bodies = [os.urandom(3 * MIB) for _ in range(8)]
+        results = upload_all(g, bodies)
+        statuses = []
+        for data, result in zip(bodies, results):
+            assert isinstance(result, tuple), result
+            status, headers, body = result
+            statuses.append(status)
+            if status == 200:
+                assert body == f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()
+            else:
+                assert status == 503, body
+                assert headers["retry-after"] == "1" and headers["connection"] == "close"
+        assert statuses.count(200) >= 1
+        assert (503 in statuses) is refused, statuses
+        if refused:
+            assert "Spool budget full" in g.log()
+        # The budget comes back as each file is closed (by the app thread, just after the
+        # response): one after another, every upload fits, at most after a retry.
+        for data in bodies[:3]:
+            wait_until(lambda data=data: upload_all(g, [data])[0][0] == 200, 10,
+                       "the budget back for a new upload")
+        wait_until(lambda: open_files(pid, where) == [], 10, "every spool file closed")
+        assert os.listdir(where) == []
+
+
+def test_spool_budget_refuses_new_uploads_with_503_and_can_be_raised(tmp_path):
+    """8 concurrent 3 MiB uploads: a 4 MiB budget takes one at a time (the rest 503 and
+    Retry-After); a budget the user raised to 32 MiB takes all. Nothing stays on disk."""
+    check_uploads(tmp_path / "small", 4 * MIB, refused=True)
+    check_uploads(tmp_path / "raised", 32 * MIB, refused=False)
+
+
+def test_chunked_upload_past_the_budget_gets_503(tmp_path):
+    conf, where = spool_conf(tmp_path)
+    with Gunicorn("apps:router", config=conf, env={"AIOWSGI_SPOOL_BUDGET": str(2 * MIB)}) as g:
+        with Conn.to(g, timeout=10) as conn:
+            conn.send(b"POST /digest HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            piece = b"c" * 65536
+            try:
+                for _ in range(64):  # 4 MiB, twice the budget
+                    conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            except OSError:  # refused and closed mid-body
+                pass
+            status, headers, _body = conn.response()
+        assert status == 503 and headers["retry-after"] == "1"
+        wait_until(lambda: open_files(g.worker_pid(), where) == [], 10, "the spool file closed")
+
+
+# -- item 6: the loop never waits for the disk -------------------------------------------------
+def test_slow_spool_writes_never_stall_other_connections(tmp_path, monkeypatch):
+    """In-loop, with a disk that holds every write: other connections are answered while a
+    write is in progress (impossible if the write ran on the loop), then the upload completes."""
+    import asyncio
+    import time
+
+    from apps import router
+    from inloop import fetch, serving
+
+    from gunicorn_aiowsgi import body as body_mod
+
+    real_write, gate, entered = body_mod.write_all, threading.Event(), threading.Event()
+    in_write = [0]
+
+    def slow_write(fd: int, chunks: list[bytes]) -> None:
+        in_write[0] += 1
+        entered.set()
+        gate.wait(5)  # a stalled disk, until the test lets it go
+        real_write(fd, chunks)
+        in_write[0] -= 1
+
+    monkeypatch.setattr(body_mod, "write_all", slow_write)
+    monkeypatch.setenv("AIOWSGI_BODY_MEMORY_LIMIT", "65536")
+    data = os.urandom(6 * MIB)
+    latencies: list[float] = []
+
+    async def upload(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head(len(data)).replace(b"Host: t", b"Host: t\r\nConnection: close") + data)
+        await writer.drain()  # waits while the server, backlogged, stops reading
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    async def run() -> bytes:
+        async with serving(router, threads=2, tmp_upload_dir=str(tmp_path)) as (worker, port):
+            try:
+                task = asyncio.ensure_future(upload(port))
+                while not entered.is_set():
+                    await asyncio.sleep(0.005)
+                for _ in range(20):
+                    started = time.monotonic()
+                    answer = await fetch(port, b"GET /hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                    latencies.append(time.monotonic() - started)
+                    assert answer.startswith(b"HTTP/1.1 200 OK")
+                    assert in_write[0] == 1  # answered while the disk still held a write
+                assert not task.done()
+                gate.set()
+                return await asyncio.wait_for(task, 30)
+            finally:
+                gate.set()
+                spools = getattr(worker.server, "spools", None)
+                if spools is not None:  # the writer thread: stopped, not left to the process
+                    spools.shutdown(timeout=5)
+
+    answer = asyncio.run(run())
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert answer.endswith(f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())
+    assert os.listdir(tmp_path) == []
+    print(f"GET latency while a spool write is stalled: max {max(latencies) * 1000:.1f} ms, "
+          f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms")
