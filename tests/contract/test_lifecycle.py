@@ -13,20 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from server import ROOT, Conn
+from server import ROOT, Conn, gone, listen_queue, start_request, wait_until
+from sysinfo import fd_targets, status
 
-from .helpers import (
-    clean_exit,
-    gone,
-    in_app,
-    listen_queue,
-    marks,
-    proc_status,
-    serve,
-    start_request,
-    wait_until,
-    worker_fds,
-)
+from .helpers import clean_exit, in_app, marks, serve
 
 
 def answered(conn: Conn) -> tuple[int, dict, bytes]:
@@ -284,10 +274,10 @@ def test_user_group_and_worker_tmp_dir_in_shm() -> None:
         pid = g.worker_pid()
         info = json.loads(answered(start_request(g, "/info"))[2])
         assert (info["uid"], info["gid"]) == (65534, 65534)
-        assert proc_status(pid)["Uid"].split() == ["65534"] * 4
-        assert proc_status(g.pid)["Uid"].split()[0] == "0"
+        assert status(pid)["Uid"].split() == ["65534"] * 4
+        assert status(g.pid)["Uid"].split()[0] == "0"
         # The heartbeat file lives (unlinked) in /dev/shm, and the worker keeps it fresh.
-        assert any(link.startswith("/dev/shm/wgunicorn-") for link in worker_fds(pid))
+        assert any(link.startswith("/dev/shm/wgunicorn-") for link in fd_targets(pid))
 
 
 def test_no_loop_is_left_in_the_test_process() -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import trustme
-from server import Conn
+from server import Conn, listen_queue
 
-from .helpers import listen_queue, marks, serve
+from .helpers import marks, serve
 
 AIOWSGI, GTHREAD = "gunicorn_aiowsgi.Worker", "gthread"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"

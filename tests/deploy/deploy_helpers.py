@@ -1,21 +1,20 @@
-"""Helpers for tests/deploy: start what tests/server.py's Gunicorn does not (honcho, nginx, a
-master under socket activation), read server-sent events, and read the deploy/ files."""
+"""What only tests/deploy uses: the deploy/ files (example app, gunicorn.conf.py), a clean child
+environment, server-sent events and nginx. Generic helpers live in tests/server.py (honcho and
+socket-activated masters start with Gunicorn.launch)."""
 
 from __future__ import annotations
 
 import http.client
 import importlib.util
 import os
-import re
 import runpy
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -23,15 +22,11 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
-from gunicorn.config import Config
-from server import ROOT, Gunicorn, run_dir
+from server import ROOT, wait_until
 
 DEPLOY = ROOT / "deploy"
 CONF = DEPLOY / "gunicorn.conf.py"
 BIN = Path(sys.executable).parent  # the venv (or tox env) running the tests: gunicorn, honcho
-# gunicorn >= 25.1 opens a control socket in ~/.gunicorn unless told not to; older ones
-# have no such flag.
-NO_CONTROL_SOCKET = ["--no-control-socket"] if "control_socket_disable" in Config().settings else []
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -86,13 +81,6 @@ def call(app: Any, path: str, method: str = "GET") -> tuple[int, dict[str, str],
     return int(seen["status"].split()[0]), seen["headers"], chunks
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago, for programs that must be told a number."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def load_conf(**env: str) -> dict[str, Any]:
     """deploy/gunicorn.conf.py's settings as gunicorn would read them, under `env` only."""
     saved = dict(os.environ)
@@ -116,84 +104,6 @@ def bind_port(conf: dict[str, Any]) -> int:
     binds = conf["bind"] if isinstance(conf["bind"], list) else [conf["bind"]]
     (bind,) = binds
     return int(bind.rpartition(":")[2])
-
-
-def spawn(
-    argv: Sequence[str],
-    *,
-    env: dict[str, str],
-    workers: int,
-    cwd: Path = ROOT,
-    pass_fds: Sequence[int] = (),
-    timeout: float = 30.0,
-) -> Gunicorn:
-    """Start a command that ends up running a gunicorn master, as a tests/server.py Gunicorn.
-
-    `argv` and `env` values may hold {error_log} and {access_log}: the files the returned
-    object reads. It waits for "Listening at" and `workers` times "aiowsgi: serving" in the
-    error log. .pid is the process started (honcho, or a wrapper that execs gunicorn)."""
-    g = Gunicorn.__new__(Gunicorn)
-    g.dir = Path(tempfile.mkdtemp(prefix="deploy-", dir=run_dir()))
-    g.error_log, g.access_log, g.stdout = (
-        g.dir / "error.log",
-        g.dir / "access.log",
-        g.dir / "stdout.log",
-    )
-    paths = {"error_log": g.error_log, "access_log": g.access_log}
-    g.cmd = [a.format(**paths) for a in argv]
-    full_env = {k: v.format(**paths) for k, v in env.items()}
-    g._out = open(g.stdout, "wb")  # noqa: SIM115 - Gunicorn.stop() closes it
-    g.proc = subprocess.Popen(
-        g.cmd,
-        cwd=str(cwd),
-        env=full_env,
-        stdout=g._out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        pass_fds=tuple(pass_fds),
-    )
-    g.pid = g.proc.pid
-    g.url, g.host, g.port = "", "127.0.0.1", 0
-    g._wait_listening(workers, timeout)
-    return g
-
-
-def master_pid(g: Gunicorn) -> int:
-    match = re.search(r"Listening at: \S+ \((\d+)\)", g.log())
-    assert match, g.log()
-    return int(match.group(1))
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours still "exists": look at its state.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def get(
-    host: str, port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10.0
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def read_sse(

@@ -7,7 +7,8 @@ import threading
 import time
 
 import pytest
-from deploy_helpers import DEPLOY, Gunicorn, call, get, load_example, read_sse, wait_until
+from deploy_helpers import DEPLOY, call, load_example, read_sse
+from server import Gunicorn, get, wait_until
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_quickstart_command_serves_and_streams_in_threads():
     """The README's first command (`--threads 4 --chdir deploy example_app:app`): three streams
     at once take the time of one, each event on its own, and /healthz still answers meanwhile."""
     with Gunicorn("example_app:app", "--threads", "4", "--chdir", str(DEPLOY)) as server:
-        status, _, body = get(server.host, server.port, "/")
+        status, _, body = get(server, "/")
         assert (status, body) == (200, b"Hello from gunicorn-aiowsgi!\n")
 
         results: list = [None] * 3
@@ -67,7 +68,7 @@ def test_quickstart_command_serves_and_streams_in_threads():
             t.start()
         first.wait()  # all three streams are open and have sent their first event
         t0 = time.monotonic()
-        assert get(server.host, server.port, "/healthz")[0] == 200
+        assert get(server, "/healthz")[0] == 200
         assert time.monotonic() - t0 < 1.0, "a free thread should answer /healthz at once"
         for t in threads:
             t.join(20)

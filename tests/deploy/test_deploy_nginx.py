@@ -13,7 +13,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from deploy_helpers import DEPLOY, Gunicorn, free_port, get, nginx, read_sse, wait_until
+from deploy_helpers import DEPLOY, nginx, read_sse
+from server import Gunicorn, get, wait_until
+from sysinfo import free_port
 
 NGINX_CONF = DEPLOY / "nginx.conf"
 
@@ -104,7 +106,7 @@ def stack():
 
 def test_events_stream_through_nginx_as_they_are_yielded(stack):
     port, _, _ = stack
-    assert get("127.0.0.1", port, "/")[:3:2] == (200, b"Hello from gunicorn-aiowsgi!\n")
+    assert get(("127.0.0.1", port), "/")[:3:2] == (200, b"Hello from gunicorn-aiowsgi!\n")
     status, headers, events = read_sse("127.0.0.1", port)
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     assert [e["id"] for _, e in events] == [str(n) for n in range(1, 11)]

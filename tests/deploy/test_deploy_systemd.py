@@ -4,7 +4,6 @@ NOTIFY_SOCKET, ExecReload, KillSignal)."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import shlex
@@ -15,7 +14,8 @@ import subprocess
 import sys
 
 import pytest
-from deploy_helpers import BIN, DEPLOY, ROOT, base_env, load_conf, spawn, wait_until
+from deploy_helpers import BIN, DEPLOY, base_env, load_conf
+from server import ROOT, Gunicorn, get, wait_until
 
 SERVICE, SOCKET = DEPLOY / "gunicorn.service", DEPLOY / "gunicorn.socket"
 PLACEHOLDER = "/srv/app"  # where the units expect the checkout
@@ -77,27 +77,6 @@ def test_units_agree_with_gunicorn_conf_and_nginx():
     assert f"{PLACEHOLDER}/deploy/gunicorn.conf.py" in value(svc, "Service", "ExecStart")
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=10)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
-def unix_get(path: str, url: str) -> tuple[int, bytes]:
-    conn = UnixHTTPConnection(path)
-    try:
-        conn.request("GET", url)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
 # What systemd does between fork and exec: the sockets from fd 3 on, LISTEN_FDS their count,
 # LISTEN_PID the pid of the process that will read them (gunicorn checks it is its own).
 ACTIVATE = (
@@ -129,7 +108,7 @@ def test_service_command_under_socket_activation(tmp_path):
     # If activation failed gunicorn would bind this instead (never the config's 0.0.0.0:8000).
     fallback = tmp_path / "fallback.sock"
     try:
-        master = spawn(
+        master = Gunicorn.launch(
             [
                 sys.executable,
                 "-c",
@@ -148,7 +127,7 @@ def test_service_command_under_socket_activation(tmp_path):
             env=base_env(**env, NOTIFY_SOCKET=str(tmp_path / "notify")),
             workers=workers,
             cwd=ROOT,
-            pass_fds=[listener.fileno()],
+            pass_fds=(listener.fileno(),),
         )
     finally:
         listener.close()  # gunicorn holds it now, as it would hold systemd's
@@ -157,7 +136,7 @@ def test_service_command_under_socket_activation(tmp_path):
         assert re.search(rf"Listening at: unix:{re.escape(sock_path)} ", master.log()), master.log()
         assert not fallback.exists()
         assert len(master.worker_pids()) == workers
-        assert unix_get(sock_path, "/healthz") == (200, b"ok\n")
+        assert get(sock_path, "/healthz")[::2] == (200, b"ok\n")
 
         # systemctl reload: ExecReload with $MAINPID filled in -> fresh workers, still serving.
         old = tuple(master.worker_pids())
@@ -167,7 +146,7 @@ def test_service_command_under_socket_activation(tmp_path):
         subprocess.run(reload, check=True, timeout=10)
         master.wait_workers(workers, exclude=old)
         wait_until(lambda: not set(old) & set(master.worker_pids()), 15, "the old workers to exit")
-        assert unix_get(sock_path, "/") == (200, b"Hello from gunicorn-aiowsgi!\n")
+        assert get(sock_path, "/")[::2] == (200, b"Hello from gunicorn-aiowsgi!\n")
 
         # systemctl stop: KillSignal to the main process, done well within TimeoutStopSec.
         master.signal(getattr(signal, value(svc, "Service", "KillSignal")))
