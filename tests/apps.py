@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -85,6 +86,7 @@ def body_read(environ, start_response):
     else:
         data = b"|".join(line for line in stream)
     info = {"len": len(data), "content_length": environ.get("CONTENT_LENGTH"),
+            "sha256": hashlib.sha256(data).hexdigest(),
             "input": type(stream).__name__, "head": data[:64].decode("latin-1"),
             "tail": data[-64:].decode("latin-1")}
     if _query(environ).get("echo"):
@@ -145,11 +147,13 @@ def tracked(environ, start_response):
 
 
 def framing(environ, start_response):
-    """?declared= Content-Length vs ?actual= bytes; ?status=."""
+    """?declared= Content-Length vs ?actual= bytes; ?status=; ?close=1 adds Connection: close."""
     q = _query(environ)
     headers = [("Content-Type", "text/plain")]
     if "declared" in q:
         headers.append(("Content-Length", q["declared"]))
+    if q.get("close"):
+        headers.append(("Connection", "close"))
     start_response(q.get("status", "200 OK").replace("_", " "), headers)
     actual = int(q.get("actual", "5"))
     return iter([b"z" * actual]) if q.get("gen") else [b"z" * actual]
@@ -246,8 +250,14 @@ def status(environ, start_response):
 
 
 def slow(environ, start_response):
-    """Sleeps ?s= seconds before answering: a stuck or slow request."""
-    time.sleep(float(_query(environ).get("s", "1")))
+    """Sleeps ?s= seconds before answering: a stuck or slow request. With ?mark=NAME it marks
+    "started" as it takes its thread and "done" when it has slept, so a test can wait for it."""
+    q = _query(environ)
+    if "mark" in q:
+        _mark(q["mark"], "started")
+    time.sleep(float(q.get("s", "1")))
+    if "mark" in q:
+        _mark(q["mark"], "done")
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
     return [b"slow"]
 
