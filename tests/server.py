@@ -391,6 +391,20 @@ def abort(sock: socket.socket) -> None:
 
 
 # -- waiting -----------------------------------------------------------------------------
+def need_program(name: str, package: str) -> str:
+    """The path of program `name`. Missing, the test skips on a developer's machine but fails
+    under CI (CI=true), where .ci/run installs `package`: a skip there would hide a red."""
+    path = shutil.which(name)
+    if path is None:
+        import pytest
+
+        message = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition",
                interval: float = 0.02) -> T:
     """Poll `predicate` until it returns something truthy; return that, or fail after timeout."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
+import json
 import os
 import runpy
 import shutil
@@ -109,7 +110,8 @@ def bind_port(conf: dict[str, Any]) -> int:
 def read_sse(
     host: str, port: int, path: str = "/stream", on_event: Any = None, timeout: float = 15.0
 ) -> tuple[int, dict[str, str], list[tuple[float, dict[str, str]]]]:
-    """GET a server-sent-events stream; every event with the monotonic time it arrived.
+    """GET a server-sent-events stream; every event with the time.time() it arrived (comparable
+    with the "time" stamp example_app puts in each event's data).
 
     on_event(index) is called as each event arrives (e.g. to signal the server mid-stream)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -128,13 +130,23 @@ def read_sse(
                 name, _, value = text.partition(":")
                 fields[name] = value.lstrip(" ")
             elif fields:
-                events.append((time.monotonic(), fields))
+                events.append((time.time(), fields))
                 fields = {}
                 if on_event:
                     on_event(len(events) - 1)
         return resp.status, headers, events
     finally:
         conn.close()
+
+
+def assert_streamed(events: list[tuple[float, dict[str, str]]]) -> None:
+    """Each event of example_app's /stream reached the client before the app produced the next
+    one: sent as yielded, not held back (by the worker or a proxy) for a burst. Judged by the
+    app's own stamps, so a slow client fails it only when slower than the app's interval."""
+    produced = [json.loads(fields["data"])["time"] for _, fields in events]
+    arrived = [when for when, _ in events]
+    late = [n for n in range(len(events) - 1) if not arrived[n] < produced[n + 1]]
+    assert not late, f"events {late} arrived after the next was produced: {events}"
 
 
 @contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import sys
 
 import pytest
 from deploy_helpers import BIN, DEPLOY, base_env, load_conf
-from server import ROOT, Gunicorn, get, wait_until
+from server import ROOT, Gunicorn, get, need_program, wait_until
 
 SERVICE, SOCKET = DEPLOY / "gunicorn.service", DEPLOY / "gunicorn.socket"
 PLACEHOLDER = "/srv/app"  # where the units expect the checkout
@@ -50,12 +49,11 @@ def real_paths(text: str) -> str:
 
 
 def test_systemd_analyze_verify(tmp_path):
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is not installed")
+    analyze = need_program("systemd-analyze", "systemd")
     for src in (SERVICE, SOCKET):
         (tmp_path / src.name).write_text(real_paths(src.read_text()))
     out = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / SOCKET.name), str(tmp_path / SERVICE.name)],
+        [analyze, "verify", str(tmp_path / SOCKET.name), str(tmp_path / SERVICE.name)],
         check=False,
         capture_output=True,
         text=True,
