@@ -123,16 +123,20 @@ def big(environ, start_response):
 
 
 class Tracked:
-    """An iterable that records close() and how far it got, under ?name=."""
+    """An iterable that records close() and how far it got, under ?name=; with ?progress=1 also
+    one line per chunk handed to the server, under NAME.progress."""
 
-    def __init__(self, name: str, chunks: int, size: int, gap: float) -> None:
+    def __init__(self, name: str, chunks: int, size: int, gap: float, progress: bool = False) -> None:
         self.name, self.chunks, self.size, self.gap = name, chunks, size, gap
+        self.progress = progress
         self.sent = 0
 
     def __iter__(self):
         for _ in range(self.chunks):
             time.sleep(self.gap)
             self.sent += 1
+            if self.progress:
+                _mark(self.name + ".progress", str(self.sent))
             yield b"y" * self.size
 
     def close(self) -> None:
@@ -143,7 +147,7 @@ def tracked(environ, start_response):
     q = _query(environ)
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return Tracked(q.get("name", "tracked"), int(q.get("chunks", "1000")),
-                   int(q.get("size", "65536")), float(q.get("gap", "0.01")))
+                   int(q.get("size", "65536")), float(q.get("gap", "0.01")), bool(q.get("progress")))
 
 
 def framing(environ, start_response):

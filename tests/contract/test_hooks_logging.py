@@ -220,6 +220,23 @@ def test_statsd_gets_counters_and_durations(results: dict) -> None:
                               if "|c|" in d and "gunicorn.request" in d)
 
 
+def test_dogstatsd_tags_on_every_metric() -> None:
+    """dogstatsd_tags end every datagram: gunicorn's request metrics and the worker's own
+    aiowsgi.<pid>.* gauges alike (both go through gunicorn's Statsd logger)."""
+    statsd = udp_socket()
+    try:
+        with serve("--statsd-host", f"127.0.0.1:{statsd.getsockname()[1]}",
+                   "--dogstatsd-tags", "env:ci,team:web") as g:
+            assert get(g, "/pid")[0] == 200
+            gauge = f"aiowsgi.{g.worker_pid()}.busy_threads:"
+            sent = datagrams(statsd, lambda got: any(d.startswith("gunicorn.requests:") for d in got)
+                             and any(d.startswith(gauge) for d in got))
+    finally:
+        statsd.close()
+    lines = [line for d in sent for line in d.splitlines()]
+    assert all(line.endswith("|#env:ci,team:web") for line in lines), lines
+
+
 # -- logger class, syslog, capture_output, debug level ---------------------------------------
 def test_logger_class_syslog_capture_output_and_debug_level() -> None:
     syslog = udp_socket()
