@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sysinfo
+from sysinfo import hwm_kib, rss_kib  # noqa: F401  (older `from server import rss_kib`)
 
 T = TypeVar("T")
 
