@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -85,6 +86,7 @@ def body_read(environ, start_response):
     else:
         data = b"|".join(line for line in stream)
     info = {"len": len(data), "content_length": environ.get("CONTENT_LENGTH"),
+            "sha256": hashlib.sha256(data).hexdigest(),
             "input": type(stream).__name__, "head": data[:64].decode("latin-1"),
             "tail": data[-64:].decode("latin-1")}
     if _query(environ).get("echo"):
@@ -121,16 +123,20 @@ def big(environ, start_response):
 
 
 class Tracked:
-    """An iterable that records close() and how far it got, under ?name=."""
+    """An iterable that records close() and how far it got, under ?name=; with ?progress=1 also
+    one line per chunk handed to the server, under NAME.progress."""
 
-    def __init__(self, name: str, chunks: int, size: int, gap: float) -> None:
+    def __init__(self, name: str, chunks: int, size: int, gap: float, progress: bool = False) -> None:
         self.name, self.chunks, self.size, self.gap = name, chunks, size, gap
+        self.progress = progress
         self.sent = 0
 
     def __iter__(self):
         for _ in range(self.chunks):
             time.sleep(self.gap)
             self.sent += 1
+            if self.progress:
+                _mark(self.name + ".progress", str(self.sent))
             yield b"y" * self.size
 
     def close(self) -> None:
@@ -141,15 +147,17 @@ def tracked(environ, start_response):
     q = _query(environ)
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return Tracked(q.get("name", "tracked"), int(q.get("chunks", "1000")),
-                   int(q.get("size", "65536")), float(q.get("gap", "0.01")))
+                   int(q.get("size", "65536")), float(q.get("gap", "0.01")), bool(q.get("progress")))
 
 
 def framing(environ, start_response):
-    """?declared= Content-Length vs ?actual= bytes; ?status=."""
+    """?declared= Content-Length vs ?actual= bytes; ?status=; ?close=1 adds Connection: close."""
     q = _query(environ)
     headers = [("Content-Type", "text/plain")]
     if "declared" in q:
         headers.append(("Content-Length", q["declared"]))
+    if q.get("close"):
+        headers.append(("Connection", "close"))
     start_response(q.get("status", "200 OK").replace("_", " "), headers)
     actual = int(q.get("actual", "5"))
     return iter([b"z" * actual]) if q.get("gen") else [b"z" * actual]
@@ -246,8 +254,14 @@ def status(environ, start_response):
 
 
 def slow(environ, start_response):
-    """Sleeps ?s= seconds before answering: a stuck or slow request."""
-    time.sleep(float(_query(environ).get("s", "1")))
+    """Sleeps ?s= seconds before answering: a stuck or slow request. With ?mark=NAME it marks
+    "started" as it takes its thread and "done" when it has slept, so a test can wait for it."""
+    q = _query(environ)
+    if "mark" in q:
+        _mark(q["mark"], "started")
+    time.sleep(float(q.get("s", "1")))
+    if "mark" in q:
+        _mark(q["mark"], "done")
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
     return [b"slow"]
 

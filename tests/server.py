@@ -1,18 +1,29 @@
-"""Test harness that owns real gunicorn masters: start on a free loopback port, wait, stop by pid."""
+"""The tests' one helper module: real gunicorn masters (start on a free loopback port, wait, stop by
+pid), raw clients, requests, waiting, and what a process holds (read through sysinfo.py)."""
 
 from __future__ import annotations
 
 import atexit
 import os
 import re
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+import sysinfo
+from sysinfo import hwm_kib, rss_kib  # noqa: F401  (older `from server import rss_kib`)
+
+T = TypeVar("T")
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -68,15 +79,35 @@ class Gunicorn:
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), full_env.get("PYTHONPATH", "")])
         full_env.update(env or {})
+        self._start(cmd, full_env, cwd or str(TESTS))
+        self._wait_listening(workers if wait_ready else 0)
+
+    @classmethod
+    def launch(cls, argv: list[str], *, env: dict[str, str], workers: int, cwd: str | Path = ROOT,
+               pass_fds: tuple[int, ...] = (), timeout: float = 30.0) -> "Gunicorn":
+        """Start any command that ends up running a gunicorn master (honcho, a wrapper that execs
+        gunicorn...), watched like one started by Gunicorn(): `argv` and `env` values may hold
+        {error_log} and {access_log}, the files it reads. .pid is the process started."""
+        self = cls.__new__(cls)
+        self.dir = Path(tempfile.mkdtemp(prefix="launch-", dir=run_dir()))
+        self.error_log, self.access_log = self.dir / "error.log", self.dir / "access.log"
+        self.stdout = self.dir / "stdout.log"
+        paths = {"error_log": self.error_log, "access_log": self.access_log}
+        self._start([a.format(**paths) for a in argv], {k: v.format(**paths) for k, v in env.items()},
+                    str(cwd), pass_fds)
+        self._wait_listening(workers, timeout)
+        return self
+
+    def _start(self, cmd: list[str], env: dict[str, str], cwd: str, pass_fds: tuple[int, ...] = ()
+               ) -> None:
         self.cmd = cmd
-        self._out = open(self.stdout, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=cwd or str(TESTS), env=full_env, stdout=self._out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._out = open(self.stdout, "wb")  # noqa: SIM115 - stop() closes it
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._out, stderr=subprocess.STDOUT,
+                                     start_new_session=True, pass_fds=pass_fds)
         self.pid = self.proc.pid
         self.url = ""
         self.host = "127.0.0.1"
         self.port = 0
-        self._wait_listening(workers if wait_ready else 0)
 
     # -- startup -------------------------------------------------------------------------
     def _wait_listening(self, workers: int, timeout: float = 20.0) -> None:
@@ -104,9 +135,14 @@ class Gunicorn:
     def access(self) -> str:
         return _read(self.access_log)
 
+    def master_pid(self) -> int:
+        """The gunicorn master's pid as it logged it (not .pid when a wrapper started it)."""
+        match = LISTEN_RE.search(self.log())
+        assert match, self.log()
+        return int(match.group(2))
+
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
+        return sysinfo.children(self.pid)
 
     def worker_pid(self) -> int:
         pids = self.worker_pids()
@@ -254,6 +290,9 @@ class Conn:
         self.close()
 
 
+
+
+# -- requests ----------------------------------------------------------------------------
 def request(server: "Gunicorn", data: bytes, head: bool = False) -> tuple[int, dict[str, str], bytes]:
     """Send raw bytes on a fresh connection and read one response."""
     with Conn.to(server) as conn:
@@ -261,7 +300,114 @@ def request(server: "Gunicorn", data: bytes, head: bool = False) -> tuple[int, d
         return conn.response(head=head)
 
 
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
+def get(target: Any, path: str = "/", *, method: str = "GET", version: str = "1.1",
+        headers: dict[str, str] | None = None, body: bytes | None = None, close: bool = True,
+        timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, lower-cased headers, body).
+
+    `target` is a Gunicorn (anything with .host and .port), a (host, port) pair or the path of a
+    unix socket; `headers` are
+    sent in order after Host (which they may replace). With `close`
+    the request says Connection: close; without it the connection is kept alive by default (the
+    response is still read by its own framing). A `body` is sent with its Content-Length.
+    HEAD reads no body.
+    """
+    headers = headers or {}
+    lines = [f"{method} {path} HTTP/{version}"]
+    if not any(name.lower() == "host" for name in headers):
+        lines.append("Host: test")  # the same in every run, so two servers' records compare
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    if close:
+        lines.append("Connection: close")
+    if isinstance(target, (str, Path)):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(str(target))
+    else:
+        address = (target.host, target.port) if hasattr(target, "port") else target
+        sock = socket.create_connection(address, timeout=timeout)
+    with Conn(sock, timeout) as conn:
+        conn.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        return conn.response(head=method == "HEAD")
+
+
+def start_request(server: "Gunicorn", path: str, timeout: float = 30.0) -> Conn:
+    """Send a GET on a new kept-alive connection and return the Conn, not answered yet."""
+    conn = Conn.to(server, timeout)
+    conn.send(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    return conn
+
+
+def connect_many(server: "Gunicorn", count: int, payload: bytes = b"") -> list[socket.socket]:
+    """`count` connected sockets, each having sent `payload` (if any)."""
+    socks = []
+    for _ in range(count):
+        sock = server.connect(10)
+        if payload:
+            sock.sendall(payload)
+        socks.append(sock)
+    return socks
+
+
+def closed_by_server(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """The sockets the server closed (EOF or reset) within `timeout`; the others stay open."""
+    pending = {s.fileno(): s for s in socks}
+    closed = []
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    for fd in pending:
+        poller.register(fd, select.POLLIN)
+    while pending and time.monotonic() < deadline:
+        for fd, _event in poller.poll(100):
+            sock = pending.get(fd)
+            if sock is None:
+                continue
+            try:
+                data = sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                poller.unregister(fd)
+                del pending[fd]
+                closed.append(sock)
+    return closed
+
+
+def close_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def abort(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0): the client vanishes without a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+# -- waiting -----------------------------------------------------------------------------
+def need_program(name: str, package: str) -> str:
+    """The path of program `name`. Missing, the test skips on a developer's machine but fails
+    under CI (CI=true), where .ci/run installs `package`: a skip there would hide a red."""
+    path = shutil.which(name)
+    if path is None:
+        import pytest
+
+        message = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.02) -> T:
     """Poll `predicate` until it returns something truthy; return that, or fail after timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -270,7 +416,7 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def open_files(pid: int, directory: str) -> list[str]:
@@ -293,15 +439,86 @@ def free_bytes(directory: str) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+def read_mark(path: Path, timeout: float = 10.0) -> str:
+    """The text of a mark file an app writes, once a whole line is in (the app's open(..., "a")
+    creates the file before its write lands)."""
+    def whole() -> str:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return ""
+        return text if text.endswith("\n") else ""
+
+    return wait_until(whole, timeout, f"the mark {path}")
 
 
-def hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
+# -- a process, seen from /proc ----------------------------------------------------------
+def gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie nobody reaped yet)."""
+    try:
+        return sysinfo.status(pid).get("State", "").startswith("Z")
+    except ProcessLookupError:
+        return True
+
+
+def signal_mask(pid: int, field: str) -> set[int]:
+    """Signal numbers in /proc/<pid>/status SigCgt (caught), SigIgn (ignored) or SigBlk."""
+    mask = int(sysinfo.status(pid)[field], 16)
+    return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+
+
+def socket_count(pid: int) -> int:
+    return sum(1 for target in sysinfo.fd_targets(pid) if target.startswith("socket:"))
+
+
+def temp_files(pid: int, directory: str | None = None) -> list[str]:
+    """Open regular files that are temporary: unlinked (TemporaryFile) or under `directory`.
+
+    gunicorn's own heartbeat file (wgunicorn-*, unlinked too) is not one of them.
+    """
+    return [t for t in sysinfo.fd_targets(pid) if t.startswith("/") and "/wgunicorn-" not in t and
+            (t.endswith(" (deleted)") or (directory is not None and t.startswith(directory)))]
+
+
+def listen_queue(port: int) -> tuple[int, int]:
+    """(Recv-Q, Send-Q) of the listening socket on 127.0.0.1:port, from `ss -ltn`.
+
+    For a listener Recv-Q is the accept queue's current length, Send-Q its size (backlog).
+    """
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if fields[3].endswith(f":{port}"):
+            return int(fields[1]), int(fields[2])
+    raise AssertionError(f"no listener on port {port}: {out!r}")
+
+
+@dataclass
+class Usage:
+    """What a worker holds: compared before and after a test to find leaks."""
+
+    fds: int
+    threads: int
+    temp_files: int
+    rss_kib: int
+
+    @classmethod
+    def of(cls, pid: int, directory: str | None = None) -> "Usage":
+        return cls(sysinfo.open_fds(pid), sysinfo.thread_count(pid), len(temp_files(pid, directory)),
+                   sysinfo.rss_kib(pid))
+
+
+def settle(pid: int, base: Usage, timeout: float = 15.0, directory: str | None = None) -> Usage:
+    """Wait until the worker is back to `base` fds, threads and temp files; return its usage."""
+    def back() -> Usage | None:
+        now = Usage.of(pid, directory)
+        ok = (now.fds <= base.fds and now.threads <= base.threads
+              and now.temp_files <= base.temp_files)
+        return now if ok else None
+    try:
+        return wait_until(back, timeout, "worker back to its baseline")
+    except AssertionError:
+        now = Usage.of(pid, directory)
+        fds = sorted(sysinfo.fd_targets(pid))[:40]
+        raise AssertionError(f"leak: before {base}, now {now}; fds: {fds}") from None

@@ -15,11 +15,14 @@ def _mark(hook, **fields):
 
 
 def post_fork(server, worker):
-    _mark("post_fork", worker=worker.pid)
+    # max_requests: this worker's own limit, the setting plus its max_requests_jitter draw.
+    _mark("post_fork", worker=worker.pid, max_requests=worker.max_requests)
 
 
 def post_worker_init(worker):
-    _mark("post_worker_init", loop=getattr(worker, "loop", None) is not None)
+    reloader = getattr(worker, "reloader", None)
+    _mark("post_worker_init", loop=getattr(worker, "loop", None) is not None,
+          reloader=type(reloader).__name__ if reloader is not None else None)
 
 
 def pre_request(worker, req):

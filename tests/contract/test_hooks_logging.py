@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server import Conn
+from server import Conn, get, wait_until
 
-from .helpers import get, marks, serve, wait_until
+from .helpers import marks, serve
 
 FORMAT = ('%(h)s|%(l)s|%(u)s|%(t)s|%(r)s|%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%(b)s|%(f)s|%(a)s|'
           '%(T)s|%(D)s|%(M)s|%(L)s|%(p)s|%({x-custom}i)s|%({x-out}o)s|%({content-type}o)s|'
           '%({path_info}e)s|%({nope}i)s')
-HEADERS = ("X-Custom: custom-value\r\nReferer: http://referer.test/\r\n"
-           "User-Agent: contract-agent\r\n"
-           "Authorization: Basic dXNlcjpwYXNz\r\n")  # user:pass
+HEADERS = {"X-Custom": "custom-value", "Referer": "http://referer.test/",
+           "User-Agent": "contract-agent",
+           "Authorization": "Basic dXNlcjpwYXNz"}  # user:pass
 BAD_REQUEST = b"GET /bad HTTP/1.1\r\nHost: test\r\nNo colon here\r\n\r\n"
 TIMING = re.compile(r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\]")
 
@@ -57,7 +57,7 @@ def run_script(worker_class: str, tmp: Path) -> dict[str, Any]:
                f"127.0.0.1:{statsd.getsockname()[1]}", "--statsd-prefix", "contract",
                marks=marks_path, worker_class=worker_class,
                wait_ready=worker_class != "gthread") as g:
-        answers = [get(g, "/headers?n=3&x=y", HEADERS)[:2], get(g, "/boom")[0]]
+        answers = [get(g, "/headers?n=3&x=y", headers=HEADERS)[:2], get(g, "/boom")[0]]
         with Conn.to(g) as conn:
             conn.send(BAD_REQUEST)
             answers.append(conn.response()[0])
@@ -218,6 +218,23 @@ def test_statsd_gets_counters_and_durations(results: dict) -> None:
     counters = sorted(d for d in sent if "|c|" in d and "gunicorn.request" in d)
     assert counters == sorted(d for d in results["gthread"]["statsd"]
                               if "|c|" in d and "gunicorn.request" in d)
+
+
+def test_dogstatsd_tags_on_every_metric() -> None:
+    """dogstatsd_tags end every datagram: gunicorn's request metrics and the worker's own
+    aiowsgi.<pid>.* gauges alike (both go through gunicorn's Statsd logger)."""
+    statsd = udp_socket()
+    try:
+        with serve("--statsd-host", f"127.0.0.1:{statsd.getsockname()[1]}",
+                   "--dogstatsd-tags", "env:ci,team:web") as g:
+            assert get(g, "/pid")[0] == 200
+            gauge = f"aiowsgi.{g.worker_pid()}.busy_threads:"
+            sent = datagrams(statsd, lambda got: any(d.startswith("gunicorn.requests:") for d in got)
+                             and any(d.startswith(gauge) for d in got))
+    finally:
+        statsd.close()
+    lines = [line for d in sent for line in d.splitlines()]
+    assert all(line.endswith("|#env:ci,team:web") for line in lines), lines
 
 
 # -- logger class, syslog, capture_output, debug level ---------------------------------------

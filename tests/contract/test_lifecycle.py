@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 import json
 import os
 import signal
@@ -13,20 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from server import ROOT, Conn
+from gunicorn.reloader import reloader_engines
+from server import ROOT, Conn, get, gone, listen_queue, start_request, wait_until
+from sysinfo import fd_targets, status
 
-from .helpers import (
-    clean_exit,
-    gone,
-    in_app,
-    listen_queue,
-    marks,
-    proc_status,
-    serve,
-    start_request,
-    wait_until,
-    worker_fds,
-)
+from .helpers import clean_exit, in_app, marks, serve
 
 
 def answered(conn: Conn) -> tuple[int, dict, bytes]:
@@ -116,6 +108,61 @@ def test_max_requests_is_counted_exactly(tmp_path: Path) -> None:
         assert answered(start_request(g, "/pid"))[2] == str(second).encode()
         assert len([m for m in marks(marks_path, "pre_request") if m["pid"] == first]) == 4
         g.wait_log("Autorestarting worker after current request.")
+
+
+def test_max_requests_jitter_draws_each_workers_own_limit(tmp_path: Path) -> None:
+    """Each worker retires after exactly its own limit, max_requests + randint(0, jitter), the
+    draw its post_fork mark records. With the jitter ignored every worker would retire after 2."""
+    base, jitter = 2, 30
+    marks_path = tmp_path / "marks"
+    limits: list[int] = []
+    retired: list[int] = []
+    with serve("--max-requests", str(base), "--max-requests-jitter", str(jitter),
+               marks=marks_path) as g:
+        for _ in range(3):
+            pid = g.wait_workers(1, exclude=tuple(retired))[0]
+            [limit] = wait_until(lambda pid=pid: [m["max_requests"] for m in marks(marks_path, "post_fork")
+                                                  if m["worker"] == pid], 10, "the post_fork mark")
+            seen = []
+            for _ in range(limit):
+                status, headers, body = get(g, "/pid", close=False)
+                assert (status, body) == (200, str(pid).encode())
+                seen.append(headers["connection"])
+            assert seen == ["keep-alive"] * (limit - 1) + ["close"]
+            wait_until(lambda pid=pid: gone(pid), 10, "the worker to retire")
+            limits.append(limit)
+            retired.append(pid)
+    assert all(base <= n <= base + jitter for n in limits), limits
+    assert set(limits) != {base}, f"three draws of 0 (one chance in {(jitter + 1) ** 3}): rerun"
+
+
+# -- reload -------------------------------------------------------------------------------
+INOTIFY = importlib.util.find_spec("inotify") is not None  # gunicorn's inotify engine needs it
+
+
+@pytest.mark.parametrize("engine", ["poll", "inotify"])
+def test_reload_engine_and_reload_extra_files(tmp_path: Path, engine: str) -> None:
+    """The worker runs the reloader gunicorn's reload_engine names, watching reload_extra_files
+    too: a changed non-Python file replaces the worker. Without the inotify module, gunicorn's
+    inotify engine refuses to start, and so does the worker."""
+    extra = tmp_path / "settings.toml"
+    extra.write_text("size = 1\n")
+    marks_path = tmp_path / "marks"
+    args = ("--reload", "--reload-engine", engine, "--reload-extra-file", str(extra))
+    if engine == "inotify" and not INOTIFY:
+        with serve(*args, marks=marks_path, wait_ready=False) as g:
+            assert g.wait(20) != 0
+        assert "You must have the inotify module installed" in g.log()
+        assert marks(marks_path, "post_worker_init") == []
+        return
+    with serve(*args, marks=marks_path) as g:
+        pid = g.worker_pid()
+        [init] = marks(marks_path, "post_worker_init")
+        assert init["reloader"] == reloader_engines[engine].__name__
+        extra.write_text("size = 22\n")
+        g.wait_log(f"Worker reloading: {extra} modified", timeout=15)
+        wait_until(lambda: gone(pid), 10, "the reloading worker to exit")
+        g.wait_workers(1, exclude=(pid,))
 
 
 # -- reload -------------------------------------------------------------------------------
@@ -282,10 +329,10 @@ def test_user_group_and_worker_tmp_dir_in_shm() -> None:
         pid = g.worker_pid()
         info = json.loads(answered(start_request(g, "/info"))[2])
         assert (info["uid"], info["gid"]) == (65534, 65534)
-        assert proc_status(pid)["Uid"].split() == ["65534"] * 4
-        assert proc_status(g.pid)["Uid"].split()[0] == "0"
+        assert status(pid)["Uid"].split() == ["65534"] * 4
+        assert status(g.pid)["Uid"].split()[0] == "0"
         # The heartbeat file lives (unlinked) in /dev/shm, and the worker keeps it fresh.
-        assert any(link.startswith("/dev/shm/wgunicorn-") for link in worker_fds(pid))
+        assert any(link.startswith("/dev/shm/wgunicorn-") for link in fd_targets(pid))
 
 
 def test_no_loop_is_left_in_the_test_process() -> None:

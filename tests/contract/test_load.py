@@ -10,8 +10,10 @@ import collections
 import signal
 import time
 
-from .helpers import gone, serve, wait_until
-from .loadclient import BROKEN, OK, REFUSED, UNANSWERED, LoadClient
+from server import gone, wait_until
+
+from .helpers import serve
+from .request_fates import BROKEN, OK, REFUSED, UNANSWERED, LoadClient
 
 
 def assert_nothing_lost(results: list) -> None:

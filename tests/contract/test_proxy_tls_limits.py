@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import trustme
-from server import Conn
+from server import Conn, listen_queue
+from server import request as send_raw
 
-from .helpers import listen_queue, marks, serve
+from .helpers import marks, serve
 
 AIOWSGI, GTHREAD = "gunicorn_aiowsgi.Worker", "gthread"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -251,6 +252,32 @@ def limited() -> Any:
 def test_limits_answer_like_gthread(limited: Any, data: bytes, status: int) -> None:
     [(got, _)] = same_answers(limited, data)
     assert got == status
+
+
+def at_most(what: str, size: int) -> bytes:
+    """A request whose `what` is `size`: request-target bytes, header fields (Host included) or
+    bytes of one field line ("X-Big: vvv\r\n")."""
+    if what == "line":
+        return request("/pid?" + "a" * (size - len("/pid?")))
+    if what == "fields":
+        return request("/pid", "".join(f"X-{i}: v\r\n" for i in range(size - 1)))
+    return request("/pid", "X-Big: " + "v" * (size - len("X-Big: \r\n")) + "\r\n")
+
+
+# README: gunicorn's 0 (for gunicorn: unlimited) and values above aiohttp's maximum both mean
+# that maximum: 8190 bytes of request-target, 32768 fields, 8190 bytes of field line (0 only).
+@pytest.mark.parametrize("args", [
+    ("--limit-request-line", "0", "--limit-request-fields", "0", "--limit-request-field_size", "0"),
+    ("--limit-request-line", "20000", "--limit-request-fields", "40000"),
+], ids=["zero", "above-the-maximum"])
+def test_limit_request_zero_or_above_the_maximum_means_the_maximum(args: tuple[str, ...]) -> None:
+    with serve(*args) as g:
+        answers = {(what, size): send_raw(g, at_most(what, size))[0]
+                   for what, maximum in (("line", 8190), ("fields", 32768), ("field_size", 8190))
+                   for size in (maximum, maximum + 1)}
+    assert answers == {("line", 8190): 200, ("line", 8191): 414,
+                       ("fields", 32768): 200, ("fields", 32769): 431,
+                       ("field_size", 8190): 200, ("field_size", 8191): 431}
 
 
 def test_backlog_is_the_masters(tmp_path: Path) -> None:

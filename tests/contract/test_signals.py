@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from server import Conn
+from server import Conn, gone, signal_mask, start_request, wait_until
 
-from .helpers import clean_exit, gone, in_app, marks, serve, signal_mask, start_request, wait_until
+from .helpers import clean_exit, in_app, marks, serve
 
 CAUGHT = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGUSR1, signal.SIGABRT,
           signal.SIGWINCH}

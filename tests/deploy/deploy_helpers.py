@@ -1,21 +1,21 @@
-"""Helpers for tests/deploy: start what tests/server.py's Gunicorn does not (honcho, nginx, a
-master under socket activation), read server-sent events, and read the deploy/ files."""
+"""What only tests/deploy uses: the deploy/ files (example app, gunicorn.conf.py), a clean child
+environment, server-sent events and nginx. Generic helpers live in tests/server.py (honcho and
+socket-activated masters start with Gunicorn.launch)."""
 
 from __future__ import annotations
 
 import http.client
 import importlib.util
+import json
 import os
-import re
 import runpy
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -23,15 +23,11 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
-from gunicorn.config import Config
-from server import ROOT, Gunicorn, run_dir
+from server import ROOT, wait_until
 
 DEPLOY = ROOT / "deploy"
 CONF = DEPLOY / "gunicorn.conf.py"
 BIN = Path(sys.executable).parent  # the venv (or tox env) running the tests: gunicorn, honcho
-# gunicorn >= 25.1 opens a control socket in ~/.gunicorn unless told not to; older ones
-# have no such flag.
-NO_CONTROL_SOCKET = ["--no-control-socket"] if "control_socket_disable" in Config().settings else []
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -86,13 +82,6 @@ def call(app: Any, path: str, method: str = "GET") -> tuple[int, dict[str, str],
     return int(seen["status"].split()[0]), seen["headers"], chunks
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago, for programs that must be told a number."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def load_conf(**env: str) -> dict[str, Any]:
     """deploy/gunicorn.conf.py's settings as gunicorn would read them, under `env` only."""
     saved = dict(os.environ)
@@ -118,88 +107,11 @@ def bind_port(conf: dict[str, Any]) -> int:
     return int(bind.rpartition(":")[2])
 
 
-def spawn(
-    argv: Sequence[str],
-    *,
-    env: dict[str, str],
-    workers: int,
-    cwd: Path = ROOT,
-    pass_fds: Sequence[int] = (),
-    timeout: float = 30.0,
-) -> Gunicorn:
-    """Start a command that ends up running a gunicorn master, as a tests/server.py Gunicorn.
-
-    `argv` and `env` values may hold {error_log} and {access_log}: the files the returned
-    object reads. It waits for "Listening at" and `workers` times "aiowsgi: serving" in the
-    error log. .pid is the process started (honcho, or a wrapper that execs gunicorn)."""
-    g = Gunicorn.__new__(Gunicorn)
-    g.dir = Path(tempfile.mkdtemp(prefix="deploy-", dir=run_dir()))
-    g.error_log, g.access_log, g.stdout = (
-        g.dir / "error.log",
-        g.dir / "access.log",
-        g.dir / "stdout.log",
-    )
-    paths = {"error_log": g.error_log, "access_log": g.access_log}
-    g.cmd = [a.format(**paths) for a in argv]
-    full_env = {k: v.format(**paths) for k, v in env.items()}
-    g._out = open(g.stdout, "wb")  # noqa: SIM115 - Gunicorn.stop() closes it
-    g.proc = subprocess.Popen(
-        g.cmd,
-        cwd=str(cwd),
-        env=full_env,
-        stdout=g._out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        pass_fds=tuple(pass_fds),
-    )
-    g.pid = g.proc.pid
-    g.url, g.host, g.port = "", "127.0.0.1", 0
-    g._wait_listening(workers, timeout)
-    return g
-
-
-def master_pid(g: Gunicorn) -> int:
-    match = re.search(r"Listening at: \S+ \((\d+)\)", g.log())
-    assert match, g.log()
-    return int(match.group(1))
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours still "exists": look at its state.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def get(
-    host: str, port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10.0
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
-
-
 def read_sse(
     host: str, port: int, path: str = "/stream", on_event: Any = None, timeout: float = 15.0
 ) -> tuple[int, dict[str, str], list[tuple[float, dict[str, str]]]]:
-    """GET a server-sent-events stream; every event with the monotonic time it arrived.
+    """GET a server-sent-events stream; every event with the time.time() it arrived (comparable
+    with the "time" stamp example_app puts in each event's data).
 
     on_event(index) is called as each event arrives (e.g. to signal the server mid-stream)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -218,13 +130,23 @@ def read_sse(
                 name, _, value = text.partition(":")
                 fields[name] = value.lstrip(" ")
             elif fields:
-                events.append((time.monotonic(), fields))
+                events.append((time.time(), fields))
                 fields = {}
                 if on_event:
                     on_event(len(events) - 1)
         return resp.status, headers, events
     finally:
         conn.close()
+
+
+def assert_streamed(events: list[tuple[float, dict[str, str]]]) -> None:
+    """Each event of example_app's /stream reached the client before the app produced the next
+    one: sent as yielded, not held back (by the worker or a proxy) for a burst. Judged by the
+    app's own stamps, so a slow client fails it only when slower than the app's interval."""
+    produced = [json.loads(fields["data"])["time"] for _, fields in events]
+    arrived = [when for when, _ in events]
+    late = [n for n in range(len(events) - 1) if not arrived[n] < produced[n + 1]]
+    assert not late, f"events {late} arrived after the next was produced: {events}"
 
 
 @contextmanager

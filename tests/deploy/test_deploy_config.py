@@ -6,18 +6,9 @@ import re
 import subprocess
 import sys
 
-from deploy_helpers import (
-    CONF,
-    DEPLOY,
-    ROOT,
-    Gunicorn,
-    base_env,
-    bind_port,
-    get,
-    load_conf,
-    wait_until,
-)
+from deploy_helpers import CONF, DEPLOY, base_env, bind_port, load_conf
 from gunicorn.config import Config
+from server import ROOT, Gunicorn, get, wait_until
 
 
 def check_config(app: str) -> subprocess.CompletedProcess:
@@ -99,10 +90,9 @@ def test_serves_with_it_and_logs_the_useful_fields():
     ) as server:
         assert len(server.worker_pids()) == 2
         status, _, body = get(
-            server.host,
-            server.port,
+            server,
             "/healthz",
-            {"X-Forwarded-For": "203.0.113.7", "X-Request-Id": "req-42"},
+            headers={"X-Forwarded-For": "203.0.113.7", "X-Request-Id": "req-42"},
         )
         assert (status, body) == (200, b"ok\n")
         wait_until(lambda: "req-42" in server.access(), 5, "the access log line")

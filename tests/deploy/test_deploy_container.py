@@ -8,8 +8,9 @@ import re
 import shlex
 
 import yaml
-from deploy_helpers import CONF, DEPLOY, ROOT, bind_port, call, load_conf, load_example
+from deploy_helpers import CONF, DEPLOY, bind_port, call, load_conf, load_example
 from gunicorn.config import Config
+from server import ROOT
 
 
 def dockerfile() -> list[tuple[str, str]]:

@@ -13,19 +13,9 @@ import sys
 import threading
 
 import pytest
-from deploy_helpers import (
-    DEPLOY,
-    NO_CONTROL_SOCKET,
-    ROOT,
-    alive,
-    base_env,
-    free_port,
-    get,
-    master_pid,
-    read_sse,
-    spawn,
-    wait_until,
-)
+from deploy_helpers import DEPLOY, base_env, read_sse
+from server import NO_CONTROL_SOCKET, ROOT, Gunicorn, get, gone, wait_until
+from sysinfo import free_port
 
 
 def procfile() -> dict[str, str]:
@@ -70,7 +60,7 @@ def test_honcho_runs_it_and_term_loses_no_request():
     port = free_port()
     # Heroku binds 0.0.0.0:$PORT (checked above); these tests stay on loopback, so GUNICORN_CMD_ARGS
     # (which Heroku users set too) narrows the bind to 127.0.0.1 on the same $PORT.
-    web = spawn(
+    web = Gunicorn.launch(
         [
             sys.executable,
             "-m",
@@ -92,11 +82,11 @@ def test_honcho_runs_it_and_term_loses_no_request():
         ),
         workers=2,
     )
-    master = master_pid(web)
+    master = web.master_pid()
     try:
         assert web.port == port, web.log()
         assert web.log().count("Booting worker with pid") == 2  # WEB_CONCURRENCY=2
-        assert get("127.0.0.1", port, "/")[0] == 200
+        assert get(("127.0.0.1", port), "/")[0] == 200
 
         first_event = threading.Event()
         result: list = []
@@ -118,12 +108,14 @@ def test_honcho_runs_it_and_term_loses_no_request():
         status, _, events = result[0]
         assert status == 200 and [e["id"] for _, e in events] == [str(n) for n in range(1, 11)]
 
-        assert web.wait(30) is not None
-        wait_until(lambda: not alive(master), 10, "the gunicorn master to exit")
+        # honcho's own exit status after a TERM is 128 + SIGTERM (not an error of its own);
+        # the master's clean stop is its "Shutting down" line, checked below.
+        assert web.wait(30) == 128 + signal.SIGTERM, web.stdout.read_text()
+        wait_until(lambda: gone(master), 10, "the gunicorn master to exit")
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         assert "Shutting down: Master" in web.log(), web.log()
     finally:
         web.stop()
-        if alive(master):  # honcho died before its child: do not leave gunicorn behind
+        if not gone(master):  # honcho died before its child: do not leave gunicorn behind
             os.kill(master, signal.SIGTERM)

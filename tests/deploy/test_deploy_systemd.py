@@ -4,18 +4,17 @@ NOTIFY_SOCKET, ExecReload, KillSignal)."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 
 import pytest
-from deploy_helpers import BIN, DEPLOY, ROOT, base_env, load_conf, spawn, wait_until
+from deploy_helpers import BIN, DEPLOY, base_env, load_conf
+from server import ROOT, Gunicorn, get, need_program, wait_until
 
 SERVICE, SOCKET = DEPLOY / "gunicorn.service", DEPLOY / "gunicorn.socket"
 PLACEHOLDER = "/srv/app"  # where the units expect the checkout
@@ -50,12 +49,11 @@ def real_paths(text: str) -> str:
 
 
 def test_systemd_analyze_verify(tmp_path):
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is not installed")
+    analyze = need_program("systemd-analyze", "systemd")
     for src in (SERVICE, SOCKET):
         (tmp_path / src.name).write_text(real_paths(src.read_text()))
     out = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / SOCKET.name), str(tmp_path / SERVICE.name)],
+        [analyze, "verify", str(tmp_path / SOCKET.name), str(tmp_path / SERVICE.name)],
         check=False,
         capture_output=True,
         text=True,
@@ -75,27 +73,6 @@ def test_units_agree_with_gunicorn_conf_and_nginx():
     path = value(sock, "Socket", "ListenStream")
     assert f"server unix:{path} " in (DEPLOY / "nginx.conf").read_text(), "nginx proxies elsewhere"
     assert f"{PLACEHOLDER}/deploy/gunicorn.conf.py" in value(svc, "Service", "ExecStart")
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=10)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
-def unix_get(path: str, url: str) -> tuple[int, bytes]:
-    conn = UnixHTTPConnection(path)
-    try:
-        conn.request("GET", url)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 # What systemd does between fork and exec: the sockets from fd 3 on, LISTEN_FDS their count,
@@ -129,7 +106,7 @@ def test_service_command_under_socket_activation(tmp_path):
     # If activation failed gunicorn would bind this instead (never the config's 0.0.0.0:8000).
     fallback = tmp_path / "fallback.sock"
     try:
-        master = spawn(
+        master = Gunicorn.launch(
             [
                 sys.executable,
                 "-c",
@@ -148,7 +125,7 @@ def test_service_command_under_socket_activation(tmp_path):
             env=base_env(**env, NOTIFY_SOCKET=str(tmp_path / "notify")),
             workers=workers,
             cwd=ROOT,
-            pass_fds=[listener.fileno()],
+            pass_fds=(listener.fileno(),),
         )
     finally:
         listener.close()  # gunicorn holds it now, as it would hold systemd's
@@ -157,7 +134,7 @@ def test_service_command_under_socket_activation(tmp_path):
         assert re.search(rf"Listening at: unix:{re.escape(sock_path)} ", master.log()), master.log()
         assert not fallback.exists()
         assert len(master.worker_pids()) == workers
-        assert unix_get(sock_path, "/healthz") == (200, b"ok\n")
+        assert get(sock_path, "/healthz")[::2] == (200, b"ok\n")
 
         # systemctl reload: ExecReload with $MAINPID filled in -> fresh workers, still serving.
         old = tuple(master.worker_pids())
@@ -167,7 +144,7 @@ def test_service_command_under_socket_activation(tmp_path):
         subprocess.run(reload, check=True, timeout=10)
         master.wait_workers(workers, exclude=old)
         wait_until(lambda: not set(old) & set(master.worker_pids()), 15, "the old workers to exit")
-        assert unix_get(sock_path, "/") == (200, b"Hello from gunicorn-aiowsgi!\n")
+        assert get(sock_path, "/")[::2] == (200, b"Hello from gunicorn-aiowsgi!\n")
 
         # systemctl stop: KillSignal to the main process, done well within TimeoutStopSec.
         master.signal(getattr(signal, value(svc, "Service", "KillSignal")))

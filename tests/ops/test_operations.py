@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
 import signal
 import socket
 import time
 
 import pytest
-from server import Conn, Gunicorn
+from server import Conn, Gunicorn, get, read_mark
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def get(srv, path, timeout=20):
-    with Conn.to(srv, timeout=timeout) as conn:
-        conn.send(f"GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
-        return conn.response()
 
 
 def test_overload_gives_fast_503_and_nothing_hangs():
@@ -48,29 +43,31 @@ def test_queue_depth_warning():
             assert all(f.result(timeout=30)[0] == 200 for f in futures)
 
 
-def test_health_path_answered_on_the_loop_while_pool_is_busy():
-    with Gunicorn("apps:router", "--threads", "1", env={"AIOWSGI_HEALTH_PATH": "/healthz"}) as srv:
+def test_health_path_answered_on_the_loop_while_pool_is_busy(tmp_path):
+    env = {"AIOWSGI_HEALTH_PATH": "/healthz", "AIOWSGI_TEST_MARKS": str(tmp_path)}
+    with Gunicorn("apps:router", "--threads", "1", env=env) as srv:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            busy = pool.submit(get, srv, "/slow?s=3")
-            srv.wait_log("aiowsgi: serving")
-            time.sleep(0.2)  # let the slow request take the only thread
-            started = time.monotonic()
+            busy = pool.submit(get, srv, "/slow?s=3&mark=busy")
+            assert read_mark(tmp_path / "busy") == "started\n"  # it holds the only thread
             status, headers, body = get(srv, "/healthz")
             assert (status, body) == (200, b"ok\n")
-            assert time.monotonic() - started < 2.0  # not queued behind the 3 s request
+            # Answered while the slow request still held the thread: not queued behind it.
+            assert (tmp_path / "busy").read_text() == "started\n"
             assert busy.result(timeout=10)[0] == 200
+        assert (tmp_path / "busy").read_text() == "started\ndone\n"
         # Other paths are untouched: they reach the app.
         assert get(srv, "/hello")[2] == b"Hello, world!\n"
         assert get(srv, "/healthz/other")[0] == 200 and b"PATH_INFO" in get(srv, "/healthz/other")[2]
 
 
-def test_health_path_says_503_once_draining():
-    with Gunicorn("apps:router", "--threads", "2", env={"AIOWSGI_HEALTH_PATH": "/healthz"}) as srv:
+def test_health_path_says_503_once_draining(tmp_path):
+    env = {"AIOWSGI_HEALTH_PATH": "/healthz", "AIOWSGI_TEST_MARKS": str(tmp_path)}
+    with Gunicorn("apps:router", "--threads", "2", env=env) as srv:
         with concurrent.futures.ThreadPoolExecutor(1) as pool, Conn.to(srv, timeout=20) as probe:
-            busy = pool.submit(get, srv, "/slow?s=2")  # keeps the worker draining for a while
+            # A request in the app keeps the worker draining for a while.
+            busy = pool.submit(get, srv, "/slow?s=2&mark=busy")
             probe.send(b"GET /healthz HTTP/1.1\r\nHost: h\r\n")  # a probe mid-request
-            srv.wait_log("aiowsgi: serving")
-            time.sleep(0.3)
+            assert read_mark(tmp_path / "busy") == "started\n"
             srv.signal(signal.SIGTERM)
             srv.wait_log("Worker draining")
             probe.send(b"\r\n")
@@ -116,30 +113,29 @@ def test_request_timeout_gives_504_logs_stack_and_keeps_serving():
         assert get(srv, "/slow?s=0.1")[0] == 200  # fast requests are untouched
 
 
-def test_stack_dump_on_sigurg():
-    with Gunicorn("apps:router", "--threads", "2") as srv:
+def test_stack_dump_on_sigurg(tmp_path):
+    with Gunicorn("apps:router", "--threads", "2", env={"AIOWSGI_TEST_MARKS": str(tmp_path)}) as srv:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            busy = pool.submit(get, srv, "/slow?s=2")
-            time.sleep(0.3)
-            import os
+            busy = pool.submit(get, srv, "/slow?s=2&mark=busy")
+            assert read_mark(tmp_path / "busy") == "started\n"  # in the app, holding a thread
             os.kill(srv.worker_pid(), signal.SIGURG)
-            log = srv.wait_log("Stack dump requested (SIGURG): 1 of 2 app threads busy")
-            srv.wait_log(re.compile(r"App thread \d+ serving GET /slow\?s=2 \(\d+\.\ds\):"))
+            srv.wait_log("Stack dump requested (SIGURG): 1 of 2 app threads busy")
+            srv.wait_log(
+                re.compile(r"App thread \d+ serving GET /slow\?s=2&mark=busy \(\d+\.\ds\):"))
+            assert (tmp_path / "busy").read_text() == "started\n"  # dumped while it was busy
             assert busy.result(timeout=10)[0] == 200
         assert "time.sleep" in srv.log()
-        del log
 
 
-def test_stack_dump_on_abort_then_master_replaces_worker():
-    with Gunicorn("apps:router", "--threads", "1") as srv:
+def test_stack_dump_on_abort_then_master_replaces_worker(tmp_path):
+    with Gunicorn("apps:router", "--threads", "1", env={"AIOWSGI_TEST_MARKS": str(tmp_path)}) as srv:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(lambda: _swallow(get, srv, "/slow?s=3"))
-            time.sleep(0.3)
+            pool.submit(lambda: _swallow(get, srv, "/slow?s=3&mark=busy"))
+            assert read_mark(tmp_path / "busy") == "started\n"  # the only thread is busy
             old = srv.worker_pid()
-            import os
             os.kill(old, signal.SIGABRT)
             srv.wait_log("Worker timed out (SIGABRT): 1 of 1 app threads busy")
-            srv.wait_log("serving GET /slow?s=3")
+            srv.wait_log("serving GET /slow?s=3&mark=busy")
             srv.wait_workers(1, exclude=(old,))
 
 

@@ -21,10 +21,7 @@ import threading
 import time
 
 import pytest
-from server import Conn
-
-from robustness import helpers
-from robustness.helpers import Usage, get, settle, wait_for
+from server import Conn, Usage, abort, get, settle, temp_files, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -71,7 +68,7 @@ def test_app_failing_after_the_head_closes_the_connection(faulty):
         assert status == 200 and int(headers["content-length"]) == 100000
         assert len(body) == 1000  # what was sent before the failure; then the server closed
     server.wait_log("RuntimeError: boom after the head")
-    wait_for(lambda: closed.exists() and "closed after-head" in closed.read_text())
+    wait_until(lambda: closed.exists() and "closed after-head" in closed.read_text())
     assert get(server, "/fine")[0] == 200
 
 
@@ -88,7 +85,7 @@ def test_app_hanging_past_timeout_does_not_stop_the_worker(start, tmp_path):
                            env={"ROBUST_RELEASE": str(release), "ROBUST_HELD": str(held)})
     pid = server.worker_pid()
     with hold(server, "stuck") as stuck:
-        wait_for(lambda: held.exists() and "stuck" in held.read_text(), what="app thread held")
+        wait_until(lambda: held.exists() and "stuck" in held.read_text(), what="app thread held")
         # Keep the other thread busy for three times the master's timeout.
         deadline, served = time.monotonic() + 6, 0
         while time.monotonic() < deadline:
@@ -146,7 +143,7 @@ def check_refused_spool(server, calls, status: int, text: str, directory: str) -
     assert calls.lines() == []  # the app never saw a partial body
     assert upload(server, 1000)[0] == 200  # small bodies stay in memory: still served
     settle(pid, base, directory=directory)
-    assert helpers.temp_files(pid, directory) == []
+    assert temp_files(pid, directory) == []
 
 
 @pytest.fixture
@@ -197,7 +194,7 @@ def test_socket_helpers_close_cleanly():
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
     peer, _addr = listener.accept()
-    helpers.abort(client)
+    abort(client)
     with pytest.raises(ConnectionResetError):
         peer.settimeout(5)
         peer.recv(1)
@@ -248,12 +245,12 @@ def test_kill_9_of_one_worker_under_load(start):
     clients = [Client(conn, pid, stop) for pid, conns in held.items() for conn in conns]
     for client in clients:
         client.start()
-    wait_for(lambda: all(c.ok >= 20 for c in clients), what="load on both workers")
+    wait_until(lambda: all(c.ok >= 20 for c in clients), what="load on both workers")
     os.kill(victim, signal.SIGKILL)
     replacement = [p for p in server.wait_workers(2, exclude=(victim,)) if p != survivor]
     assert len(replacement) == 1
     served = {id(c): c.ok for c in clients}
-    wait_for(lambda: all(c.ok >= served[id(c)] + 50 for c in clients if c.pid == survivor),
+    wait_until(lambda: all(c.ok >= served[id(c)] + 50 for c in clients if c.pid == survivor),
              what="the survivor keeps serving")
     stop.set()
     for client in clients:

@@ -17,10 +17,9 @@ import socket
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from server import Conn
+from server import Conn, Usage, settle
 
 from robustness.conftest import check_log, module_server
-from robustness.helpers import Usage, settle
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -14,10 +14,8 @@ import socket
 import time
 
 import pytest
-from server import Conn, rss_kib
-
-from robustness import helpers
-from robustness.helpers import (
+from server import (
+    Conn,
     Usage,
     abort,
     close_all,
@@ -25,8 +23,11 @@ from robustness.helpers import (
     connect_many,
     get,
     settle,
-    wait_for,
+    socket_count,
+    temp_files,
+    wait_until,
 )
+from sysinfo import rss_kib, thread_count
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,11 +46,11 @@ def test_slowloris_and_stalled_uploads_neither_starve_nor_hold_threads(start):
     opened = time.monotonic()
     lorises = connect_many(server, 500, LORIS_HEAD)
     stalled = connect_many(server, 200, STALLED_HEAD + b"u" * 10)
-    wait_for(lambda: helpers.sockets(pid) >= 700, what="the worker holds all 700")
+    wait_until(lambda: socket_count(pid) >= 700, what="the worker holds all 700")
     status, _headers, _body = get(server, "/hello")
     assert status == 200
-    assert helpers.sockets(pid) >= 700  # answered while every attacker was still connected
-    assert helpers.threads(pid) == base.threads  # and none of them holds a thread
+    assert socket_count(pid) >= 700  # answered while every attacker was still connected
+    assert thread_count(pid) == base.threads  # and none of them holds a thread
     for sock in lorises:  # a trickle does not extend a head's time
         sock.send(b"a")
     closed = closed_by_server(lorises + stalled, HEADER_TIMEOUT + BODY_TIMEOUT + 20)
@@ -78,10 +79,10 @@ def test_five_thousand_idle_keepalive_connections_are_cheap_and_served_again(sta
                     conn.send(request)
                 assert [c.response()[0] for c in conns[wave:wave + 50]] == [200] * 50, round_
             if round_ == 0:
-                wait_for(lambda: helpers.sockets(pid) >= count, what="all connections idle")
+                wait_until(lambda: socket_count(pid) >= count, what="all connections idle")
                 per_conn = (rss_kib(pid) - base.rss_kib) * 1024 / count
                 assert per_conn < 24 * 1024, f"{per_conn:.0f} bytes per idle connection"
-        assert helpers.threads(pid) == base.threads
+        assert thread_count(pid) == base.threads
     finally:
         for conn in conns:
             conn.close()
@@ -110,7 +111,7 @@ def test_client_vanishing_mid_stream(traced):
     conn.send(b"GET /big?n=209715200 HTTP/1.1\r\nHost: t\r\n\r\n")
     assert conn.read(1 << 20)  # a megabyte of the 200 MiB, then gone without a FIN
     abort(conn.sock)
-    wait_for(lambda: "closed" in server.trace("robust_closed"), what="iterable closed")
+    wait_until(lambda: "closed" in server.trace("robust_closed"), what="iterable closed")
     assert int(server.trace("robust_closed").split()[1]) > 0  # closed early, not exhausted
     assert get(server, "/hello")[0] == 200  # the only thread is free
     settle(pid, base)
@@ -123,10 +124,10 @@ def test_client_vanishing_mid_upload_leaves_no_temp_file(traced):
     conn = Conn.to(server)
     conn.send(b"POST /size HTTP/1.1\r\nHost: t\r\nContent-Length: 10485760\r\n\r\n")
     conn.send(b"u" * (3 << 20))
-    wait_for(lambda: helpers.temp_files(pid), what="the body spools to a temp file")
+    wait_until(lambda: temp_files(pid), what="the body spools to a temp file")
     abort(conn.sock)
     settle(pid, base)
-    assert helpers.temp_files(pid) == [] and calls.lines() == []
+    assert temp_files(pid) == [] and calls.lines() == []
 
 
 def test_client_vanishing_before_the_response(traced):
@@ -135,10 +136,10 @@ def test_client_vanishing_before_the_response(traced):
     base = Usage.of(pid)
     conn = Conn.to(server)
     conn.send(b"GET /held?name=gone HTTP/1.1\r\nHost: t\r\n\r\n")
-    wait_for(lambda: "gone" in server.trace("robust_held"), what="the app holds the thread")
+    wait_until(lambda: "gone" in server.trace("robust_held"), what="the app holds the thread")
     abort(conn.sock)
     server.release("gone")
-    wait_for(lambda: "closed" in server.trace("robust_closed"), what="iterable closed")
+    wait_until(lambda: "closed" in server.trace("robust_closed"), what="iterable closed")
     assert get(server, "/hello")[0] == 200
     assert calls.lines() == ["GET /held?name=gone", "GET /hello"]
     settle(pid, base)
@@ -166,10 +167,10 @@ def test_body_cut_short_by_a_half_close_never_reaches_the_app(start, worker):
 def test_body_cut_short_by_a_reset_never_reaches_the_app(start):
     server, calls = start("robustness.robust_apps:size", "--threads", "2")
     pid = server.worker_pid()
-    base, own = Usage.of(pid), helpers.sockets(pid)
+    base, own = Usage.of(pid), socket_count(pid)
     conn = Conn.to(server)
     conn.send(CUT_SHORT)
-    wait_for(lambda: helpers.sockets(pid) > own, what="the worker took the connection")
+    wait_until(lambda: socket_count(pid) > own, what="the worker took the connection")
     abort(conn.sock)
     settle(pid, base)  # the worker has dropped the connection ...
     assert calls.lines() == []  # ... without calling the app
@@ -194,7 +195,7 @@ def test_slow_reader_of_a_large_response_holds_a_bounded_buffer(traced):
     assert 0 < most_ahead <= bound, most_ahead
     assert rss_kib(pid) - base.rss_kib < 24 * 1024  # not the 256 MiB the app would make
     abort(sock)
-    wait_for(lambda: "closed" in server.trace("robust_closed"), what="iterable closed")
+    wait_until(lambda: "closed" in server.trace("robust_closed"), what="iterable closed")
     settle(pid, base)
 
 
@@ -203,7 +204,7 @@ def test_past_worker_connections_new_clients_wait_in_the_backlog(start):
     server, _calls = start("robustness.robust_apps:router", "--threads", "2",
                            "--worker-connections", str(limit), "--keep-alive", "60")
     pid = server.worker_pid()
-    own = helpers.sockets(pid)  # the listener and the loop's self-pipe
+    own = socket_count(pid)  # the listener and the loop's self-pipe
     idle = [Conn(s, 10) for s in connect_many(server, limit)]
     for conn in idle:
         conn.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -211,7 +212,7 @@ def test_past_worker_connections_new_clients_wait_in_the_backlog(start):
     waiting = connect_many(server, 20, b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     ready, _w, _x = select.select(waiting, [], [], 1.0)
     assert ready == []  # not accepted: nothing answered while the limit is reached
-    assert helpers.sockets(pid) == own + limit  # the worker holds only its `limit`
+    assert socket_count(pid) == own + limit  # the worker holds only its `limit`
     for conn in idle:
         conn.close()
     answers = [Conn(s, 10).response()[0] for s in waiting]

@@ -11,9 +11,7 @@ import socket
 import threading
 
 import pytest
-from server import Gunicorn
-
-from robustness.helpers import Usage, settle
+from server import Gunicorn, Usage, settle
 
 SOAK = os.environ.get("AIOWSGI_SOAK") == "1"
 TOTAL = 1_000_000 if SOAK else 40_000
