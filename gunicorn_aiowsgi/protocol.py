@@ -9,11 +9,11 @@ request can never take down or be joined to the one before it (RFC 9112 sections
 
 from __future__ import annotations
 
-import enum
 import socket
 from typing import Any
 
 from . import proxy_protocol
+from .boundary import Boundary, ConnState, deadline
 from .context import Context
 from .environ import Peer, is_trusted, make_peer, proxied_peer
 from .errors import BadRequest, Forbidden, HTTPError, IncompleteBody
@@ -24,40 +24,13 @@ from .replies import error_reply
 
 # Bytes of later requests kept while one is answered; past this, reading pauses (bytes).
 HELD_LIMIT = 64 * 1024
-# After an error answer, how long the client's remaining bytes are read and dropped before the
-# socket closes, so the answer is not lost to a reset (seconds; aiohttp's lingering time).
-LINGER = 2.0
-# The end of a request head, and of a chunked body (RFC 9112 sections 2.1 and 7.1).
-BLANK_LINE = b"\r\n\r\n"
-# A request line's bytes kept until it ends; the parser refuses longer ones (bytes).
-LINE_KEPT = 8190 + 64
-
-
-class ConnState(enum.Enum):
-    """Where the connection is between requests; each state has its own timeout (RFC 9112 section 9.8)."""
-
-    PREAMBLE = "preamble"   # a PROXY protocol preamble (header timeout)
-    IDLE = "idle"           # at a message boundary, no byte of the next request yet (keepalive)
-    HEAD = "head"           # a request head has begun (header timeout)
-    BODY = "body"           # the head is in; its body is being received (body timeout)
-    APP = "app"             # the request is complete; the app answers it (no connection timeout)
-    LINGER = "linger"       # answered an error; dropping what the client still sends, then close
-    CLOSED = "closed"
-
-
-def protocol_ok(line: bytes) -> bool:
-    """RFC 9112 section 2.3: the request line ends in HTTP-name "/" version; the name is "HTTP".
-
-    aiohttp's parser (llhttp) also takes RTSP/1.0 and ICE/1.0 request lines as HTTP/1.0.
-    """
-    return line.rstrip(b"\r").rpartition(b" ")[2].startswith(b"HTTP/")
 
 
 class Connection:
     """asyncio.Protocol for one socket (duck-typed: asyncio needs no base class)."""
 
     __slots__ = ("ctx", "transport", "peer", "state", "parser", "exchange", "held", "requests",
-                 "since", "timer", "line", "carry", "request", "body_left", "proxy",
+                 "since", "timer", "bound", "request", "body_left", "proxy",
                  "reading", "writable", "eof")
 
     def __init__(self, ctx: Context) -> None:
@@ -75,8 +48,7 @@ class Connection:
         self.requests = 0           # requests answered on this connection (count)
         self.since = ctx.loop.time()  # when the current state began, or the last body byte came
         self.timer: Any = None
-        self.line: bytes | None = b""  # a head's first bytes until its request line ends; then None
-        self.carry = b""            # the last bytes fed, to find a blank line split across reads
+        self.bound = Boundary()     # the current message's request line and last bytes fed
         self.body_left: int | None = None  # Content-Length bytes still to come; None: chunked
         self.reading = True         # the transport is reading (we pause it, never aiohttp)
         self.writable = True        # the transport's buffer is below its high-water mark
@@ -162,10 +134,10 @@ class Connection:
 
     def _head(self, data: bytes) -> bytes:
         """Feed head bytes, up to and including the blank line that ends the head."""
-        end = self._blank_line(data)
+        end = self.bound.blank_line(data)
         chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
-        self._check_line(chunk)
-        requests, tail = self.parser.feed(chunk, line_done=self.line is None)
+        self.bound.check_line(chunk)
+        requests, tail = self.parser.feed(chunk, line_done=self.bound.line_done)
         if not requests:
             return rest
         if len(requests) > 1 or tail:
@@ -174,40 +146,9 @@ class Connection:
         self._begin(requests[0])
         return rest
 
-    def _check_line(self, chunk: bytes) -> None:
-        """Keep a head's first bytes until its request line is complete; then check its protocol."""
-        if self.line is None:
-            return
-        line = self.line + chunk if self.line else chunk
-        if line[:1] in (b"\r", b"\n"):
-            line = line.lstrip(b"\r\n")  # RFC 9112 section 2.2: empty lines may come first
-        end = line.find(b"\n")
-        if end < 0:
-            self.line = line[:LINE_KEPT]
-            return
-        if not protocol_ok(line[:end]):
-            raise BadRequest(f"Invalid HTTP version: {line[:end].decode('latin-1')!r}")
-        self.line = None
-
-    def _blank_line(self, data: bytes) -> int:
-        """Index just past the first blank line in data, counting bytes fed before; -1 if none."""
-        carry = self.carry
-        if carry:
-            found = (carry + data[:3]).find(BLANK_LINE)
-            if found >= 0:
-                self.carry = b""
-                return found + 4 - len(carry)
-        found = data.find(BLANK_LINE)
-        if found >= 0:
-            self.carry = b""
-            return found + 4
-        self.carry = data[-3:] if len(data) >= 3 else (carry + data)[-3:]
-        return -1
-
     def _begin(self, request: Request) -> None:
         """A head is complete: start its exchange; read its body, if any, next."""
-        self.line = b""
-        self.carry = b""
+        self.bound.reset()
         if self.parser.upgraded:
             # The parser stops at an Upgrade or CONNECT head; what follows it starts a new one.
             self.parser.reset(self.ctx.loop)
@@ -237,7 +178,7 @@ class Connection:
             chunk, rest = (data, b"") if cut >= len(data) else (data[:cut], data[cut:])
             self.body_left -= len(chunk)
         else:
-            end = self._blank_line(data)  # a chunked body ends with a blank line (RFC 9112 7.1)
+            end = self.bound.blank_line(data)  # a chunked body ends with a blank line (RFC 9112 7.1)
             chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
         requests, tail = self.parser.feed(chunk, line_done=True)
         if requests or tail:
@@ -251,7 +192,7 @@ class Connection:
 
     def _body_end(self) -> None:
         self.request = None
-        self.carry = b""
+        self.bound.reset()
         self._enter(ConnState.APP)
         assert self.exchange is not None
         self.exchange.body_end()
@@ -376,17 +317,7 @@ class Connection:
         self._arm()
 
     def _deadline(self) -> float | None:
-        settings = self.ctx.settings
-        state = self.state
-        if state is ConnState.IDLE:
-            return self.since + (settings.keepalive if self.requests else settings.header_timeout)
-        if state is ConnState.BODY:
-            return self.since + settings.body_timeout
-        if state is ConnState.LINGER:
-            return self.since + LINGER
-        if state is ConnState.HEAD or state is ConnState.PREAMBLE:
-            return self.since + settings.header_timeout
-        return None
+        return deadline(self.state, self.since, self.requests, self.ctx.settings)
 
     def _arm(self) -> None:
         deadline = self._deadline()

@@ -278,7 +278,7 @@ def test_keepalive_deadline_is_exact(loop_name: str, keepalive: int) -> None:
 
 
 async def wait_idle(worker) -> list:
-    from gunicorn_aiowsgi.protocol import ConnState
+    from gunicorn_aiowsgi.boundary import ConnState
 
     for _ in range(500):
         conns = list(worker.server.conns)

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 from memory import Harness
 
-from gunicorn_aiowsgi.protocol import ConnState, protocol_ok
+from gunicorn_aiowsgi.boundary import ConnState, protocol_ok
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gunicorn_aiowsgi"
 

@@ -1,0 +1,104 @@
+"""The pure core of request boundaries: the connection's states and deadlines, where a head's lines end.
+
+Plain bytes in, plain values out (no I/O, no parser): the connection uses it to feed aiohttp's
+parser exactly one request head at a time, and a chunked body up to its last chunk, so that bytes
+after a request's end are never parsed before its response is complete (RFC 9112 section 9.3.2).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .errors import BadRequest
+from .settings import Settings
+
+# The end of a request head, and of a chunked body (RFC 9112 sections 2.1 and 7.1). aiohttp's C
+# parser (llhttp, strict) takes no bare LF, so a message always ends with this.
+BLANK_LINE = b"\r\n\r\n"
+# A request line's bytes kept until it ends; the parser refuses longer ones (bytes).
+LINE_KEPT = 8190 + 64
+# After an error answer, how long the client's remaining bytes are read and dropped before the
+# socket closes, so the answer is not lost to a reset (seconds; aiohttp's lingering time).
+LINGER = 2.0
+
+
+class ConnState(enum.Enum):
+    """Where the connection is between requests; each state has its own timeout (RFC 9112 section 9.8)."""
+
+    PREAMBLE = "preamble"   # a PROXY protocol preamble (header timeout)
+    IDLE = "idle"           # at a message boundary, no byte of the next request yet (keepalive)
+    HEAD = "head"           # a request head has begun (header timeout)
+    BODY = "body"           # the head is in; its body is being received (body timeout)
+    APP = "app"             # the request is complete; the app answers it (no connection timeout)
+    LINGER = "linger"       # answered an error; dropping what the client still sends, then close
+    CLOSED = "closed"
+
+
+def deadline(state: ConnState, since: float, requests: int, settings: Settings) -> float | None:
+    """When a connection that entered `state` at `since` (loop seconds) times out; None: never."""
+    if state is ConnState.IDLE:
+        return since + (settings.keepalive if requests else settings.header_timeout)
+    if state is ConnState.BODY:
+        return since + settings.body_timeout
+    if state is ConnState.LINGER:
+        return since + LINGER
+    if state is ConnState.HEAD or state is ConnState.PREAMBLE:
+        return since + settings.header_timeout
+    return None
+
+
+def protocol_ok(line: bytes) -> bool:
+    """RFC 9112 section 2.3: the request line ends in HTTP-name "/" version; the name is "HTTP".
+
+    aiohttp's parser (llhttp) also takes RTSP/1.0 and ICE/1.0 request lines as HTTP/1.0.
+    """
+    return line.rstrip(b"\r").rpartition(b" ")[2].startswith(b"HTTP/")
+
+
+class Boundary:
+    """What one connection has seen of the current message: its request line, the last bytes fed."""
+
+    __slots__ = ("line", "carry")
+
+    def __init__(self) -> None:
+        self.line: bytes | None = b""  # a head's first bytes until its request line ends; then None
+        self.carry = b""               # the last bytes fed, to find a blank line split across reads
+
+    def reset(self) -> None:
+        """A message boundary: what follows starts a new request."""
+        self.line = b""
+        self.carry = b""
+
+    @property
+    def line_done(self) -> bool:
+        return self.line is None
+
+    def check_line(self, chunk: bytes) -> None:
+        """Keep a head's first bytes until its request line is complete; then check its protocol."""
+        if self.line is None:
+            return
+        line = self.line + chunk if self.line else chunk
+        if line[:1] in (b"\r", b"\n"):
+            line = line.lstrip(b"\r\n")  # RFC 9112 section 2.2: empty lines may come first
+        end = line.find(b"\n")
+        if end < 0:
+            self.line = line[:LINE_KEPT]
+            return
+        if not protocol_ok(line[:end]):
+            raise BadRequest(f"Invalid HTTP version: {line[:end].decode('latin-1')!r}")
+        self.line = None
+
+    def blank_line(self, data: bytes) -> int:
+        """Index in `data` just past the first blank line, counting bytes fed before; -1 if none."""
+        carry = self.carry
+        if carry:
+            found = (carry + data[:3]).find(BLANK_LINE)
+            if found >= 0:
+                self.carry = b""
+                return found + 4 - len(carry)
+        found = data.find(BLANK_LINE)
+        if found >= 0:
+            self.carry = b""
+            return found + 4
+        self.carry = data[-3:] if len(data) >= 3 else (carry + data)[-3:]
+        return -1

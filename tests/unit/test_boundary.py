@@ -1,0 +1,68 @@
+"""The pure boundary core: deadlines per state, the blank line across reads, the request line check."""
+
+from __future__ import annotations
+
+import pytest
+
+from gunicorn_aiowsgi.boundary import LINGER, Boundary, ConnState, deadline
+from gunicorn_aiowsgi.errors import BadRequest
+from gunicorn_aiowsgi.settings import Settings
+
+SETTINGS = Settings(keepalive=2.0, header_timeout=30.0, body_timeout=60.0)
+
+
+@pytest.mark.parametrize("state, requests, expected", [
+    (ConnState.PREAMBLE, 0, 130.0),
+    (ConnState.IDLE, 0, 130.0),      # nothing sent yet: the header timeout
+    (ConnState.IDLE, 3, 102.0),      # between requests: keepalive
+    (ConnState.HEAD, 3, 130.0),
+    (ConnState.BODY, 0, 160.0),
+    (ConnState.APP, 0, None),        # the app answers: no connection deadline
+    (ConnState.LINGER, 1, 100.0 + LINGER),
+    (ConnState.CLOSED, 1, None),
+])
+def test_deadline_per_state(state, requests, expected):
+    assert deadline(state, 100.0, requests, SETTINGS) == expected
+
+
+@pytest.mark.parametrize("reads, ends", [
+    ([b"GET / HTTP/1.1\r\n\r\n"], [18]),
+    ([b"GET / HTTP/1.1\r\n\r\nrest"], [18]),
+    ([b"GET / HTTP/1.1\r\n", b"\r\n"], [-1, 2]),
+    ([b"GET / HTTP/1.1\r", b"\n\r\n"], [-1, 3]),
+    ([b"GET / HTTP/1.1\r\n\r", b"\n"], [-1, 1]),
+    ([b"x\r", b"\n", b"\r", b"\nmore"], [-1, -1, -1, 1]),   # one byte a read
+    ([b"a\r\n\r", b"\n\r\n"], [-1, 1]),                    # the first blank line, not a later one
+    ([b"no blank line\r\n"], [-1]),
+])
+def test_blank_line_across_reads(reads, ends):
+    bound = Boundary()
+    assert [bound.blank_line(data) for data in reads] == ends
+
+
+@pytest.mark.parametrize("reads, refused", [
+    ([b"GET / HTTP/1.1\r\nHost: x\r\n"], False),
+    ([b"GET / HT", b"TP/1.1\r\n"], False),
+    ([b"\r\n\r\nGET / HTTP/1.0\r\n"], False),     # empty lines before the request line (RFC 9112 2.2)
+    ([b"GET / RTSP/1.0\r\n"], True),
+    ([b"GET / RT", b"SP/1.0\r\nHost: x\r\n"], True),
+    ([b"SOURCE / ICE/1.0\r\n"], True),
+])
+def test_request_line_protocol_is_checked_once_complete(reads, refused):
+    bound = Boundary()
+    if refused:
+        with pytest.raises(BadRequest):
+            for data in reads:
+                bound.check_line(data)
+    else:
+        for data in reads:
+            bound.check_line(data)
+        assert bound.line_done
+
+
+def test_reset_starts_a_new_message():
+    bound = Boundary()
+    bound.check_line(b"GET / HTTP/1.1\r\n")
+    bound.blank_line(b"x\r\n\r")
+    bound.reset()
+    assert not bound.line_done and bound.blank_line(b"\n") == -1
