@@ -34,6 +34,7 @@ async def serving(app: Callable[..., Any], **settings: Any) -> AsyncIterator[tup
         worker.listener.stop()
         worker.server.close_all()
         worker.pool.shutdown(timeout=1)
+        worker.server.spools.shutdown(timeout=1)
         sock.close()
         worker.tmp.close()
         await asyncio.sleep(0)
