@@ -308,3 +308,16 @@ CHECKED = {name: (app if name in UNCHECKED else validator(app)) for name, app in
 def checked(environ, start_response):
     name = environ["PATH_INFO"].strip("/").split("/")[0] or "hello"
     return CHECKED.get(name, validated)(environ, start_response)
+
+
+def hints(environ, start_response):
+    """wsgi.early_hints (gunicorn 27): a 103 before the final response; ?late=1 tries after it."""
+    link = [("Link", "</style.css>; rel=preload; as=style")]
+    late = "late=1" in environ.get("QUERY_STRING", "")
+    if not late:
+        environ["wsgi.early_hints"](link)
+    write = start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    write(b"he")
+    if late:
+        environ["wsgi.early_hints"](link)  # ignored: the response has begun
+    return [b"llo"]
