@@ -18,7 +18,9 @@ from robustness import robust_apps
 VALIDATED = ("validated_echo", "hello", "size", "big", "held", "router")
 # echo dispatches to validated_echo but for the environs PEP 3333 cannot express (its docstring).
 DISPATCHERS = ("echo",)
-UNWRAPPED = ("faults",)
+# Deliberate faults: `faults` breaks PEP 3333, `wrapped` hands file_wrapper text-mode and
+# write-only files (which the worker must refuse before the head, test_review_framing.py).
+UNWRAPPED = ("faults", "wrapped")
 # Each breach and what the validator raises for it. It has no check for a second
 # start_response without exc_info: only the worker catches /start-twice (test_faults).
 PEP3333_BREACHES = {"/none": AssertionError, "/not-iterable": TypeError, "/str": AssertionError,
