@@ -230,7 +230,7 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
     expect, host, scheme = add_headers(environ, settings, peer, version, raw_headers)
     if host is None and version >= (1, 1):
         # RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
-        raise BadRequest("Missing Host header")
+        raise BadRequest("Missing 'Host' header")
     environ["wsgi.url_scheme"] = scheme
     environ["REMOTE_ADDR"] = peer.remote_addr
     if peer.remote_port is not None:

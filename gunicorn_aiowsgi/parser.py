@@ -46,6 +46,9 @@ class Flow:
 
     __slots__ = ()
     connected = True
+    # aiohttp before 3.14 reads this flag of its protocol when a body ends; ours never pauses
+    # through the parser, so it is always False (an attribute aiohttp asks of us, not one of its).
+    _reading_paused = False
 
     def pause_reading(self) -> None:
         return None
