@@ -13,7 +13,15 @@ from typing import Any, Callable, Iterable
 from .bridge import Abort, Channel, Data, End, Fail, Hints, JobState, SendFile, Start
 from .errors import AppError, ClientDisconnected, HTTPError
 from .records import RequestRecord, ResponseRecord
-from .response import BodyFramer, Framing, Head, Phase, StartResponse, check_headers, framing
+from .response import (
+    BodyFramer,
+    Framing,
+    Head,
+    ResponsePhase,
+    StartResponse,
+    check_headers,
+    framing,
+)
 
 
 class FileWrapper:
@@ -151,7 +159,7 @@ class AppCall:
     def _fail(self, exc: BaseException) -> None:
         self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
         try:
-            if self.start.phase is Phase.SENT:
+            if self.start.phase is ResponsePhase.SENT:
                 self.channel.put(Abort(), wait=False)
             else:
                 error = exc if isinstance(exc, HTTPError) and exc.status >= 500 else AppError()
@@ -197,7 +205,7 @@ class AppCall:
         mode = framing(self.method, head.code, self.version, head.content_length)
         framer = BodyFramer(mode, head.content_length)
         self.framer = framer
-        self.start.phase = Phase.SENT
+        self.start.phase = ResponsePhase.SENT
         resp = self.resp
         resp.status, resp.status_code, resp.headers = head.status, head.code, head.headers
         resp.response_length, resp.chunked = head.content_length, mode is Framing.CHUNKED
@@ -213,7 +221,7 @@ class AppCall:
                 raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
         if not chunk:
             return
-        if self.start.phase is not Phase.SENT:
+        if self.start.phase is not ResponsePhase.SENT:
             head, framer = self._begin()
             pieces = framer.pieces(chunk)
             size = sum(map(len, pieces))
@@ -227,7 +235,7 @@ class AppCall:
 
     def _end(self) -> None:
         head = None
-        if self.start.phase is not Phase.SENT:
+        if self.start.phase is not ResponsePhase.SENT:
             head, framer = self._begin()
         else:
             assert self.framer is not None
@@ -244,7 +252,7 @@ class AppCall:
             if not isinstance(chunk, bytes):
                 raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
             body.append(chunk)
-        if self.start.phase is Phase.SENT:  # the app used write() before returning
+        if self.start.phase is ResponsePhase.SENT:  # the app used write() before returning
             for chunk in body:
                 self._write(chunk)
             self._end()
@@ -260,7 +268,7 @@ class AppCall:
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
         head = self.start.head
-        if head is None or self.start.phase is Phase.SENT or not self.server.can_sendfile:
+        if head is None or self.start.phase is ResponsePhase.SENT or not self.server.can_sendfile:
             return False
         span = _file_span(wrapper, head.content_length)
         if span is None:
@@ -289,7 +297,7 @@ class AppCall:
         As gunicorn does: ignored once the response has begun, and for HTTP/1.0 clients, which
         cannot take a 1xx response (RFC 9110 section 15.2); bad names or values raise.
         """
-        if self.start.phase is Phase.SENT or self.version < (1, 1):
+        if self.start.phase is ResponsePhase.SENT or self.version < (1, 1):
             return
         pairs = [(n.decode("latin-1") if isinstance(n, bytes) else n,
                   v.decode("latin-1") if isinstance(v, bytes) else v) for n, v in headers]

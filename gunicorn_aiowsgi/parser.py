@@ -77,7 +77,8 @@ class Request:
 
     def take_body(self) -> bytes:
         """Every body byte parsed so far (b"" if none); the payload keeps nothing."""
-        return self.body.read_nowait(-1)  # type: ignore[no-any-return]
+        data: bytes = self.body.read_nowait(-1)
+        return data
 
     def body_done(self) -> bool:
         """The parser has seen the end of this request's body (RFC 9112 section 6.3)."""
@@ -97,19 +98,24 @@ class Parser:
         line = settings.limit_request_line
         fields = settings.limit_request_fields
         field = settings.limit_request_field_size
-        self._options = dict(
+        self._options: dict[str, Any] = dict(
             max_line_size=MAX_LINE if line <= 0 or line > MAX_LINE else line,
             # gunicorn counts a whole field line, "Name: value\r\n"; aiohttp counts name + value.
             max_field_size=max(1, (field if field > 0 else MAX_LINE) - 4),
             max_headers=MAX_FIELDS if fields <= 0 or fields > MAX_FIELDS else fields,
             auto_decompress=False,
         )
-        self._parser = HttpRequestParser(FLOW, loop, PAYLOAD_BUFFER, **self._options)
+        self._parser = self._new(loop)
         self.upgraded = False   # the parser stopped at an Upgrade/CONNECT head: build a new one
+
+    def _new(self, loop: asyncio.AbstractEventLoop) -> Any:
+        # Flow is duck-typed for what the payloads call (aiohttp types it as its BaseProtocol).
+        flow: Any = FLOW
+        return HttpRequestParser(flow, loop, PAYLOAD_BUFFER, **self._options)
 
     def reset(self, loop: asyncio.AbstractEventLoop) -> None:
         """A fresh parser for the bytes after a message boundary (after an upgrade, say)."""
-        self._parser = HttpRequestParser(FLOW, loop, PAYLOAD_BUFFER, **self._options)
+        self._parser = self._new(loop)
         self.upgraded = False
 
     def feed(self, data: bytes, line_done: bool) -> tuple[list[Request], bytes]:

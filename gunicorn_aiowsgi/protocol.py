@@ -9,6 +9,7 @@ request can never take down or be joined to the one before it (RFC 9112 sections
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -26,8 +27,8 @@ from .replies import error_reply
 HELD_LIMIT = 64 * 1024
 
 
-class Connection:
-    """asyncio.Protocol for one socket (duck-typed: asyncio needs no base class)."""
+class Connection(asyncio.Protocol):
+    """The asyncio.Protocol of one client socket."""
 
     __slots__ = ("ctx", "transport", "peer", "state", "parser", "exchange", "held", "requests",
                  "since", "timer", "bound", "request", "body_left", "proxy",

@@ -26,7 +26,7 @@ HOP_BY_HOP = frozenset((
 COPY_LIMIT = 16 * 1024
 
 
-class Phase(enum.Enum):
+class ResponsePhase(enum.Enum):
     """Where a response is in its life, seen from start_response (h11-style named states)."""
 
     NOT_STARTED = "not started"   # start_response not called yet
@@ -166,7 +166,7 @@ class StartResponse:
     __slots__ = ("phase", "head", "method", "write")
 
     def __init__(self, method: str, write: Callable[[bytes], None]) -> None:
-        self.phase = Phase.NOT_STARTED
+        self.phase = ResponsePhase.NOT_STARTED
         self.head: Head | None = None
         self.method = method
         self.write = write
@@ -175,15 +175,15 @@ class StartResponse:
                  exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info:
             try:
-                if self.phase is Phase.SENT:
+                if self.phase is ResponsePhase.SENT:
                     # PEP 3333: too late to change the response; re-raise the app's error.
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
-        elif self.phase is not Phase.NOT_STARTED:
+        elif self.phase is not ResponsePhase.NOT_STARTED:
             raise AppError("start_response called a second time without exc_info (PEP 3333)")
         code = check_status(status)
         kept, length, close = check_headers(headers)
         self.head = Head(status, code, kept, length, close)
-        self.phase = Phase.STARTED
+        self.phase = ResponsePhase.STARTED
         return self.write

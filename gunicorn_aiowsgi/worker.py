@@ -57,7 +57,7 @@ def drain_budget(graceful_timeout: float) -> float:
     return max(0.0, graceful_timeout - min(margin, graceful_timeout / 2))
 
 
-class Phase(enum.Enum):
+class WorkerPhase(enum.Enum):
     """The worker's life after boot."""
 
     SERVING = "serving"
@@ -74,7 +74,7 @@ class Worker(base.Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.phase = Phase.SERVING
+        self.phase = WorkerPhase.SERVING
         self.server: Server | None = None
         self.listener: Listener | None = None
         self.pool: ThreadPool | None = None
@@ -141,8 +141,8 @@ class Worker(base.Worker):
     def on_quit(self) -> None:
         """Quick: exit within a second even with requests in flight (after a TERM too)."""
         self.alive = False
-        if self.phase is not Phase.QUITTING:
-            self.phase = Phase.QUITTING
+        if self.phase is not WorkerPhase.QUITTING:
+            self.phase = WorkerPhase.QUITTING
             self.cfg.worker_int(self)
         self._poke()
 
@@ -167,10 +167,10 @@ class Worker(base.Worker):
     def drain(self, why: str) -> None:
         """Stop accepting, close idle connections, answer the rest with Connection: close."""
         self.alive = False
-        if self.phase is not Phase.SERVING:
+        if self.phase is not WorkerPhase.SERVING:
             return
         self.log.info("Worker draining (pid: %s): %s", self.pid, why)
-        self.phase = Phase.DRAINING
+        self.phase = WorkerPhase.DRAINING
         if self.loop is not None:
             self._drain_started = self.loop.time()
         if self.pool is not None and self.loop is not None:
@@ -191,7 +191,7 @@ class Worker(base.Worker):
         """Counted per request on the loop, before it is answered, so that the request that
         reaches max_requests (with jitter) is answered with Connection: close."""
         self.nr += 1
-        if self.nr >= self.max_requests and self.phase is Phase.SERVING:
+        if self.nr >= self.max_requests and self.phase is WorkerPhase.SERVING:
             self.log.info("Autorestarting worker after current request.")
             self.drain("max_requests reached")
 
@@ -217,13 +217,13 @@ class Worker(base.Worker):
         self.listener = Listener(self.loop, self.sockets, self.server, ssl_context,
                                  self.settings.worker_connections, self.log)
         self.server.on_close = self.on_connection_closed
-        if self.phase is Phase.SERVING:  # a TERM during boot: never take a connection
+        if self.phase is WorkerPhase.SERVING:  # a TERM during boot: never take a connection
             self.listener.start()
 
     def on_connection_closed(self) -> None:
         assert self.listener is not None
         self.listener.closed_one()
-        if self.phase is Phase.DRAINING and self.server is not None and not self.server.conns:
+        if self.phase is WorkerPhase.DRAINING and self.server is not None and not self.server.conns:
             self._poke()
 
     def ssl_context(self) -> Any:
@@ -254,7 +254,7 @@ class Worker(base.Worker):
                       self.settings.threads, self.settings.worker_connections, self.pid)
         # self.timeout is already half the master's --timeout (Arbiter.spawn_worker).
         period = min(HEARTBEAT, max(0.05, self.timeout / 2))
-        while self.phase is Phase.SERVING:
+        while self.phase is WorkerPhase.SERVING:
             self.notify()
             self.server.monitor.tick(self.loop.time())
             if self.ppid != os.getppid():
@@ -282,7 +282,7 @@ class Worker(base.Worker):
         assert self.settings is not None
         started = self._drain_started if self._drain_started is not None else loop.time()
         deadline = started + drain_budget(self.settings.graceful_timeout)
-        while (self.phase is Phase.DRAINING and (server.conns or pool.inflight)
+        while (self.phase is WorkerPhase.DRAINING and (server.conns or pool.inflight)
                and loop.time() < deadline):
             self.notify()  # the master must not kill a worker that is draining on time
             server.close_idle()

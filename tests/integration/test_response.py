@@ -66,12 +66,6 @@ def test_streaming_events_arrive_as_produced(srv):
         assert arrived < produced_next, events
 
 
-def test_write_callable_then_iterable(srv):
-    status, headers, body = get(srv, "/writer")
-    assert status == 200 and body == b"one,two,three"
-    assert headers["transfer-encoding"] == "chunked"
-
-
 @pytest.mark.parametrize("query, framing, expect_body, expect_close", [
     ("declared=5&actual=5", "content-length", b"zzzzz", False),
     ("declared=5&actual=9", "content-length", b"zzzzz", False),  # the 4 extra bytes dropped
@@ -102,11 +96,6 @@ def test_short_body_closes_connection(srv):
         data = conn.read_all()  # the server closes instead of leaving us waiting for 6 bytes
     assert data.endswith(b"\r\n\r\nzzzz")
     assert b"log" not in data
-
-
-def test_short_body_is_logged(srv):
-    get(srv, "/framing?declared=10&actual=3&gen=1")
-    srv.wait_log("fewer bytes than its Content-Length")
 
 
 def test_http10_without_length_is_close_delimited(srv):
@@ -140,7 +129,7 @@ def test_bad_header_is_500_not_split(srv, which):
     assert b"should not be sent" not in body
 
 
-@pytest.mark.parametrize("when", ["before", "none", "nonlist", "str", "twice", "never"])
+@pytest.mark.parametrize("when", ["before"])  # the other breaches: tests/unit/test_appcall.py
 def test_app_errors_before_headers_give_500(srv, when):
     status, headers, body = get(srv, f"/fail?when={when}")
     assert status == 500
@@ -164,21 +153,7 @@ def test_app_error_after_headers_closes_connection(srv):
     srv.wait_log("boom after headers")
 
 
-def test_exc_info_replaces_headers_before_sent(srv):
-    status, headers, body = get(srv, "/fail?when=exc_info")
-    assert status == 500 and "x-second" in headers and "x-first" not in headers
-    assert body == b"replaced body"
-
-
-def test_exc_info_after_sent_reraises(srv):
-    with Conn.to(srv) as conn:
-        conn.send(b"GET /fail?when=exc_info_late HTTP/1.1\r\nHost: h\r\n\r\n")
-        data = conn.read_all()
-    assert b"partial" in data and b"never" not in data
-    srv.wait_log("too late")
-
-
-@pytest.mark.parametrize("query", ["kind=real", "kind=bytesio", "kind=real&declared=1000",
+@pytest.mark.parametrize("query", ["kind=real", "kind=real&declared=1000",
                                    "kind=real&offset=100", "kind=real&size=0"])
 def test_file_wrapper(srv, query):
     params = dict(p.split("=") for p in query.split("&"))

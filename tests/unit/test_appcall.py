@@ -19,7 +19,7 @@ from gunicorn_aiowsgi import bridge
 from gunicorn_aiowsgi.application import AppCall, FileWrapper
 from gunicorn_aiowsgi.errors import BadRequest, ClientDisconnected, HTTPError
 from gunicorn_aiowsgi.records import RequestRecord
-from gunicorn_aiowsgi.response import Phase
+from gunicorn_aiowsgi.response import ResponsePhase
 
 CHUNK_END = b"0\r\n\r\n"
 OVERFLOW = "past its Content-Length"
@@ -508,7 +508,7 @@ def test_response_record_matches_what_was_sent(case):
     result = run_case(case)
     resp, head = result.call.resp, result.sent[0]
     assert (resp.status, resp.status_code) == (head[1], int(head[1][:3]))
-    assert resp.headers_sent and result.call.start.phase is Phase.SENT
+    assert resp.headers_sent and result.call.start.phase is ResponsePhase.SENT
     assert resp.chunked == (head[2] == "chunked")
     if head[2] == "none":
         assert resp.sent == 0

@@ -11,7 +11,7 @@ from gunicorn_aiowsgi.response import (
     BodyFramer,
     Framing,
     Head,
-    Phase,
+    ResponsePhase,
     StartResponse,
     check_headers,
     check_status,
@@ -104,9 +104,9 @@ def test_render_head(head, mode, keep, expect):
 def test_start_response_states():
     writes = []
     start = StartResponse("GET", writes.append)
-    assert start.phase is Phase.NOT_STARTED
+    assert start.phase is ResponsePhase.NOT_STARTED
     write = start("200 OK", [("A", "1")])
-    assert write == writes.append and start.phase is Phase.STARTED
+    assert write == writes.append and start.phase is ResponsePhase.STARTED
     with pytest.raises(AppError):
         start("200 OK", [])  # a second call without exc_info
     try:
@@ -114,7 +114,7 @@ def test_start_response_states():
     except ValueError:
         start("500 Oops", [("B", "2")], sys.exc_info())  # replaces, headers not sent yet
     assert start.head is not None and start.head.status == "500 Oops"
-    start.phase = Phase.SENT
+    start.phase = ResponsePhase.SENT
     try:
         raise KeyError("late")
     except KeyError:

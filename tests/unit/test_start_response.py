@@ -1,4 +1,4 @@
-"""The response state machine as tables: (method, status, version, length) -> framing, head, body; Phase steps."""
+"""The response state machine as tables: (method, status, version, length) -> framing, head, body; ResponsePhase steps."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gunicorn_aiowsgi.response import (
     BodyFramer,
     Framing,
     Head,
-    Phase,
+    ResponsePhase,
     StartResponse,
     framing,
     render_head,
@@ -120,7 +120,7 @@ def step(start: StartResponse, name: str):
     if name == "start":
         return start("200 OK", [("A", "1")])
     if name == "sent":  # AppCall._begin: the head went to the loop
-        start.phase = Phase.SENT
+        start.phase = ResponsePhase.SENT
         return None
     try:
         raise AppFailure(name)
@@ -136,23 +136,23 @@ def step(start: StartResponse, name: str):
 
 OK = "ok"
 PHASES = {
-    "new-response-has-not-started": ([], [], Phase.NOT_STARTED, None),
-    "first-call-starts-it": (["start"], [OK], Phase.STARTED, "200 OK"),
-    "first-call-may-carry-exc-info": (["start-exc"], [OK], Phase.STARTED, "500 Oops"),
+    "new-response-has-not-started": ([], [], ResponsePhase.NOT_STARTED, None),
+    "first-call-starts-it": (["start"], [OK], ResponsePhase.STARTED, "200 OK"),
+    "first-call-may-carry-exc-info": (["start-exc"], [OK], ResponsePhase.STARTED, "500 Oops"),
     "second-call-without-exc-info-is-an-error-and-keeps-the-first": (
-        ["start", "start"], [OK, AppError], Phase.STARTED, "200 OK"),
+        ["start", "start"], [OK, AppError], ResponsePhase.STARTED, "200 OK"),
     "second-call-with-exc-info-before-sent-replaces": (
-        ["start", "start-exc"], [OK, OK], Phase.STARTED, "500 Oops"),
+        ["start", "start-exc"], [OK, OK], ResponsePhase.STARTED, "500 Oops"),
     "replacement-may-be-repeated-with-exc-info": (
-        ["start", "start-exc", "start-exc"], [OK, OK, OK], Phase.STARTED, "500 Oops"),
+        ["start", "start-exc", "start-exc"], [OK, OK, OK], ResponsePhase.STARTED, "500 Oops"),
     "call-without-exc-info-after-a-replacement-is-an-error": (
-        ["start-exc", "start"], [OK, AppError], Phase.STARTED, "500 Oops"),
+        ["start-exc", "start"], [OK, AppError], ResponsePhase.STARTED, "500 Oops"),
     "exc-info-after-sent-reraises-the-apps-error": (
-        ["start", "sent", "start-exc"], [OK, OK, AppFailure], Phase.SENT, "200 OK"),
+        ["start", "sent", "start-exc"], [OK, OK, AppFailure], ResponsePhase.SENT, "200 OK"),
     "call-without-exc-info-after-sent-is-an-error": (
-        ["start", "sent", "start"], [OK, OK, AppError], Phase.SENT, "200 OK"),
-    "bad-status-leaves-it-not-started": (["bad-status"], [AppError], Phase.NOT_STARTED, None),
-    "bad-replacement-keeps-the-first-head": (["start", "bad-exc"], [OK, AppError], Phase.STARTED, "200 OK"),
+        ["start", "sent", "start"], [OK, OK, AppError], ResponsePhase.SENT, "200 OK"),
+    "bad-status-leaves-it-not-started": (["bad-status"], [AppError], ResponsePhase.NOT_STARTED, None),
+    "bad-replacement-keeps-the-first-head": (["start", "bad-exc"], [OK, AppError], ResponsePhase.STARTED, "200 OK"),
 }
 
 
@@ -177,7 +177,7 @@ def test_start_response_phases(steps, outcomes, phase, status):
 def test_exc_info_after_sent_reraises_the_same_exception_with_its_traceback():
     start = StartResponse("GET", lambda data: None)
     start("200 OK", [])
-    start.phase = Phase.SENT
+    start.phase = ResponsePhase.SENT
     try:
         raise AppFailure("late")
     except AppFailure:
