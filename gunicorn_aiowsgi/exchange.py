@@ -123,7 +123,7 @@ class Exchange:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
         limit = ctx.settings.effective_queue_limit
-        queued = ctx.pool.queued
+        queued = ctx.queued
         if limit and queued >= limit:
             self.environ["wsgi.input"].close()
             ctx.monitor.overloaded(queued, limit)
@@ -138,7 +138,7 @@ class Exchange:
         self.call = call = AppCall(ctx.wsgi, self.environ, self.channel, req.version, record, ctx,
                                    self.started)
         self.environ["wsgi.early_hints"] = call.early_hints
-        ctx.pool.submit(call)
+        ctx.submit(call)
         if ctx.settings.request_timeout:
             self.timer = ctx.loop.call_later(ctx.settings.request_timeout, self.timed_out)
 
@@ -167,7 +167,7 @@ class Exchange:
         limit = ctx.settings.effective_queue_limit
         if ctx.draining:
             self.answer(503, "Service Unavailable", b"draining\n", [])
-        elif ctx.settings.health_queue_full and limit and ctx.pool.queued >= limit:
+        elif ctx.settings.health_queue_full and limit and ctx.queued >= limit:
             self.answer(503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
         else:
             self.answer(200, "OK", b"ok\n", [])

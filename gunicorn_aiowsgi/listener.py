@@ -30,7 +30,7 @@ class Listener:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[Any],
-                 factory: Callable[[], asyncio.Protocol], ssl_context: Any, limit: int, log: Any) -> None:
+                 factory: Callable[[], asyncio.BaseProtocol], ssl_context: Any, limit: int, log: Any) -> None:
         self.loop = loop
         self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
         self.factory = factory
