@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import enum
 
-from .errors import BadRequest
+from .errors import BadRequest, URITooLong
 from .settings import Settings
 
 # The end of a request head, and of a chunked body (RFC 9112 sections 2.1 and 7.1). aiohttp's C
 # parser (llhttp, strict) takes no bare LF, so a message always ends with this.
 BLANK_LINE = b"\r\n\r\n"
-# A request line's bytes kept until it ends; the parser refuses longer ones (bytes).
-LINE_KEPT = 8190 + 64
+# A request line's bytes besides its target (method, spaces, version, CR), at most (bytes).
+LINE_SLACK = 64
 # After an error answer, how long the client's remaining bytes are read and dropped before the
 # socket closes, so the answer is not lost to a reset (seconds; aiohttp's lingering time).
 LINGER = 2.0
@@ -58,11 +58,12 @@ def protocol_ok(line: bytes) -> bool:
 class Boundary:
     """What one connection has seen of the current message: its request line, the last bytes fed."""
 
-    __slots__ = ("line", "carry")
+    __slots__ = ("line", "carry", "max_target")
 
-    def __init__(self) -> None:
+    def __init__(self, max_target: int = 8190) -> None:
         self.line: bytes | None = b""  # a head's first bytes until its request line ends; then None
         self.carry = b""               # the last bytes fed, to find a blank line split across reads
+        self.max_target = max_target   # limit_request_line, as aiohttp's parser applies it (bytes)
 
     def reset(self) -> None:
         """A message boundary: what follows starts a new request."""
@@ -82,10 +83,17 @@ class Boundary:
             line = line.lstrip(b"\r\n")  # RFC 9112 section 2.2: empty lines may come first
         end = line.find(b"\n")
         if end < 0:
-            self.line = line[:LINE_KEPT]
+            if len(line) > self.max_target + LINE_SLACK:  # kept bytes stay bounded
+                raise URITooLong(f"request line longer than {self.max_target} bytes")
+            self.line = line
             return
         if not protocol_ok(line[:end]):
             raise BadRequest(f"Invalid HTTP version: {line[:end].decode('latin-1')!r}")
+        # The request-target's limit holds however the line was split into reads (aiohttp
+        # before 3.14 checks it only within one read).
+        target = line[:end].partition(b" ")[2].rpartition(b" ")[0]
+        if len(target) > self.max_target:
+            raise URITooLong(f"request-target longer than {self.max_target} bytes")
         self.line = None
 
     def blank_line(self, data: bytes) -> int:

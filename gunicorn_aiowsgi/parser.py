@@ -113,6 +113,11 @@ class Parser:
         flow: Any = FLOW
         return HttpRequestParser(flow, loop, PAYLOAD_BUFFER, **self._options)
 
+    @property
+    def max_line(self) -> int:
+        """The request-target limit in force (limit_request_line; 0 means the maximum)."""
+        return int(self._options["max_line_size"])
+
     def reset(self, loop: asyncio.AbstractEventLoop) -> None:
         """A fresh parser for the bytes after a message boundary (after an upgrade, say)."""
         self._parser = self._new(loop)
@@ -127,6 +132,10 @@ class Parser:
             messages, upgraded, tail = self._parser.feed_data(data)
         except HttpProcessingError as exc:
             raise self.error(exc, line_done) from exc
+        except Exception as exc:
+            # Anything else the parser raises on untrusted bytes (older releases let a URL
+            # error through as ValueError) is still the request's fault: 400, never a crash.
+            raise BadRequest(f"Invalid request: {exc}") from exc
         if upgraded:
             self.upgraded = True
         return [Request(message, payload) for message, payload in messages], tail or b""

@@ -54,7 +54,8 @@ class Connection(asyncio.BufferedProtocol):
         self.requests = 0           # requests answered on this connection (count)
         self.since = ctx.loop.time()  # when the current state began, or the last body byte came
         self.timer: Any = None
-        self.bound = Boundary()     # the current message's request line and last bytes fed
+        # The current message's request line and last bytes fed; the same target limit as the parser.
+        self.bound = Boundary(self.parser.max_line)
         self.body_left: int | None = None  # Content-Length bytes still to come; None: chunked
         self.reading = True         # the transport is reading (we pause it, never aiohttp)
         self.writable = True        # the transport's buffer is below its high-water mark

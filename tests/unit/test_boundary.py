@@ -66,3 +66,23 @@ def test_reset_starts_a_new_message():
     bound.blank_line(b"x\r\n\r")
     bound.reset()
     assert not bound.line_done and bound.blank_line(b"\n") == -1
+
+
+@pytest.mark.parametrize("reads, refused", [
+    ([b"GET /" + b"a" * 99 + b" HTTP/1.1\r\n"], False),              # a 100-byte target: the limit
+    ([b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n"], True),
+    ([b"GET /" + b"a" * 50, b"a" * 50 + b" HTTP/1.1\r\n"], True),     # split across reads
+    ([b"GET /" + b"a" * 300], True),                                  # never ends: refused early
+])
+def test_request_target_limit_holds_across_reads(reads, refused):
+    from gunicorn_aiowsgi.errors import URITooLong
+
+    bound = Boundary(max_target=100)
+    if refused:
+        with pytest.raises(URITooLong):
+            for data in reads:
+                bound.check_line(data)
+    else:
+        for data in reads:
+            bound.check_line(data)
+        assert bound.line_done
