@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -173,54 +172,15 @@ def bad_header(environ, start_response):
 
 
 def fail(environ, start_response):
-    """?when=before|after|none|nonlist|str|twice|never|exc_info|close."""
+    """?when=before|after (the other PEP 3333 breaches are in tests/unit/test_appcall.py)."""
     when = _query(environ).get("when", "before")
     if when == "before":
         raise RuntimeError("boom before headers")
-    if when == "none":
-        start_response("200 OK", [])
-        return None
-    if when == "nonlist":
-        start_response("200 OK", [])
-        return 42
-    if when == "str":
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return ["not bytes"]
-    if when == "twice":
-        start_response("200 OK", [])
-        start_response("200 OK", [])
-        return [b"x"]
-    if when == "never":
-        return [b"no start_response"]
-    if when == "exc_info":
-        start_response("200 OK", [("X-First", "1")])
-        try:
-            raise ValueError("replaced")
-        except ValueError:
-            start_response("500 Internal Server Error", [("X-Second", "1")], sys.exc_info())
-        return [b"replaced body"]
-    if when == "exc_info_late":
-        write = start_response("200 OK", [])
-        write(b"partial")
-        try:
-            raise ValueError("too late")
-        except ValueError:
-            start_response("500 Internal Server Error", [], sys.exc_info())
-        return [b"never"]
-
     def gen():
         yield b"first chunk"
         raise RuntimeError("boom after headers")
     start_response("200 OK", [("Content-Type", "text/plain")])
     return gen()
-
-
-def writer(environ, start_response):
-    """Uses the legacy write() callable, then returns more."""
-    write = start_response("200 OK", [("Content-Type", "text/plain")])
-    write(b"one,")
-    write(b"two,")
-    return [b"three"]
 
 
 def files(environ, start_response):
@@ -293,7 +253,7 @@ def router(environ, start_response):
 
 ROUTES = {"hello": hello, "environ": environ_json, "body": body_read, "stream": stream,
           "big": big, "tracked": tracked, "framing": framing, "bad_header": bad_header,
-          "fail": fail, "writer": writer, "files": files, "status": status, "slow": slow,
+          "fail": fail, "files": files, "status": status, "slow": slow,
           "digest": digest}
 
 # The same, inside wsgiref's validator: any PEP 3333 slip by the server fails the request.
