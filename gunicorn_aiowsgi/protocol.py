@@ -199,6 +199,8 @@ class Connection(asyncio.BufferedProtocol):
         body = request.take_body()
         if body:
             exchange.body(body)
+            if self.state is not ConnState.BODY:  # refused on the way in (413, 503, 507)
+                return b""
         if request.body_done():
             self._body_end()
         return rest

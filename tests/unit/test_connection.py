@@ -204,3 +204,10 @@ def test_no_private_aiohttp_name_is_used():
             owner = node.value
             assert not (isinstance(owner, ast.Name) and owner.id in ("aiohttp", "payload", "message")), \
                 node.attr
+
+
+def test_a_body_refused_on_the_way_in_ends_the_request_once():
+    """A chunked body past AIOWSGI_MAX_BODY_SIZE: 413 while it arrives, the app never called."""
+    h = run(chunked("/big", b"x" * 40, b"y" * 40) + get("/next"), max_body_size=50)
+    assert [status for status, _ in h.responses()] == [413]
+    assert h.worker.served == 0 and h.conn.state is ConnState.LINGER
