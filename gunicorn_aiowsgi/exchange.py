@@ -62,7 +62,8 @@ class Exchange:
             self.environ, expect = build_environ(
                 ctx.base, settings, conn.peer, req.method,
                 req.target.encode("utf-8", "surrogateescape"), req.version, req.raw_headers)
-            if req.method == "CONNECT" and (req.chunked or self.environ.get("CONTENT_LENGTH", "0") != "0"):
+            length = self.environ.get("CONTENT_LENGTH", "0")
+            if req.method == "CONNECT" and (req.chunked or length != "0"):
                 # RFC 9110 section 9.3.6: a CONNECT request has no content (aiohttp's parser
                 # would hand its bytes on as a tunnel's); refused, never given a length that
                 # wsgi.input does not hold.
@@ -85,10 +86,11 @@ class Exchange:
         if self.spool is not None:
             self.spool.close()
             self.spool = None
-        if isinstance(error, SpoolFull):
+        full = isinstance(error, SpoolFull)
+        if full:  # load, not a fault: a warning, counted, never an error with a traceback
             self.ctx.monitor.count("spool_full_503")
             self.ctx.log.warning("Spool budget full: %s; answering 503", error)
-        self.conn.refuse(error, self.request.method)
+        self.conn.refuse(error, self.request.method, logged=full)
 
     def body(self, data: bytes) -> None:
         """Body bytes from the parser. While the disk is behind, the socket is not read."""

@@ -256,9 +256,10 @@ class Connection(asyncio.BufferedProtocol):
         elif self.state is ConnState.IDLE or self.state is ConnState.HEAD:
             self.close()
 
-    def refuse(self, error: HTTPError, method: str = "") -> None:
+    def refuse(self, error: HTTPError, method: str = "", logged: bool = False) -> None:
         """Answer an error with gunicorn's page and end the connection (RFC 9112 section 2.2)."""
-        self.ctx.log_client_error(self.peer, error)
+        if not logged:
+            self.ctx.log_client_error(self.peer, error)
         if self.exchange is not None:
             self.exchange.abandon()
             self.exchange = None
