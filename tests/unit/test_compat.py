@@ -38,7 +38,7 @@ def without(cfg: Config, *names: str) -> Config:
 
 
 def with_old_setting(cfg: Config, name: str, value) -> Config:
-    """The Config as a release that has setting `name` (gone from newer ones) builds it.
+    """The Config as a release that has setting `name` (which the installed one lacks) builds it.
 
     A copy of a boolean Setting instance renamed: declaring a Setting subclass would register it
     in gunicorn's global list, and every later Config would have it.
@@ -62,16 +62,26 @@ def test_a_setting_the_release_lacks_takes_its_behaviour(name, field, absent):
     assert getattr(from_cfg(without(Config(), name), {}), field) == absent
 
 
+def having(cfg: Config, name: str, value) -> Config:
+    """The Config as a release that has setting `name` holds `value` (normalised, as its
+    validator leaves it), whichever release is installed."""
+    if name not in cfg.settings:
+        return with_old_setting(cfg, name, value)
+    cfg.settings[name].value = value
+    return cfg
+
+
 @pytest.mark.parametrize("name, value, field, expected", [
     ("header_map", "refuse", "header_map", "refuse"),
     ("header_map", "drop", "header_map", "drop"),
-    ("forwarder_headers", "X_A,Script_Name", "forwarder_headers", frozenset({"X_A", "SCRIPT_NAME"})),
-    ("proxy_protocol", "v2", "proxy_protocol", "v2"),
+    ("forwarder_headers", ["X_A", "Script_Name"], "forwarder_headers",
+     frozenset({"X_A", "SCRIPT_NAME"})),
+    ("proxy_protocol", "v2", "proxy_protocol", "v2"),    # 24.1+: off|v1|v2|auto
     ("proxy_protocol", "auto", "proxy_protocol", "auto"),
     ("threads", 7, "threads", 7),
 ])
 def test_a_setting_the_release_has_is_read(name, value, field, expected):
-    assert getattr(from_cfg(config(**{name: value}), {}), field) == expected
+    assert getattr(from_cfg(having(Config(), name, value), {}), field) == expected
 
 
 @pytest.mark.parametrize("value, mode", [
