@@ -86,6 +86,12 @@ class Reference:
 REFERENCE = Reference()
 
 
+def _lacking() -> dict[str, Any]:
+    """Settings the installed gunicorn lacks, each with the value of the behaviour it has."""
+    installed = InstalledConfig().settings
+    return {name: value for name, value in ABSENT.items() if name not in installed}
+
+
 def _installed_form(name: str, value: Any) -> tuple[bool, Any, Any]:
     """(can the installed gunicorn's config file say it, the value it says, the value the
     reference runs with to behave as the installed gunicorn does)."""
@@ -130,11 +136,14 @@ class Case:
 
     @cached_property
     def run_cfg(self) -> Any:
-        if not self.adapted:
+        """The reference's Config for this case: the case's settings as the installed gunicorn
+        takes them, and every setting it lacks at the value of the behaviour it has instead."""
+        values = {**_lacking(), **self.run_settings}
+        if all(self.cfg.settings[name].get() == value for name, value in values.items()):
             return self.cfg
         cfg = copy.deepcopy(self.cfg)
-        for name, value in self.run_settings.items():
-            cfg.settings[name].set(value)
+        for name, value in values.items():
+            cfg.settings[name].value = value  # already as a validator leaves it
         return cfg
 
     @property
@@ -173,8 +182,9 @@ def load(kind: str) -> list[Case]:
     return cases
 
 
-# An HTTP/1.1 request line, and the header section after it (up to the empty line).
-REQUEST_HEAD = re.compile(rb"(?m)^[!-~]+ [^ \r\n]+ HTTP/1\.1\r\n((?:[^\r]*\r\n)*?)\r\n")
+# An HTTP/1.1 request line, and the header section after it (up to the empty line). Not anchored
+# to a line start: a pipelined request follows the previous body directly (valid/pp_02).
+REQUEST_HEAD = re.compile(rb"[!-~]+ [^ \r\n]+ HTTP/1\.1\r\n((?:[^\r]*\r\n)*?)\r\n")
 HOST_FIELD = re.compile(rb"(?im)^host[ \t]*:")
 
 
