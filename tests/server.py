@@ -60,13 +60,14 @@ class Gunicorn:
     def __init__(self, app: str = "apps:hello", *args: str, worker_class: str = "gunicorn_aiowsgi.Worker",
                  env: dict[str, str] | None = None, bind: str | None = "127.0.0.1:0",
                  workers: int = 1, config: str | None = None, cwd: str | None = None,
-                 access_log: bool = True, wait_ready: bool = True, loglevel: str = "info"):
+                 access_log: bool = True, wait_ready: bool = True, loglevel: str = "info",
+                 python: str = sys.executable):
         # Logs stay readable after stop(); the whole run's directories go at exit.
         self.dir = Path(tempfile.mkdtemp(prefix="gunicorn-", dir=run_dir()))
         self.error_log = self.dir / "error.log"
         self.access_log = self.dir / "access.log"
         self.stdout = self.dir / "stdout.log"
-        cmd = [sys.executable, "-m", "gunicorn", "-k", worker_class, "--workers", str(workers),
+        cmd = [python, "-m", "gunicorn", "-k", worker_class, "--workers", str(workers),
                "--error-logfile", str(self.error_log), "--log-level", loglevel,
                "--chdir", str(TESTS), "--graceful-timeout", "10", *NO_CONTROL_SOCKET]
         if bind:
