@@ -36,6 +36,19 @@ NO_CONTROL_SOCKET = (["--no-control-socket"]
                      else [])
 
 
+# The gunicorn that comparisons are held to, whatever gunicorn is installed: the corpus
+# (robustness/corpus.py) and the gthread masters the contract tests compare with
+# (Gunicorn(reference=True): run from its sdist, pure Python, beside the installed one).
+REFERENCE_GUNICORN = "27.0.1"
+
+
+def reference_tree() -> Path:
+    """The unpacked sdist of gunicorn REFERENCE_GUNICORN (fetched once, then cached)."""
+    from robustness.sdists import sdist
+
+    return sdist("gunicorn", REFERENCE_GUNICORN)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -61,7 +74,7 @@ class Gunicorn:
                  env: dict[str, str] | None = None, bind: str | None = "127.0.0.1:0",
                  workers: int = 1, config: str | None = None, cwd: str | None = None,
                  access_log: bool = True, wait_ready: bool = True, loglevel: str = "info",
-                 python: str = sys.executable):
+                 python: str = sys.executable, reference: bool = False):
         # Logs stay readable after stop(); the whole run's directories go at exit.
         self.dir = Path(tempfile.mkdtemp(prefix="gunicorn-", dir=run_dir()))
         self.error_log = self.dir / "error.log"
@@ -80,6 +93,9 @@ class Gunicorn:
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), full_env.get("PYTHONPATH", "")])
         full_env.update(env or {})
+        if reference:  # gunicorn REFERENCE_GUNICORN's master, not the installed gunicorn's
+            full_env["PYTHONPATH"] = os.pathsep.join([str(reference_tree()), full_env["PYTHONPATH"]])
+            cmd.insert(cmd.index(app), "--no-control-socket")
         self._start(cmd, full_env, cwd or str(TESTS))
         self._wait_listening(workers if wait_ready else 0)
 

@@ -29,11 +29,12 @@ from types import ModuleType, SimpleNamespace
 from typing import Any, Iterator
 
 from gunicorn.config import Config as InstalledConfig
+from server import REFERENCE_GUNICORN
 
 from gunicorn_aiowsgi.settings import ABSENT
 from robustness.sdists import sdist
 
-REFERENCE_VERSION = "27.0.1"
+REFERENCE_VERSION = REFERENCE_GUNICORN
 
 # gunicorn settings the corpus sets, and how our worker takes each: a config-file line.
 SETTING_NAMES = ("limit_request_line", "limit_request_fields", "limit_request_field_size",
