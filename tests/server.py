@@ -49,6 +49,22 @@ def reference_tree() -> Path:
     return sdist("gunicorn", REFERENCE_GUNICORN)
 
 
+def reference_args() -> list[str]:
+    """Flags that give the reference gunicorn the behaviour the installed gunicorn has where it
+    lacks a setting (gunicorn_aiowsgi.settings.ABSENT: what the worker does there too)."""
+    from gunicorn.config import Config
+
+    from gunicorn_aiowsgi.settings import ABSENT
+
+    installed, args = Config().settings, []
+    for name, value in ABSENT.items():
+        if name in installed or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        args += [flag] if value is True else [flag, ",".join(value) if isinstance(value, list) else value]
+    return args
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -89,13 +105,14 @@ class Gunicorn:
             cmd += ["--access-logfile", str(self.access_log)]
         if config:
             cmd += ["--config", config]
+        own = len(cmd)  # where the test's own flags start
         cmd += list(args) + [app]
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), full_env.get("PYTHONPATH", "")])
         full_env.update(env or {})
         if reference:  # gunicorn REFERENCE_GUNICORN's master, not the installed gunicorn's
             full_env["PYTHONPATH"] = os.pathsep.join([str(reference_tree()), full_env["PYTHONPATH"]])
-            cmd.insert(cmd.index(app), "--no-control-socket")
+            cmd[own:own] = ["--no-control-socket", *reference_args()]  # the test's flags win
         self._start(cmd, full_env, cwd or str(TESTS))
         self._wait_listening(workers if wait_ready else 0)
 
