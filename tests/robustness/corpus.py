@@ -61,6 +61,8 @@ class Reference:
             self.config = importlib.import_module("gunicorn.config")
             self.errors = importlib.import_module("gunicorn.http.errors")
             self.parser = importlib.import_module("gunicorn.http.parser")
+            self.message = importlib.import_module("gunicorn.http.message")
+            self.unreader = importlib.import_module("gunicorn.http.unreader")
             self.wsgi = importlib.import_module("gunicorn.http.wsgi")
             self.base = importlib.import_module("gunicorn.workers.base")
             spec = importlib.util.spec_from_file_location("gunicorn_reference_treq",
