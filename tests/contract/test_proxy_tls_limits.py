@@ -46,13 +46,19 @@ def both(*args: str, **kwargs: Any) -> dict[str, Any]:
 
 def needs(*names: str) -> Any:
     """Skip where the installed gunicorn lacks a setting the test passes (feature detection);
-    what the worker does instead there is tested in tests/unit/test_compat.py."""
+    where the worker takes that release's behaviour instead, tests/unit/test_compat.py tests it."""
     settings = Config().settings
     missing = [name for name in names if name not in settings]
     if "proxy_modes" in names:  # before 24.1 proxy_protocol is a boolean: no v1/v2/auto
         missing = [n for n in missing if n != "proxy_modes"]
         if settings["proxy_protocol"].default is False:
             missing.append("proxy_protocol modes")
+    if "allow_networks" in names:  # before 24.1 forwarded_allow_ips takes addresses only
+        missing = [n for n in missing if n != "allow_networks"]
+        try:
+            Config().set("forwarded_allow_ips", "127.0.0.0/8")
+        except ValueError:
+            missing.append("networks in forwarded_allow_ips")
     return pytest.mark.skipif(bool(missing), reason=f"this gunicorn has no {', '.join(missing)}")
 
 
@@ -95,7 +101,7 @@ FORWARDED = [
                  marks=needs("header_map")),
     pytest.param(("--header-map", "refuse", "--forwarder-headers", "SCRIPT_NAME,X_UNDER_SCORE"),
                  marks=needs("header_map", "forwarder_headers")),
-    ("--forwarded-allow-ips", "127.0.0.0/8"),
+    pytest.param(("--forwarded-allow-ips", "127.0.0.0/8"), marks=needs("allow_networks")),
 ], ids=["defaults", "untrusted", "dangerous", "refuse", "network"])
 def test_forwarded_headers_decide_like_gthread(args: tuple[str, ...]) -> None:
     servers = both(*args)
