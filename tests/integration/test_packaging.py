@@ -67,12 +67,14 @@ def installed(wheel, tmp_path_factory) -> Path:
     purelib = Path(subprocess.check_output(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         text=True).strip())
-    # A plain path line: the .pth files there (this checkout's editable install) are not run.
-    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    (purelib / "zz_test_deps.pth").write_text("\n".join(sorted(paths)) + "\n")
+    # Installed first, into an empty venv: with this environment's packages in view, pip would
+    # find gunicorn-aiowsgi installed there already and install nothing.
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
                     "--no-deps", "--no-index", "--disable-pip-version-check", str(wheel)],
                    check=True, capture_output=True, timeout=120)
+    # A plain path line: the .pth files there (this checkout's editable install) are not run.
+    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (purelib / "zz_test_deps.pth").write_text("\n".join(sorted(paths)) + "\n")
     return python
 
 
