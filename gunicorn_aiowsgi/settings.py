@@ -134,43 +134,70 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _proxy_mode(value: Any) -> str:
-    # gunicorn < 25 had a boolean proxy_protocol; 25+ has off|v1|v2|auto.
+    # gunicorn before 24.1 has a boolean proxy_protocol, and True there means PROXY v1 only;
+    # 24.1+ has off|v1|v2|auto (its own validator turns a True from the user into "auto").
     if value is True:
-        return "auto"
+        return "v1"
     if value in (False, None):
         return "off"
     return str(value)
 
 
+# What a gunicorn release that lacks a setting does, for each setting it may lack (21.2 is the
+# oldest supported release). Read through `gunicorn_setting`, never by version number.
+ABSENT: dict[str, Any] = {
+    # gunicorn 21 maps a name with "_" like any other, joining it with its "-" twin: the
+    # "dangerous" mapping of 22+ (21.2's http/wsgi.py: 'HTTP_' + name.replace('-', '_')).
+    "header_map": "dangerous",
+    "forwarder_headers": [],  # 21 and 22: no header is exempt from header_map
+    # 21: no setting, and nothing to honour: aiohttp's parser refuses lower-case methods and
+    # folded lines whatever gunicorn says (README: "Supported versions").
+    "casefold_http_method": False,
+    "permit_obsolete_folding": False,
+}
+
+
+def gunicorn_setting(cfg: Any, name: str) -> Any:
+    """gunicorn's value of setting `name`; where the running gunicorn lacks the setting, the value
+    that gives that release's behaviour (ABSENT), or None for a setting it never had."""
+    if name in cfg.settings:  # feature detection: the settings differ from release to release
+        return getattr(cfg, name)
+    return ABSENT.get(name)
+
+
 def from_cfg(cfg: Any, environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from gunicorn's Config; raises SettingsError for unusable values."""
     env = os.environ if environ is None else environ
-    allow = tuple(cfg.forwarded_allow_ips)
-    proxy_allow = tuple(cfg.proxy_allow_ips)
+
+    def get(name: str) -> Any:
+        return gunicorn_setting(cfg, name)
+
+    allow = tuple(get("forwarded_allow_ips"))
+    proxy_allow = tuple(get("proxy_allow_ips"))
     values: dict[str, Any] = dict(
-        threads=max(1, int(cfg.threads)),
-        worker_connections=max(1, int(cfg.worker_connections)),
-        keepalive=float(cfg.keepalive),
-        graceful_timeout=float(cfg.graceful_timeout),
-        timeout=float(cfg.timeout),
-        workers=int(cfg.workers),
-        limit_request_line=int(cfg.limit_request_line),
-        limit_request_fields=int(cfg.limit_request_fields),
-        limit_request_field_size=int(cfg.limit_request_field_size),
-        tmp_upload_dir=cfg.tmp_upload_dir,
-        sendfile=cfg.sendfile is not False,
-        is_ssl=bool(cfg.is_ssl),
-        secure_scheme_headers={k.upper(): v for k, v in cfg.secure_scheme_headers.items()},
-        forwarder_headers=frozenset(h.upper() for h in getattr(cfg, "forwarder_headers", [])),
+        threads=max(1, int(get("threads"))),
+        worker_connections=max(1, int(get("worker_connections"))),
+        keepalive=float(get("keepalive")),
+        graceful_timeout=float(get("graceful_timeout")),
+        timeout=float(get("timeout")),
+        workers=int(get("workers")),
+        limit_request_line=int(get("limit_request_line")),
+        limit_request_fields=int(get("limit_request_fields")),
+        limit_request_field_size=int(get("limit_request_field_size")),
+        tmp_upload_dir=get("tmp_upload_dir"),
+        sendfile=get("sendfile") is not False,
+        is_ssl=bool(cfg.is_ssl),  # a Config property (certfile or keyfile set), in every release
+        secure_scheme_headers={k.upper(): v for k, v in get("secure_scheme_headers").items()},
+        forwarder_headers=frozenset(h.upper() for h in get("forwarder_headers")),
         forwarded_allow_ips=allow,
         forwarded_networks=_networks(allow),
-        header_map=getattr(cfg, "header_map", "drop"),
-        proxy_protocol=_proxy_mode(cfg.proxy_protocol),
+        header_map=get("header_map"),
+        proxy_protocol=_proxy_mode(get("proxy_protocol")),
         proxy_allow_ips=proxy_allow,
         proxy_networks=_networks(proxy_allow),
-        casefold_http_method=bool(getattr(cfg, "casefold_http_method", False)),
-        strip_header_spaces=bool(getattr(cfg, "strip_header_spaces", False)),
-        permit_obsolete_folding=bool(getattr(cfg, "permit_obsolete_folding", False)),
+        casefold_http_method=bool(get("casefold_http_method")),
+        strip_header_spaces=bool(get("strip_header_spaces")),
+        permit_obsolete_folding=bool(get("permit_obsolete_folding")),
         script_name=env.get("SCRIPT_NAME", ""),
     )
     values.update(_from_env(env))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import gc
+import io
+import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from gunicorn.http.wsgi import WSGIErrorsWrapper
 from gunicorn.workers import base
 
 from . import diagnostics
@@ -48,6 +49,8 @@ UNSUPPORTED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("http2_cleartext", lambda value: value not in (None, "off", False), "h2c is not served"),
     ("http_parser", lambda value: value not in (None, "auto"),
      "requests are parsed by aiohttp's parser, not by gunicorn's"),
+    ("tolerate_dangerous_framing", bool,  # gunicorn 22.0 only
+     "aiohttp's parser refuses a request with both Transfer-Encoding and Content-Length with 400"),
 )
 
 
@@ -55,6 +58,48 @@ def drain_budget(graceful_timeout: float) -> float:
     """Seconds a graceful drain may last: graceful_timeout less the exit margin."""
     margin = max(EXIT_MARGIN, graceful_timeout * EXIT_MARGIN_SHARE)
     return max(0.0, graceful_timeout - min(margin, graceful_timeout / 2))
+
+
+def gil_enabled() -> bool:
+    """Whether this interpreter runs with the GIL: False only on a free-threaded build (3.13t+)
+    that runs with it off. The one probe the start-up check calls (tests replace it)."""
+    probe = getattr(sys, "_is_gil_enabled", None)  # documented since 3.13; absent before
+    return True if probe is None else bool(probe())
+
+
+def refuse_without_gil() -> None:
+    """Refuse to start where the GIL is off: the thread bridge (bridge.py) hands work between
+    the loop and app threads without locks, which is only safe while the GIL serialises them."""
+    if not gil_enabled():
+        raise settings_mod.SettingsError(
+            "gunicorn_aiowsgi needs the GIL, and this free-threaded Python runs without it: its "
+            "thread bridge is not safe there yet. Start gunicorn with the GIL on: PYTHON_GIL=1 "
+            "in the environment, or python -X gil=1 -m gunicorn ...")
+
+
+class WSGIErrors(io.RawIOBase):
+    """wsgi.errors (PEP 3333 section "environ Variables"): what apps write goes to the streams of
+    gunicorn's error log. gunicorn's WSGIErrorsWrapper (the same in 21.2 and 27), copied: it is
+    not part of gunicorn's documented API, so a release may move or change it."""
+
+    def __init__(self, cfg: Any) -> None:
+        handlers = logging.getLogger("gunicorn.error").handlers
+        self.streams: list[Any] = []
+        if cfg.errorlog == "-":
+            # gunicorn's first handler then writes to stderr already: not twice.
+            self.streams.append(sys.stderr)
+            handlers = handlers[1:]
+        for handler in handlers:
+            if hasattr(handler, "stream"):
+                self.streams.append(handler.stream)
+
+    def write(self, data: Any) -> None:
+        for stream in self.streams:
+            try:
+                stream.write(data)
+            except UnicodeError:
+                stream.write(data.encode("UTF-8"))
+            stream.flush()
 
 
 class WorkerPhase(enum.Enum):
@@ -208,11 +253,12 @@ class Worker(base.Worker):
 
     def start(self) -> None:
         assert self.loop is not None
+        refuse_without_gil()
         self.settings = settings_mod.from_cfg(self.cfg)
         self.warn_unsupported()
         self.pool = ThreadPool(self.settings.threads)
         self.server = Server(self, self.settings, self.wsgi, self.pool, self.loop, self.log,
-                             WSGIErrorsWrapper(self.cfg))
+                             WSGIErrors(self.cfg))
         ssl_context = self.ssl_context() if self.cfg.is_ssl else None
         self.listener = Listener(self.loop, self.sockets, self.server, ssl_context,
                                  self.settings.worker_connections, self.log)
@@ -236,7 +282,7 @@ class Worker(base.Worker):
     def warn_unsupported(self) -> None:
         """Settings aiohttp's parser cannot honour: said at startup, never silently ignored."""
         for name, is_set, what in UNSUPPORTED:
-            value = getattr(self.cfg, name, None)
+            value = settings_mod.gunicorn_setting(self.cfg, name)  # None: this gunicorn lacks it
             if is_set(value):
                 self.log.warning("%s is set but not supported by gunicorn_aiowsgi: %s (%s=%r)",
                                  name, what, name, value)

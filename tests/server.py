@@ -36,6 +36,35 @@ NO_CONTROL_SOCKET = (["--no-control-socket"]
                      else [])
 
 
+# The gunicorn that comparisons are held to, whatever gunicorn is installed: the corpus
+# (robustness/corpus.py) and the gthread masters the contract tests compare with
+# (Gunicorn(reference=True): run from its sdist, pure Python, beside the installed one).
+REFERENCE_GUNICORN = "27.0.1"
+
+
+def reference_tree() -> Path:
+    """The unpacked sdist of gunicorn REFERENCE_GUNICORN (fetched once, then cached)."""
+    from robustness.sdists import sdist
+
+    return sdist("gunicorn", REFERENCE_GUNICORN)
+
+
+def reference_args() -> list[str]:
+    """Flags that give the reference gunicorn the behaviour the installed gunicorn has where it
+    lacks a setting (gunicorn_aiowsgi.settings.ABSENT: what the worker does there too)."""
+    from gunicorn.config import Config
+
+    from gunicorn_aiowsgi.settings import ABSENT
+
+    installed, args = Config().settings, []
+    for name, value in ABSENT.items():
+        if name in installed or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        args += [flag] if value is True else [flag, ",".join(value) if isinstance(value, list) else value]
+    return args
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -60,13 +89,14 @@ class Gunicorn:
     def __init__(self, app: str = "apps:hello", *args: str, worker_class: str = "gunicorn_aiowsgi.Worker",
                  env: dict[str, str] | None = None, bind: str | None = "127.0.0.1:0",
                  workers: int = 1, config: str | None = None, cwd: str | None = None,
-                 access_log: bool = True, wait_ready: bool = True, loglevel: str = "info"):
+                 access_log: bool = True, wait_ready: bool = True, loglevel: str = "info",
+                 python: str = sys.executable, reference: bool = False):
         # Logs stay readable after stop(); the whole run's directories go at exit.
         self.dir = Path(tempfile.mkdtemp(prefix="gunicorn-", dir=run_dir()))
         self.error_log = self.dir / "error.log"
         self.access_log = self.dir / "access.log"
         self.stdout = self.dir / "stdout.log"
-        cmd = [sys.executable, "-m", "gunicorn", "-k", worker_class, "--workers", str(workers),
+        cmd = [python, "-m", "gunicorn", "-k", worker_class, "--workers", str(workers),
                "--error-logfile", str(self.error_log), "--log-level", loglevel,
                "--chdir", str(TESTS), "--graceful-timeout", "10", *NO_CONTROL_SOCKET]
         if bind:
@@ -75,10 +105,14 @@ class Gunicorn:
             cmd += ["--access-logfile", str(self.access_log)]
         if config:
             cmd += ["--config", config]
+        own = len(cmd)  # where the test's own flags start
         cmd += list(args) + [app]
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), full_env.get("PYTHONPATH", "")])
         full_env.update(env or {})
+        if reference:  # gunicorn REFERENCE_GUNICORN's master, not the installed gunicorn's
+            full_env["PYTHONPATH"] = os.pathsep.join([str(reference_tree()), full_env["PYTHONPATH"]])
+            cmd[own:own] = ["--no-control-socket", *reference_args()]  # the test's flags win
         self._start(cmd, full_env, cwd or str(TESTS))
         self._wait_listening(workers if wait_ready else 0)
 

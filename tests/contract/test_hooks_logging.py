@@ -56,7 +56,7 @@ def run_script(worker_class: str, tmp: Path) -> dict[str, Any]:
     with serve("--threads", "2", "--access-logformat", FORMAT, "--statsd-host",
                f"127.0.0.1:{statsd.getsockname()[1]}", "--statsd-prefix", "contract",
                marks=marks_path, worker_class=worker_class,
-               wait_ready=worker_class != "gthread") as g:
+               wait_ready=worker_class != "gthread", reference=worker_class == "gthread") as g:
         answers = [get(g, "/headers?n=3&x=y", headers=HEADERS)[:2], get(g, "/boom")[0]]
         with Conn.to(g) as conn:
             conn.send(BAD_REQUEST)

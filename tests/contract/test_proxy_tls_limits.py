@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trustme
+from gunicorn.config import Config
 from server import Conn, listen_queue
 from server import request as send_raw
 
@@ -36,9 +37,29 @@ def exchange(server: Any, data: bytes, count: int = 1, wrap: Any = None) -> list
 
 
 def both(*args: str, **kwargs: Any) -> dict[str, Any]:
-    """An aiowsgi and a gthread master with the same settings (caller stops them)."""
-    return {kind: serve(*args, worker_class=kind, wait_ready=kind == AIOWSGI, **kwargs)
+    """An aiowsgi and a gthread master with the same settings (caller stops them); gthread is
+    the reference gunicorn's (server.REFERENCE_GUNICORN), whatever gunicorn is installed."""
+    return {kind: serve(*args, worker_class=kind, wait_ready=kind == AIOWSGI,
+                        reference=kind == GTHREAD, **kwargs)
             for kind in (AIOWSGI, GTHREAD)}
+
+
+def needs(*names: str) -> Any:
+    """Skip where the installed gunicorn lacks a setting the test passes (feature detection);
+    where the worker takes that release's behaviour instead, tests/unit/test_compat.py tests it."""
+    settings = Config().settings
+    missing = [name for name in names if name not in settings]
+    if "proxy_modes" in names:  # before 24.1 proxy_protocol is a boolean: no v1/v2/auto
+        missing = [n for n in missing if n != "proxy_modes"]
+        if settings["proxy_protocol"].default is False:
+            missing.append("proxy_protocol modes")
+    if "allow_networks" in names:  # before 24.1 forwarded_allow_ips takes addresses only
+        missing = [n for n in missing if n != "allow_networks"]
+        try:
+            Config().set("forwarded_allow_ips", "127.0.0.0/8")
+        except ValueError:
+            missing.append("networks in forwarded_allow_ips")
+    return pytest.mark.skipif(bool(missing), reason=f"this gunicorn has no {', '.join(missing)}")
 
 
 def same_answers(servers: dict[str, Any], data: bytes, count: int = 1, **kw: Any) -> list:
@@ -76,9 +97,11 @@ FORWARDED = [
 @pytest.mark.parametrize("args", [
     (),
     ("--forwarded-allow-ips", "192.0.2.1"),                    # the loopback client is untrusted
-    ("--forwarded-allow-ips", "*", "--header-map", "dangerous"),
-    ("--header-map", "refuse", "--forwarder-headers", "SCRIPT_NAME,X_UNDER_SCORE"),
-    ("--forwarded-allow-ips", "127.0.0.0/8"),
+    pytest.param(("--forwarded-allow-ips", "*", "--header-map", "dangerous"),
+                 marks=needs("header_map")),
+    pytest.param(("--header-map", "refuse", "--forwarder-headers", "SCRIPT_NAME,X_UNDER_SCORE"),
+                 marks=needs("header_map", "forwarder_headers")),
+    pytest.param(("--forwarded-allow-ips", "127.0.0.0/8"), marks=needs("allow_networks")),
 ], ids=["defaults", "untrusted", "dangerous", "refuse", "network"])
 def test_forwarded_headers_decide_like_gthread(args: tuple[str, ...]) -> None:
     servers = both(*args)
@@ -113,6 +136,7 @@ def proxied() -> Any:
         server.stop()
 
 
+@needs("proxy_modes")
 @pytest.mark.parametrize("preamble", [v1("203.0.113.7", 4242), v1("2001:db8::7", 4243),
                                       v2("198.51.100.8", 5353)], ids=["v1-ipv4", "v1-ipv6", "v2"])
 def test_proxy_protocol_addresses_every_request_on_the_connection(proxied: Any,
@@ -130,6 +154,7 @@ def test_proxy_protocol_addresses_every_request_on_the_connection(proxied: Any,
     assert ours[0][1]["REMOTE_PORT"] == theirs[0][1]["REMOTE_PORT"]
 
 
+@needs("proxy_modes")
 def test_proxy_protocol_from_a_peer_not_allowed_is_refused() -> None:
     servers = both("--proxy-protocol", "v1", "--proxy-allow-from", "192.0.2.1")
     try:
@@ -139,6 +164,7 @@ def test_proxy_protocol_from_a_peer_not_allowed_is_refused() -> None:
             server.stop()
 
 
+@needs("proxy_modes")
 def test_proxy_protocol_garbage_is_a_400(proxied: Any) -> None:
     assert same_answers(proxied, b"PROXY TCP4 nonsense\r\n" + request()) == [(400, None)]
 
@@ -288,13 +314,22 @@ def test_backlog_is_the_masters(tmp_path: Path) -> None:
             assert listen_queue(g.port)[1] == min(backlog, somaxconn)
 
 
+# The warned settings with the flags that set them; each test run passes those the installed
+# gunicorn has (feature detection): gunicorn 21 has only strip_header_spaces of these.
+WARNED_FLAGS = {
+    "permit_obsolete_folding": ("--permit-obsolete-folding",),
+    "strip_header_spaces": ("--strip-header-spaces",),
+    "permit_unconventional_http_method": ("--permit-unconventional-http-method",),
+    "casefold_http_method": ("--casefold-http-method",),
+    "http_parser": ("--http-parser", "python"),
+}
+
+
 def test_settings_aiohttp_cannot_honour_are_said_at_startup() -> None:
-    with serve("--permit-obsolete-folding", "--strip-header-spaces",
-               "--permit-unconventional-http-method", "--casefold-http-method",
-               "--http-parser", "python") as g:
+    names = [name for name in WARNED_FLAGS if name in Config().settings]
+    with serve(*(flag for name in names for flag in WARNED_FLAGS[name])) as g:
         log = g.log()
-        for name in ("permit_obsolete_folding", "strip_header_spaces",
-                     "permit_unconventional_http_method", "casefold_http_method", "http_parser"):
+        for name in names:
             assert f"[WARNING] {name} is set but not supported by gunicorn_aiowsgi: " in log
         # and they behave as the warning says
         assert exchange(g, request("/pid", "X-Folded: a\r\n b\r\n"))[0][0] == 400

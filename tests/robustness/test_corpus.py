@@ -1,13 +1,19 @@
 """gunicorn's own request corpus replayed over a socket against a live worker.
 
-Every `.http` case of tests/requests/{valid,invalid} in gunicorn's sdist (fetched at test time,
-for the gunicorn version installed) is sent whole and in small pieces, then the client half-closes.
+Every `.http` case of tests/requests/{valid,invalid} in gunicorn 27.0.1's sdist (the one fixed
+reference, whatever gunicorn is installed: corpus.py) is sent whole and in small pieces, then the
+client half-closes.
 
 - invalid: answered with the status gunicorn's handle_error gives (or no answer where gunicorn
-  gives none), then closed, and never reaching the app (the app records every call it gets);
+  gives none), then closed, and never reaching the app (the app records every call it gets).
+  An HTTP/1.1 case without Host is replayed again with a Host field added: the worker refuses
+  the missing Host first (RFC 9112 section 3.2), so only then is the fault the case exists for
+  (a broken chunk, say) parsed at all, and it must be refused for that fault;
 - valid: each request reaches the app once with the environ gunicorn.http.wsgi.create builds
   for the same bytes, except where RFC 9112 requires a refusal (HTTP/1.1 without Host); those
   are replayed again with a Host field added, and must then match gunicorn in full.
+- a case whose settings the installed gunicorn lacks (corpus.Case.adapted) is held to what the
+  reference does with the settings the worker takes instead (that release's behaviour).
 
 Each other difference is in DEVIATIONS.md, and a test below keeps that file in step.
 """
@@ -109,8 +115,9 @@ def same_environ(ours: dict, theirs: dict) -> None:
     assert ours == theirs
 
 
-def check_served(case: corpus.Case, responses: list, client, server: Gunicorn, count: int) -> None:
-    expected = corpus.gunicorn_environs(case, client, (server.host, server.port))
+def check_served(case: corpus.Case, responses: list, client, server: Gunicorn, count: int,
+                 data: bytes | None = None) -> None:
+    expected = corpus.gunicorn_environs(case, client, (server.host, server.port), data)
     for index in range(count):
         status, _headers, body = responses[index]
         assert status == 200, (index, body)
@@ -126,9 +133,24 @@ def refusals(server: Gunicorn, text: str) -> int:
     return server.log().count(text)
 
 
+def check_against_reference(case: corpus.Case, sender: str, servers, data: bytes) -> None:
+    """`data` is answered, and reaches the app, as the reference treats the same bytes with the
+    settings the installed gunicorn gives the worker (for corpus.Case.adapted cases)."""
+    served, exc = corpus.gunicorn_refuses(case, data)
+    status = corpus.gunicorn_status(exc, case.run_cfg)
+    server, calls = servers(case)
+    responses, client = replay(server, data, sender)
+    assert [r[0] for r in responses] == [200] * served + ([status] if status else []), responses
+    assert len(calls.read_text().splitlines()) == served
+    check_served(case, responses, client, server, served, data)
+
+
 @pytest.mark.parametrize("sender", SENDERS)
 @pytest.mark.parametrize("case", INVALID, ids=[c.name for c in INVALID])
 def test_invalid_request_is_refused(case, sender, servers):
+    if case.adapted:
+        check_against_reference(case, sender, servers, corpus.add_host(case.data))
+        return
     _served, exc = corpus.gunicorn_refuses(case)
     assert isinstance(exc, case.expect), (case.name, exc)  # the corpus means what we think
     server, calls = servers(case)
@@ -140,11 +162,31 @@ def test_invalid_request_is_refused(case, sender, servers):
         if "trailer" in case.name:  # the trailer section is discarded: Host stays the head's
             assert json.loads(responses[0][2])["HTTP_HOST"] == "example.com"
         return
-    status = INVALID_OTHER_STATUS.get(case.name, corpus.gunicorn_status(exc))
+    status = INVALID_OTHER_STATUS.get(case.name, corpus.gunicorn_status(exc, case.run_cfg))
     assert statuses == ([status] if status else []), (case.name, responses)
     for _status, headers, _body in responses:
         assert headers["connection"] == "close"
     assert calls.read_text() == "", "an invalid request reached the app"
+
+
+# Invalid HTTP/1.1 cases without Host (the worker refuses the missing Host before anything else).
+HOSTLESS = [c for c in INVALID if corpus.add_host(c.data) != c.data and not c.adapted
+            and c.name not in INVALID_SERVED]
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+@pytest.mark.parametrize("case", HOSTLESS, ids=[c.name for c in HOSTLESS])
+def test_invalid_request_with_host_added_is_refused_for_its_own_fault(case, sender, servers):
+    data = corpus.add_host(case.data)
+    _served, exc = corpus.gunicorn_refuses(case, data)
+    assert isinstance(exc, case.expect), (case.name, exc)  # still invalid, for the same fault
+    server, calls = servers(case)
+    missing_host = refusals(server, MISSING_HOST)
+    responses, _client = replay(server, data, sender)
+    status = INVALID_OTHER_STATUS.get(case.name, corpus.gunicorn_status(exc, case.run_cfg))
+    assert [r[0] for r in responses] == ([status] if status else []), (case.name, responses)
+    assert calls.read_text() == "", "an invalid request reached the app"
+    assert refusals(server, MISSING_HOST) == missing_host, "refused for the Host, not its fault"
 
 
 def refused_once(server: Gunicorn, statuses: list, calls: Path, before: dict, served: int = 0) -> str:
@@ -178,6 +220,9 @@ def check_all_served(case, server, calls, sender) -> None:
 @pytest.mark.parametrize("sender", SENDERS)
 @pytest.mark.parametrize("case", VALID, ids=[c.name for c in VALID])
 def test_valid_request_reaches_app_as_gunicorn_builds_it(case, sender, servers):
+    if case.adapted:
+        check_against_reference(case, sender, servers, corpus.add_host(case.data))
+        return
     server, calls = servers(case)
     unsupported = [name for name in UNSUPPORTED if case.settings.get(name)]
     if unsupported:  # said at startup, refused per request
@@ -211,5 +256,6 @@ def test_every_deviation_is_documented():
     unsupported = {f"valid/{c.name}" for c in VALID if any(c.settings.get(n) for n in UNSUPPORTED)}
     expected = ({f"invalid/{n}" for n in INVALID_SERVED} | {f"invalid/{n}" for n in INVALID_OTHER_STATUS}
                 | {f"valid/{n}" for n in VALID_REFUSED} | missing_host_cases | unsupported)
-    assert expected <= listed, sorted(expected - listed)
+    # Equality: a stale entry (a case that no longer deviates) fails as a missing one does.
+    assert listed == expected, (sorted(expected - listed), sorted(listed - expected))
     assert len(VALID) >= 60 and len(INVALID) >= 80  # the whole corpus was found

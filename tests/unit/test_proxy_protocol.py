@@ -12,8 +12,7 @@ import struct
 from dataclasses import dataclass
 
 import pytest
-from gunicorn import config as gunicorn_config
-from gunicorn.http import errors, message, unreader
+from robustness.corpus import REFERENCE
 
 from gunicorn_aiowsgi import proxy_protocol
 from gunicorn_aiowsgi.proxy_protocol import (
@@ -461,7 +460,8 @@ def test_bad_mode(mode, error):
 
 @pytest.mark.parametrize("mode, normal", MODES)
 def test_normalize_mode_matches_gunicorn(mode, normal):
-    assert gunicorn_config.validate_proxy_protocol(mode) == normal
+    # gunicorn 27.0.1 (the reference, whatever gunicorn is installed: robustness/corpus.py).
+    assert REFERENCE.config.validate_proxy_protocol(mode) == normal
 
 
 # --- IPv6 text as gunicorn (inet_ntop) writes it -------------------------
@@ -491,11 +491,15 @@ def test_ipv6_text_matches_inet_ntop():
 
 
 def gunicorn_outcome(mode, data):
-    """Run gunicorn 27's WSGI request parser on data; map its verdict onto ours."""
-    cfg = gunicorn_config.Config()
+    """Run gunicorn 27.0.1's WSGI request parser on data (the reference, whatever gunicorn is
+    installed: robustness/corpus.py); map its verdict onto ours."""
+    errors = REFERENCE.errors
+    cfg = REFERENCE.config.Config()
     cfg.set("proxy_protocol", mode)
     try:
-        req = message.Request(cfg, unreader.IterUnreader([data]), ("127.0.0.1", 4321), 1)
+        with REFERENCE.active():
+            req = REFERENCE.message.Request(cfg, REFERENCE.unreader.IterUnreader([data]),
+                                            ("127.0.0.1", 4321), 1)
     except (errors.NoMoreData, StopIteration):
         return NEED_MORE
     except errors.ParseException:
