@@ -211,3 +211,11 @@ def test_a_body_refused_on_the_way_in_ends_the_request_once():
     h = run(chunked("/big", b"x" * 40, b"y" * 40) + get("/next"), max_body_size=50)
     assert [status for status, _ in h.responses()] == [413]
     assert h.worker.served == 0 and h.conn.state is ConnState.LINGER
+
+
+def test_the_adapter_checks_the_range_pyproject_declares():
+    from gunicorn_aiowsgi import parser
+
+    deps = (PACKAGE.parent / "pyproject.toml").read_text()
+    assert f'"{parser.SUPPORTED}"' in deps
+    assert parser._version("3.13.4") == (3, 13, 4) and parser._version("3.14.0rc1") == (3, 14, 0)
