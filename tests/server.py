@@ -556,3 +556,39 @@ def settle(pid: int, base: Usage, timeout: float = 15.0, directory: str | None =
         now = Usage.of(pid, directory)
         fds = sorted(sysinfo.fd_targets(pid))[:40]
         raise AssertionError(f"leak: before {base}, now {now}; fds: {fds}") from None
+
+
+def needs(*names: str) -> Any:
+    """Skip where the installed gunicorn lacks a setting the test passes (feature detection);
+    where the worker takes that release's behaviour instead, tests/unit/test_compat.py tests it."""
+    from gunicorn.config import Config
+
+    settings = Config().settings
+    missing = [name for name in names if name not in settings]
+    if "proxy_modes" in names:  # before 24.1 proxy_protocol is a boolean: no v1/v2/auto
+        missing = [n for n in missing if n != "proxy_modes"]
+        if not proxy_modes():
+            missing.append("proxy_protocol modes")
+    if "allow_networks" in names:  # before 24.1 forwarded_allow_ips takes addresses only
+        missing = [n for n in missing if n != "allow_networks"]
+        try:
+            Config().set("forwarded_allow_ips", "127.0.0.0/8")
+        except ValueError:
+            missing.append("networks in forwarded_allow_ips")
+    import pytest
+
+    return pytest.mark.skipif(bool(missing), reason=f"this gunicorn has no {', '.join(missing)}")
+
+
+def has_setting(name: str) -> bool:
+    """Whether the installed gunicorn has this setting (gunicorn 21 has no header_map, say)."""
+    from gunicorn.config import Config
+
+    return name in Config().settings
+
+
+def proxy_modes() -> bool:
+    """gunicorn 24.1+ takes --proxy-protocol off|v1|v2|auto; before, it is a flag (a boolean)."""
+    from gunicorn.config import Config
+
+    return Config().settings["proxy_protocol"].default is not False

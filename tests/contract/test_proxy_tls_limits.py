@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trustme
 from gunicorn.config import Config
-from server import Conn, listen_queue
+from server import Conn, listen_queue, needs
 from server import request as send_raw
 
 from .helpers import marks, serve
@@ -42,24 +42,6 @@ def both(*args: str, **kwargs: Any) -> dict[str, Any]:
     return {kind: serve(*args, worker_class=kind, wait_ready=kind == AIOWSGI,
                         reference=kind == GTHREAD, **kwargs)
             for kind in (AIOWSGI, GTHREAD)}
-
-
-def needs(*names: str) -> Any:
-    """Skip where the installed gunicorn lacks a setting the test passes (feature detection);
-    where the worker takes that release's behaviour instead, tests/unit/test_compat.py tests it."""
-    settings = Config().settings
-    missing = [name for name in names if name not in settings]
-    if "proxy_modes" in names:  # before 24.1 proxy_protocol is a boolean: no v1/v2/auto
-        missing = [n for n in missing if n != "proxy_modes"]
-        if settings["proxy_protocol"].default is False:
-            missing.append("proxy_protocol modes")
-    if "allow_networks" in names:  # before 24.1 forwarded_allow_ips takes addresses only
-        missing = [n for n in missing if n != "allow_networks"]
-        try:
-            Config().set("forwarded_allow_ips", "127.0.0.0/8")
-        except ValueError:
-            missing.append("networks in forwarded_allow_ips")
-    return pytest.mark.skipif(bool(missing), reason=f"this gunicorn has no {', '.join(missing)}")
 
 
 def same_answers(servers: dict[str, Any], data: bytes, count: int = 1, **kw: Any) -> list:

@@ -8,7 +8,7 @@ import os
 import socket
 
 import pytest
-from server import Conn, Gunicorn, get, request
+from server import Conn, Gunicorn, get, has_setting, request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,7 +78,10 @@ def test_repeated_headers_join_and_underscore_dropped(srv):
                                    b"X-Forwarded-For: 1.2.3.4\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n")
     env = json.loads(body)
     assert env["HTTP_X_MULTI"] == "a,b"
-    assert env["HTTP_X_FORWARDED_FOR"] == "1.2.3.4"  # the "_" spelling must not overwrite it
+    # The "_" spelling must not overwrite it (header_map "drop"); gunicorn 21, which has no
+    # header_map, joins it in, and the worker does as the installed gunicorn does.
+    joined = "1.2.3.4" if has_setting("header_map") else "1.2.3.4,6.6.6.6"
+    assert env["HTTP_X_FORWARDED_FOR"] == joined
 
 
 def test_latin1_header_value(srv):
