@@ -1,4 +1,4 @@
-"""gunicorn-aiowsgi: a gunicorn worker serving WSGI apps through aiohttp's HTTP server and a thread pool."""
+"""gunicorn-aiowsgi: a gunicorn worker serving WSGI apps from an asyncio loop (aiohttp's C parser) and a thread pool."""
 
 __version__ = "0.1.0"
 

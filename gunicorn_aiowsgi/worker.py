@@ -111,7 +111,7 @@ class WorkerPhase(enum.Enum):
 
 
 class Worker(base.Worker):
-    """`gunicorn -k gunicorn_aiowsgi.Worker`: one asyncio loop, aiohttp's HTTP server, a thread pool."""
+    """`gunicorn -k gunicorn_aiowsgi.Worker`: one asyncio loop, aiohttp's C request parser, a thread pool."""
 
     # The signals the master handles; the child resets them so it does not inherit them.
     RESET = ("HUP", "USR2", "TTIN", "TTOU", "CHLD")
