@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gunicorn_aiowsgi.boundary import LINGER, Boundary, ConnState, deadline
-from gunicorn_aiowsgi.errors import BadRequest
+from gunicorn_aiowsgi.errors import BadRequest, URITooLong
 from gunicorn_aiowsgi.settings import Settings
 
 SETTINGS = Settings(keepalive=2.0, header_timeout=30.0, body_timeout=60.0)
@@ -49,15 +49,19 @@ def test_blank_line_across_reads(reads, ends):
     ([b"SOURCE / ICE/1.0\r\n"], True),
 ])
 def test_request_line_protocol_is_checked_once_complete(reads, refused):
-    bound = Boundary()
-    if refused:
-        with pytest.raises(BadRequest):
+    check_lines(Boundary(), reads, BadRequest if refused else None)
+
+
+def check_lines(bound: Boundary, reads: list[bytes], refusal: type[Exception] | None) -> None:
+    """Feed each read's bytes to check_line: refused with `refusal`, or the line done."""
+    if refusal is not None:
+        with pytest.raises(refusal):
             for data in reads:
                 bound.check_line(data)
-    else:
-        for data in reads:
-            bound.check_line(data)
-        assert bound.line_done
+        return
+    for data in reads:
+        bound.check_line(data)
+    assert bound.line_done
 
 
 def test_reset_starts_a_new_message():
@@ -75,14 +79,4 @@ def test_reset_starts_a_new_message():
     ([b"GET /" + b"a" * 300], True),                                  # never ends: refused early
 ])
 def test_request_target_limit_holds_across_reads(reads, refused):
-    from gunicorn_aiowsgi.errors import URITooLong
-
-    bound = Boundary(max_target=100)
-    if refused:
-        with pytest.raises(URITooLong):
-            for data in reads:
-                bound.check_line(data)
-    else:
-        for data in reads:
-            bound.check_line(data)
-        assert bound.line_done
+    check_lines(Boundary(max_target=100), reads, URITooLong if refused else None)
