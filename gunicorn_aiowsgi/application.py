@@ -105,7 +105,7 @@ class AppCall:
         self.channel = channel
         self.version = version
         self.req = req
-        self.server = server        # the Server: worker, log, settings, sendfile support
+        self.server = server        # the worker's Context: worker (hooks), log, monitor, sendfile
         self.started = started      # time.time() when the request head was parsed
         self.method: str = environ["REQUEST_METHOD"]
         self.start = StartResponse(self.method, self._write)
@@ -122,6 +122,7 @@ class AppCall:
     def run(self) -> None:
         worker = self.server.worker
         try:
+            # Inside the try, as gunicorn's workers do: a failing hook is this request's 500.
             worker.cfg.pre_request(worker, self.req)
             result = self.app(self.environ, self.start)
             try:
@@ -157,6 +158,9 @@ class AppCall:
             pass
 
     def _fail(self, exc: BaseException) -> None:
+        """The app (or a hook) raised: a 500 page if nothing was sent yet, else the connection
+        closes (Abort). A head already on the wire can only be followed by its own body (RFC 9112
+        section 6.3); a second response would be read as body bytes."""
         self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
         try:
             if self.start.phase is ResponsePhase.SENT:
@@ -173,7 +177,7 @@ class AppCall:
         if self.framer is not None:
             resp.sent = self.framer.sent
         elapsed = max(0.0, time.time() - self.started)
-        try:
+        try:  # the access log and post_request see every request, failed or cut short
             self.server.log.access(resp, self.req, self.environ, timedelta(seconds=elapsed))
         except Exception:
             self.server.log.exception("Access log failed")
