@@ -80,6 +80,14 @@ class Request:
         data: bytes = self.body.read_nowait(-1)
         return data
 
+    def content_length(self) -> int:
+        """The body's length as Content-Length says (0 without one); the parser checked it is
+        one plain number."""
+        for name, value in self.raw_headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                return int(value)
+        return 0
+
     def body_done(self) -> bool:
         """The parser has seen the end of this request's body (RFC 9112 section 6.3)."""
         return bool(self.body.is_eof())

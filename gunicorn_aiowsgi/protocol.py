@@ -170,16 +170,9 @@ class Connection(asyncio.BufferedProtocol):
             self._enter(ConnState.APP)
         else:
             self.request = request
-            self.body_left = None if request.chunked else self._content_length(request)
+            self.body_left = None if request.chunked else request.content_length()
             self._enter(ConnState.BODY)
         exchange.begin()  # may answer at once (a health check, an error), or wait for the body
-
-    @staticmethod
-    def _content_length(request: Request) -> int:
-        for name, value in request.raw_headers:
-            if len(name) == 14 and name.lower() == b"content-length":
-                return int(value)  # the parser checked it is one plain number
-        return 0
 
     def _body(self, data: bytes) -> bytes:
         """Feed body bytes: exactly Content-Length of them, or chunks up to the last chunk."""
@@ -371,18 +364,6 @@ class Connection(asyncio.BufferedProtocol):
         if self.state is not ConnState.IDLE and self.state is not ConnState.LINGER:
             self.ctx.log.debug("Closing %s: request head not received within %ss",
                                self.peer, self.ctx.settings.header_timeout)
-        self.close()
-
-    def close_if_idle(self, now: float, grace: float) -> None:
-        """Graceful shutdown: an idle keep-alive connection goes now; a busy one finishes first.
-
-        Spared (answered with Connection: close instead): one whose next request is already in
-        the socket, and a new one that has had no chance yet to send its first request.
-        """
-        if self.state is not ConnState.IDLE and self.state is not ConnState.PREAMBLE:
-            return
-        if (not self.requests and now - self.since < grace) or unread_bytes(self.transport):
-            return
         self.close()
 
     # -- PROXY protocol ------------------------------------------------------------------

@@ -8,10 +8,12 @@ from typing import Any, Callable
 
 from .application import FileWrapper
 from .body import SpoolStore
+from .boundary import ConnState
 from .bridge import ThreadPool
 from .context import Context
 from .diagnostics import Monitor
 from .environ import base_environ
+from .listener import unread_bytes
 from .protocol import Connection
 from .settings import Settings
 
@@ -57,10 +59,18 @@ class Server:
             self.on_close()
 
     def close_idle(self) -> None:
-        """Graceful shutdown: idle keep-alive connections go at once; busy ones finish first."""
+        """Graceful shutdown: idle keep-alive connections go at once; busy ones finish first.
+
+        Spared (answered with Connection: close instead): one whose next request is already in
+        the socket, and a new one that has had no chance yet to send its first request.
+        """
         now = self.loop.time()
         for conn in list(self.conns):
-            conn.close_if_idle(now, FRESH_GRACE)
+            if conn.state is not ConnState.IDLE and conn.state is not ConnState.PREAMBLE:
+                continue
+            if (not conn.requests and now - conn.since < FRESH_GRACE) or unread_bytes(conn.transport):
+                continue
+            conn.close()
 
     def close_all(self) -> None:
         for conn in list(self.conns):
