@@ -27,6 +27,12 @@ def post(headers: str, body: bytes) -> bytes:
 
 
 REFUSED = {
+    # RFC 9112 section 2.3: the protocol name is HTTP (llhttp takes these as HTTP/1.0).
+    "rtsp-request-line": b"GET /r RTSP/1.0\r\nHost: t\r\n\r\n",
+    "ice-request-line": b"SOURCE /s ICE/1.0\r\nHost: t\r\n\r\n",
+    # RFC 9110 section 9.3.6: CONNECT has no content; its bytes would be a tunnel's, not a body.
+    "connect-with-content": (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\nContent-Length: 10\r\n\r\n"
+                             b"0123456789"),
     "cl-te": post("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n" + SMUGGLED),
     "te-cl": post("Transfer-Encoding: chunked\r\nContent-Length: 40\r\n", b"0\r\n\r\n" + SMUGGLED),
     "two-cl-differ": post("Content-Length: 5\r\nContent-Length: 40\r\n", b"hello" + SMUGGLED),
