@@ -23,7 +23,7 @@ class Context:
 
     __slots__ = ("settings", "loop", "log", "pool", "inbox", "wsgi", "base", "worker", "monitor",
                  "spools", "can_sendfile", "date", "draining", "opened", "closed", "pending",
-                 "read_buffer")
+                 "read_buffer", "queue_limit")
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, log: Any,
                  pool: ThreadPool, wsgi: Callable[..., Any], base: dict[str, Any], worker: Any,
@@ -45,6 +45,7 @@ class Context:
         self.draining = False
         self.opened: Callable[[Any], None] = lambda conn: None
         self.closed: Callable[[Any], None] = lambda conn: None
+        self.queue_limit = settings.effective_queue_limit  # read per request: resolved once
         self.pending: list[Any] = []        # app calls parsed in this loop turn, not yet handed over
         # Every connection reads into this one buffer (asyncio's read size); a read is copied out
         # before the loop reads again, so one is enough for all connections.

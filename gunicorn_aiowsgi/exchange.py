@@ -54,7 +54,7 @@ class Exchange:
         """The head is parsed: answer on the loop, refuse, or get ready for the body."""
         ctx, conn, req = self.ctx, self.conn, self.request
         settings = ctx.settings
-        if ctx.settings.health_path and req.target.partition("?")[0] == settings.health_path:
+        if settings.health_path and req.target.partition("?")[0] == settings.health_path:
             self.health()
             return
         assert conn.peer is not None  # set in connection_made, before any byte is read
@@ -124,7 +124,7 @@ class Exchange:
     def dispatch(self) -> None:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
-        limit = ctx.settings.effective_queue_limit
+        limit = ctx.queue_limit
         queued = ctx.queued
         if limit and queued >= limit:
             self.environ["wsgi.input"].close()
@@ -166,7 +166,7 @@ class Exchange:
     def health(self) -> None:
         """200 while serving; 503 once draining (balancers stop routing first) or, if asked, when full."""
         ctx = self.ctx
-        limit = ctx.settings.effective_queue_limit
+        limit = ctx.queue_limit
         if ctx.draining:
             self.answer(503, "Service Unavailable", b"draining\n", [])
         elif ctx.settings.health_queue_full and limit and ctx.queued >= limit:
