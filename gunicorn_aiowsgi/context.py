@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from .bridge import Inbox, ThreadPool
 from .diagnostics import Monitor
+from .parser import Limits
 from .replies import HttpDate
 from .settings import Settings
 
@@ -23,7 +24,7 @@ class Context:
 
     __slots__ = ("settings", "loop", "log", "pool", "inbox", "wsgi", "base", "worker", "monitor",
                  "spools", "can_sendfile", "date", "draining", "opened", "closed", "pending",
-                 "read_buffer", "queue_limit")
+                 "read_buffer", "queue_limit", "limits")
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, log: Any,
                  pool: ThreadPool, wsgi: Callable[..., Any], base: dict[str, Any], worker: Any,
@@ -46,6 +47,7 @@ class Context:
         self.opened: Callable[[Any], None] = lambda conn: None
         self.closed: Callable[[Any], None] = lambda conn: None
         self.queue_limit = settings.effective_queue_limit  # read per request: resolved once
+        self.limits = Limits(settings)      # every request parser's limits (parser.py)
         self.pending: list[Any] = []        # app calls parsed in this loop turn, not yet handed over
         # Every connection reads into this one buffer (asyncio's read size); a read is copied out
         # before the loop reads again, so one is enough for all connections.

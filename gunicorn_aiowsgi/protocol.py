@@ -47,7 +47,7 @@ class Connection(asyncio.BufferedProtocol):
         self.proxy = (proxy_protocol.ProxyParser(settings.proxy_protocol)
                       if proxy_protocol.enabled(settings.proxy_protocol) else None)
         self.state = ConnState.PREAMBLE if self.proxy else ConnState.IDLE
-        self.parser = Parser(settings, ctx.loop)
+        self.parser = Parser(ctx.limits, ctx.loop)
         self.exchange: Exchange | None = None
         self.request: Request | None = None      # the request whose head or body is being read
         self.held = bytearray()     # bytes after the current request, known to start a new one
@@ -55,7 +55,7 @@ class Connection(asyncio.BufferedProtocol):
         self.since = ctx.loop.time()  # when the current state began, or the last body byte came
         self.timer: Any = None
         # The current message's request line and last bytes fed; the same target limit as the parser.
-        self.bound = Boundary(self.parser.max_line)
+        self.bound = Boundary(ctx.limits.max_line)
         self.body_left: int | None = None  # Content-Length bytes still to come; None: chunked
         self.reading = True         # the transport is reading (we pause it, never aiohttp)
         self.writable = True        # the transport's buffer is below its high-water mark
