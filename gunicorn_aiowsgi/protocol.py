@@ -10,7 +10,6 @@ request can never take down or be joined to the one before it (RFC 9112 sections
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 from . import proxy_protocol
@@ -53,8 +52,7 @@ class Connection(asyncio.BufferedProtocol):
         self.bound: Boundary | None = None
         self.exchange: Exchange | None = None
         self.request: Request | None = None      # the request whose head or body is being read
-        # Bytes after the current request, known to start a new one; while none, the shared b"".
-        self.held: bytes | bytearray = b""
+        self.held: bytes | bytearray = b""  # bytes after the request, known to start the next
         self.requests = 0           # requests answered on this connection (count)
         self.since = ctx.loop.time()  # when the current state began, or the last body byte came
         self.timer: Any = None
@@ -65,14 +63,7 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        self.transport = transport  # its socket's options are set on accept (listener.py)
         # asyncio pauses writers at 64 KiB; large streamed chunks would then stall on every
         # one. Let the transport hold up to write_buffer before the relay waits.
         high = self.ctx.settings.write_buffer
@@ -130,7 +121,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.held:
             self.held += data
         else:
-            self.held = bytearray(data)
+            self.held = bytearray(data)  # b"" while none: no buffer kept per idle connection
         if len(self.held) > HELD_LIMIT:
             self.pause_reading()
 
@@ -170,16 +161,15 @@ class Connection(asyncio.BufferedProtocol):
         if len(requests) > 1 or tail:
             # Strict CRLF parsing ends a head at its blank line; anything else is not HTTP/1.1.
             raise BadRequest("Invalid request framing")
+        bound.reset()
+        if parser.upgraded:
+            # The parser stops at an Upgrade or CONNECT head; what follows it starts a new one.
+            parser.reset(self.ctx.loop)
         self._begin(requests[0])
         return rest
 
     def _begin(self, request: Request) -> None:
         """A head is complete: start its exchange; read its body, if any, next."""
-        assert self.bound is not None and self.parser is not None
-        self.bound.reset()
-        if self.parser.upgraded:
-            # The parser stops at an Upgrade or CONNECT head; what follows it starts a new one.
-            self.parser.reset(self.ctx.loop)
         self.exchange = exchange = Exchange(self.ctx, self, request, self.requests + 1)
         if request.body_done():
             self._enter(ConnState.APP)

@@ -10,6 +10,7 @@ import pytest
 from memory import Harness
 
 from gunicorn_aiowsgi.boundary import ConnState, protocol_ok
+from gunicorn_aiowsgi.listener import tune
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gunicorn_aiowsgi"
 
@@ -122,6 +123,19 @@ def test_a_request_waiting_in_the_socket_at_keepalive_expiry_is_parsed_from_a_ne
         client.close()
     assert h.responses() == [(200, b"GET /one "), (200, b"GET /two ")]
     assert holds_nothing(h)
+
+
+def test_an_accepted_tcp_socket_gets_nodelay_and_keepalive():
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        tune(accepted)
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    finally:
+        for sock in (accepted, client, server):
+            sock.close()
 
 
 BAD = b"GET /bad HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n"
