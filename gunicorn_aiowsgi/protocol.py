@@ -344,7 +344,7 @@ class Connection(asyncio.BufferedProtocol):
             # A shorter deadline than the pending one (keepalive 2 s after a 30 s header
             # timeout, say): the pending timer would close the idle connection far too late.
             self.timer.cancel()
-        self.timer = self.ctx.loop.call_at(deadline, self._expire)
+        self.timer = self.ctx.call_at(deadline, self._expire)
 
     def _expire(self) -> None:
         self.timer = None
@@ -352,7 +352,7 @@ class Connection(asyncio.BufferedProtocol):
         if deadline is None or self.transport is None:
             return
         if self.ctx.loop.time() < deadline:  # the state moved on since: check again later
-            self.timer = self.ctx.loop.call_at(deadline, self._expire)
+            self.timer = self.ctx.call_at(deadline, self._expire)
             return
         if self.state is ConnState.IDLE and unread_bytes(self.transport):
             # The next request is in the socket, not read yet: a head has begun, never close.
