@@ -104,6 +104,7 @@ class Listener:
                     continue
                 raise
             conn.setblocking(False)
+            tune(conn)
             self.open += 1
             self.loop.create_task(self._connect(conn))
 
@@ -122,6 +123,20 @@ class Listener:
             self.log.debug("Connection setup failed: %r", exc)
             conn.close()
             self.closed_one()
+
+
+def tune(sock: socket.socket) -> None:
+    """TCP options of an accepted connection: no Nagle delay, and kernel keepalive probes.
+
+    Set here, on the socket we accepted, not through the transport: on uvloop, asking a
+    transport for its socket makes it keep a pseudo-socket object per connection (~70 bytes).
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def unread_bytes(transport: Any) -> int:

@@ -93,6 +93,32 @@ class Request:
         return bool(self.body.is_eof())
 
 
+class Limits:
+    """gunicorn's request limits as aiohttp's parser takes them; built once per worker (context.py).
+
+    Shared by every parser: a dict of them per connection cost each idle connection ~180 bytes.
+    """
+
+    __slots__ = ("options",)
+
+    def __init__(self, settings: Settings) -> None:
+        line = settings.limit_request_line
+        fields = settings.limit_request_fields
+        field = settings.limit_request_field_size
+        self.options: dict[str, Any] = dict(
+            max_line_size=MAX_LINE if line <= 0 or line > MAX_LINE else line,
+            # gunicorn counts a whole field line, "Name: value\r\n"; aiohttp counts name + value.
+            max_field_size=max(1, (field if field > 0 else MAX_LINE) - 4),
+            max_headers=MAX_FIELDS if fields <= 0 or fields > MAX_FIELDS else fields,
+            auto_decompress=False,
+        )
+
+    @property
+    def max_line(self) -> int:
+        """The request-target limit in force (limit_request_line; 0 means the maximum)."""
+        return int(self.options["max_line_size"])
+
+
 class Parser:
     """aiohttp's HTTP/1.1 request parser built from gunicorn's limits; feed() returns Requests.
 
@@ -100,31 +126,17 @@ class Parser:
     never feeds it bytes that do not follow what it was fed before (RFC 9112 section 2.2).
     """
 
-    __slots__ = ("_parser", "_options", "upgraded")
+    __slots__ = ("_parser", "_limits", "upgraded")
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
-        line = settings.limit_request_line
-        fields = settings.limit_request_fields
-        field = settings.limit_request_field_size
-        self._options: dict[str, Any] = dict(
-            max_line_size=MAX_LINE if line <= 0 or line > MAX_LINE else line,
-            # gunicorn counts a whole field line, "Name: value\r\n"; aiohttp counts name + value.
-            max_field_size=max(1, (field if field > 0 else MAX_LINE) - 4),
-            max_headers=MAX_FIELDS if fields <= 0 or fields > MAX_FIELDS else fields,
-            auto_decompress=False,
-        )
+    def __init__(self, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self._limits = limits
         self._parser = self._new(loop)
         self.upgraded = False   # the parser stopped at an Upgrade/CONNECT head: build a new one
 
     def _new(self, loop: asyncio.AbstractEventLoop) -> Any:
         # Flow is duck-typed for what the payloads call (aiohttp types it as its BaseProtocol).
         flow: Any = FLOW
-        return HttpRequestParser(flow, loop, PAYLOAD_BUFFER, **self._options)
-
-    @property
-    def max_line(self) -> int:
-        """The request-target limit in force (limit_request_line; 0 means the maximum)."""
-        return int(self._options["max_line_size"])
+        return HttpRequestParser(flow, loop, PAYLOAD_BUFFER, **self._limits.options)
 
     def reset(self, loop: asyncio.AbstractEventLoop) -> None:
         """A fresh parser for the bytes after a message boundary (after an upgrade, say)."""
@@ -158,7 +170,8 @@ class Parser:
         text = getattr(exc, "message", None) or str(exc)
         too_long = LINE_TOO_LONG.search(text)
         if too_long is not None:
-            line, field = self._options["max_line_size"], self._options["max_field_size"]
+            options = self._limits.options
+            line, field = options["max_line_size"], options["max_field_size"]
             if line != field:
                 line_done = int(too_long.group(1)) != line
             return HeaderFieldsTooLarge(text) if line_done else URITooLong(text)

@@ -10,7 +10,6 @@ request can never take down or be joined to the one before it (RFC 9112 sections
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 from . import proxy_protocol
@@ -47,15 +46,16 @@ class Connection(asyncio.BufferedProtocol):
         self.proxy = (proxy_protocol.ProxyParser(settings.proxy_protocol)
                       if proxy_protocol.enabled(settings.proxy_protocol) else None)
         self.state = ConnState.PREAMBLE if self.proxy else ConnState.IDLE
-        self.parser = Parser(settings, ctx.loop)
+        # The current message's parser and request line: built on its first byte, dropped when
+        # its response is complete, so an idle connection holds neither (~1.7 KiB together).
+        self.parser: Parser | None = None
+        self.bound: Boundary | None = None
         self.exchange: Exchange | None = None
         self.request: Request | None = None      # the request whose head or body is being read
-        self.held = bytearray()     # bytes after the current request, known to start a new one
+        self.held: bytes | bytearray = b""  # bytes after the request, known to start the next
         self.requests = 0           # requests answered on this connection (count)
         self.since = ctx.loop.time()  # when the current state began, or the last body byte came
         self.timer: Any = None
-        # The current message's request line and last bytes fed; the same target limit as the parser.
-        self.bound = Boundary(self.parser.max_line)
         self.body_left: int | None = None  # Content-Length bytes still to come; None: chunked
         self.reading = True         # the transport is reading (we pause it, never aiohttp)
         self.writable = True        # the transport's buffer is below its high-water mark
@@ -63,14 +63,7 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        self.transport = transport  # its socket's options are set on accept (listener.py)
         # asyncio pauses writers at 64 KiB; large streamed chunks would then stall on every
         # one. Let the transport hold up to write_buffer before the relay waits.
         high = self.ctx.settings.write_buffer
@@ -125,7 +118,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def _hold(self, data: bytes) -> None:
         """Bytes after a complete request (pipelining): parsed once its response is complete."""
-        self.held += data
+        if self.held:
+            self.held += data
+        else:
+            self.held = bytearray(data)  # b"" while none: no buffer kept per idle connection
         if len(self.held) > HELD_LIMIT:
             self.pause_reading()
 
@@ -134,7 +130,7 @@ class Connection(asyncio.BufferedProtocol):
         while data:
             state = self.state
             if state is ConnState.IDLE:
-                self._enter(ConnState.HEAD)
+                self._open()
                 data = self._head(data)
             elif state is ConnState.HEAD:
                 data = self._head(data)
@@ -145,26 +141,35 @@ class Connection(asyncio.BufferedProtocol):
         if data and self.state is ConnState.APP:
             self._hold(data)
 
+    def _open(self) -> None:
+        """A request's first byte: a new parser at the message boundary, nothing carried over."""
+        limits = self.ctx.limits
+        self.parser = Parser(limits, self.ctx.loop)
+        self.bound = Boundary(limits.max_line)
+        self._enter(ConnState.HEAD)
+
     def _head(self, data: bytes) -> bytes:
         """Feed head bytes, up to and including the blank line that ends the head."""
-        end = self.bound.blank_line(data)
+        bound, parser = self.bound, self.parser
+        assert bound is not None and parser is not None  # built on entering HEAD (_open)
+        end = bound.blank_line(data)
         chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
-        self.bound.check_line(chunk)
-        requests, tail = self.parser.feed(chunk, line_done=self.bound.line_done)
+        bound.check_line(chunk)
+        requests, tail = parser.feed(chunk, line_done=bound.line_done)
         if not requests:
             return rest
         if len(requests) > 1 or tail:
             # Strict CRLF parsing ends a head at its blank line; anything else is not HTTP/1.1.
             raise BadRequest("Invalid request framing")
+        bound.reset()
+        if parser.upgraded:
+            # The parser stops at an Upgrade or CONNECT head; what follows it starts a new one.
+            parser.reset(self.ctx.loop)
         self._begin(requests[0])
         return rest
 
     def _begin(self, request: Request) -> None:
         """A head is complete: start its exchange; read its body, if any, next."""
-        self.bound.reset()
-        if self.parser.upgraded:
-            # The parser stops at an Upgrade or CONNECT head; what follows it starts a new one.
-            self.parser.reset(self.ctx.loop)
         self.exchange = exchange = Exchange(self.ctx, self, request, self.requests + 1)
         if request.body_done():
             self._enter(ConnState.APP)
@@ -176,17 +181,18 @@ class Connection(asyncio.BufferedProtocol):
 
     def _body(self, data: bytes) -> bytes:
         """Feed body bytes: exactly Content-Length of them, or chunks up to the last chunk."""
-        request, exchange = self.request, self.exchange
-        assert request is not None and exchange is not None
+        request, exchange, parser = self.request, self.exchange, self.parser
+        assert request is not None and exchange is not None and parser is not None
         self.since = self.ctx.loop.time()
         if self.body_left is not None:
             cut = self.body_left
             chunk, rest = (data, b"") if cut >= len(data) else (data[:cut], data[cut:])
             self.body_left -= len(chunk)
         else:
-            end = self.bound.blank_line(data)  # a chunked body ends with a blank line (RFC 9112 7.1)
+            assert self.bound is not None  # a chunked body ends with a blank line (RFC 9112 7.1)
+            end = self.bound.blank_line(data)
             chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
-        requests, tail = self.parser.feed(chunk, line_done=True)
+        requests, tail = parser.feed(chunk, line_done=True)
         if requests or tail:
             raise BadRequest("Invalid request framing")
         body = request.take_body()
@@ -200,7 +206,6 @@ class Connection(asyncio.BufferedProtocol):
 
     def _body_end(self) -> None:
         self.request = None
-        self.bound.reset()
         self._enter(ConnState.APP)
         assert self.exchange is not None
         self.exchange.body_end()
@@ -224,6 +229,7 @@ class Connection(asyncio.BufferedProtocol):
         if not keep_alive or self.state is not ConnState.APP:
             self.close()
             return
+        self.parser = self.bound = None  # the next request gets new ones (_open)
         self._enter(ConnState.IDLE)
         if self.held:
             # Later, not now: a long pipeline must not nest one call per request.
@@ -235,7 +241,7 @@ class Connection(asyncio.BufferedProtocol):
         """Parse the bytes held while the last request was answered; they start at its end."""
         if self.state is not ConnState.IDLE:
             return
-        data, self.held = bytes(self.held), bytearray()
+        data, self.held = bytes(self.held), b""
         self._feed(data)
         if len(self.held) <= HELD_LIMIT:
             self.resume_reading()
@@ -265,7 +271,7 @@ class Connection(asyncio.BufferedProtocol):
     def linger(self) -> None:
         """Close after an error answer, reading (and dropping) what the client still sends first."""
         transport = self.transport
-        self.held = bytearray()
+        self.held = b""
         if (transport is None or transport.is_closing() or self.eof
                 or not transport.can_write_eof()):
             self.close()
@@ -338,7 +344,7 @@ class Connection(asyncio.BufferedProtocol):
             # A shorter deadline than the pending one (keepalive 2 s after a 30 s header
             # timeout, say): the pending timer would close the idle connection far too late.
             self.timer.cancel()
-        self.timer = self.ctx.loop.call_at(deadline, self._expire)
+        self.timer = self.ctx.call_at(deadline, self._expire)
 
     def _expire(self) -> None:
         self.timer = None
@@ -346,11 +352,11 @@ class Connection(asyncio.BufferedProtocol):
         if deadline is None or self.transport is None:
             return
         if self.ctx.loop.time() < deadline:  # the state moved on since: check again later
-            self.timer = self.ctx.loop.call_at(deadline, self._expire)
+            self.timer = self.ctx.call_at(deadline, self._expire)
             return
         if self.state is ConnState.IDLE and unread_bytes(self.transport):
             # The next request is in the socket, not read yet: a head has begun, never close.
-            self._enter(ConnState.HEAD)
+            self._open()
             return
         if self.state is ConnState.BODY and not self.reading:  # waiting for the disk, not the client
             self.since = self.ctx.loop.time()

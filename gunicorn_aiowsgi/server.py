@@ -33,12 +33,14 @@ class Server:
                  loop: asyncio.AbstractEventLoop, log: Any, errors: Any) -> None:
         self.loop = loop
         self.log = log
-        self.conns: set[Connection] = set()
+        # Open connections, as dict keys (values None): a dict's table is about half a set's at
+        # 10,000 members (~30 bytes each, against 50 to 100 as the set grows by fourfold steps).
+        self.conns: dict[Connection, None] = {}
         self.monitor = Monitor(pool, self, log, os.getpid())
         self.spools = SpoolStore(loop, settings)  # the body writer thread and the spool budget
         self.ctx = Context(settings, loop, log, pool, wsgi, base_environ(settings, errors, FileWrapper),
                            worker, self.monitor, self.spools)
-        self.ctx.opened = self.conns.add
+        self.ctx.opened = self._opened
         self.ctx.closed = self._closed
         self.on_close: Callable[[], None] = lambda: None
 
@@ -53,9 +55,12 @@ class Server:
     def draining(self, value: bool) -> None:
         self.ctx.draining = value
 
+    def _opened(self, conn: Connection) -> None:
+        self.conns[conn] = None
+
     def _closed(self, conn: Connection) -> None:
         if conn in self.conns:
-            self.conns.discard(conn)
+            del self.conns[conn]
             self.on_close()
 
     def close_idle(self) -> None:

@@ -24,9 +24,11 @@ class FakeTransport:
         self.eof_written = False
         self.reading = True
         self.peer = peer
+        self.sock: Any = None  # a test may give a real socket: what the loop has not read yet
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": self.peer, "sockname": ("127.0.0.1", 8000)}.get(name, default)
+        extra = {"peername": self.peer, "sockname": ("127.0.0.1", 8000), "socket": self.sock}
+        return extra.get(name, default)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass

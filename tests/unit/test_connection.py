@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import socket
 
 import pytest
 from memory import Harness
 
 from gunicorn_aiowsgi.boundary import ConnState, protocol_ok
+from gunicorn_aiowsgi.listener import tune
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gunicorn_aiowsgi"
 
@@ -72,6 +74,68 @@ def test_body_split_anywhere(reads):
                          ids=lambda r: f"split-{len(r[0])}")
 def test_chunked_body_split_anywhere_never_leaks_into_the_next_request(reads):
     assert run(*reads).responses() == [(200, b"POST /c abc0\r\n\r\nGET /x HTTP/1.1"), (200, b"GET /n ")]
+
+
+def holds_nothing(h: Harness) -> bool:
+    """An idle connection keeps no parser, request line or held bytes (what each idle one costs)."""
+    return h.conn.parser is None and h.conn.bound is None and h.conn.held == b""
+
+
+@pytest.mark.parametrize("reads", splits(post("/two", b"hello")), ids=lambda r: f"split-{len(r[0])}")
+def test_an_idle_connection_holds_no_parser_and_serves_the_next_request(reads):
+    h = run()
+    assert holds_nothing(h)  # accepted, no byte yet
+    h.feed(get("/one"))
+    assert h.conn.state is ConnState.IDLE and holds_nothing(h)
+    h.feed(*reads)
+    assert h.responses() == [(200, b"GET /one "), (200, b"POST /two hello")]
+    assert h.conn.state is ConnState.IDLE and holds_nothing(h)
+
+
+def test_every_pipelined_request_gets_a_parser_of_its_own():
+    """No parser outlives its message: the next one starts from a new parser at the boundary."""
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(h.conn.parser)
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    h = Harness(app)
+    HARNESSES.append(h)
+    h.feed(PIPELINE)
+    assert len(seen) == 4 and len({id(parser) for parser in seen}) == 4 and None not in seen
+    assert holds_nothing(h)
+
+
+def test_a_request_waiting_in_the_socket_at_keepalive_expiry_is_parsed_from_a_new_parser():
+    """The keep-alive timer sees the next request unread in the socket: a head has begun."""
+    h = run(get("/one"), keepalive=0.05)
+    ours, client = socket.socketpair()
+    try:
+        client.sendall(get("/two"))
+        h.transport.sock = ours
+        h.wait(0.12)
+        assert h.conn.state is ConnState.HEAD and not h.transport.closed
+        h.feed(ours.recv(1024))
+    finally:
+        ours.close()
+        client.close()
+    assert h.responses() == [(200, b"GET /one "), (200, b"GET /two ")]
+    assert holds_nothing(h)
+
+
+def test_an_accepted_tcp_socket_gets_nodelay_and_keepalive():
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        tune(accepted)
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    finally:
+        for sock in (accepted, client, server):
+            sock.close()
 
 
 BAD = b"GET /bad HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n"
