@@ -99,15 +99,19 @@ class AppCall:
     """Everything one request needs in its app thread; `run` is the thread's job."""
 
     def __init__(self, app: Callable[..., Any], environ: dict[str, Any], channel: Channel,
-                 version: tuple[int, int], req: RequestRecord, server: Any, started: float) -> None:
+                 version: tuple[int, int], server: Any, started: float,
+                 raw_headers: Any = (), peer: Any = None, number: int = 1) -> None:
         self.app = app
         self.environ = environ
         self.channel = channel
         self.version = version
-        self.req = req
-        self.server = server        # the worker's Context: worker (hooks), log, monitor, sendfile
+        self.server = server        # the worker's Context: worker, hooks, log, monitor, sendfile
         self.started = started      # time.time() when the request head was parsed
         self.method: str = environ["REQUEST_METHOD"]
+        # What the request record is built from, in the app thread and only when something
+        # reads it (a hook, the access log, a log line): most requests never need one.
+        self._head = (raw_headers, peer, number)
+        self._req: RequestRecord | None = None
         self.start = StartResponse(self.method, self._write)
         self.framer: BodyFramer | None = None
         self.resp = ResponseRecord()
@@ -118,12 +122,27 @@ class AppCall:
         # before that (ThreadPool.cancel), and then it is skipped, never run.
         self.state = JobState.QUEUED
 
+    @property
+    def req(self) -> RequestRecord:
+        """gunicorn's request record, as hooks, the access log and log lines see it."""
+        if self._req is None:
+            self._req = self._record()
+        return self._req
+
+    def _record(self) -> RequestRecord:
+        raw_headers, peer, number = self._head
+        return RequestRecord(self.environ, self.version, raw_headers, peer, number)
+
     # -- the job -------------------------------------------------------------------------
     def run(self) -> None:
-        worker = self.server.worker
+        server = self.server
+        worker, pre_request = server.worker, server.pre_request
+        if pre_request is not None or server.post_request is not None or server.access is not None:
+            self._req = self._record()  # now: once the app runs, it may change its environ
         try:
             # Inside the try, as gunicorn's workers do: a failing hook is this request's 500.
-            worker.cfg.pre_request(worker, self.req)
+            if pre_request is not None:
+                pre_request(worker, self.req)
             result = self.app(self.environ, self.start)
             try:
                 self._consume(result)
@@ -173,18 +192,21 @@ class AppCall:
             pass
 
     def _finish(self, worker: Any) -> None:
-        resp = self.resp
+        resp, server = self.resp, self.server
         if self.framer is not None:
             resp.sent = self.framer.sent
-        elapsed = max(0.0, time.time() - self.started)
-        try:  # the access log and post_request see every request, failed or cut short
-            self.server.log.access(resp, self.req, self.environ, timedelta(seconds=elapsed))
-        except Exception:
-            self.server.log.exception("Access log failed")
-        try:
-            worker.cfg.post_request(worker, self.req, self.environ, resp)
-        except Exception:
-            self.server.log.exception("Exception in post_request hook")
+        # The access log and post_request see every request, failed or cut short.
+        if server.access is not None:
+            elapsed = max(0.0, time.time() - self.started)
+            try:
+                server.access(resp, self.req, self.environ, timedelta(seconds=elapsed))
+            except Exception:
+                server.log.exception("Access log failed")
+        if server.post_request is not None:
+            try:
+                server.post_request(worker, self.req, self.environ, resp)
+            except Exception:
+                server.log.exception("Exception in post_request hook")
         # A spooled body is an unnamed temporary file: close it now rather than whenever the
         # app lets go of its environ (the disk space is freed on close).
         self.body.close()

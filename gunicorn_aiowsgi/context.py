@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Callable
+
+from gunicorn.glogging import Logger
 
 from .bridge import Inbox, ThreadPool
 from .diagnostics import Monitor
@@ -23,7 +26,7 @@ class Context:
 
     __slots__ = ("settings", "loop", "log", "pool", "inbox", "wsgi", "base", "worker", "monitor",
                  "spools", "can_sendfile", "date", "draining", "opened", "closed", "pending",
-                 "read_buffer", "queue_limit")
+                 "read_buffer", "queue_limit", "pre_request", "post_request", "access")
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, log: Any,
                  pool: ThreadPool, wsgi: Callable[..., Any], base: dict[str, Any], worker: Any,
@@ -46,6 +49,8 @@ class Context:
         self.opened: Callable[[Any], None] = lambda conn: None
         self.closed: Callable[[Any], None] = lambda conn: None
         self.queue_limit = settings.effective_queue_limit  # read per request: resolved once
+        # The hooks and the access log each request calls, resolved once; None: nothing to call.
+        self.pre_request, self.post_request, self.access = request_hooks(worker.cfg, log)
         self.pending: list[Any] = []        # app calls parsed in this loop turn, not yet handed over
         # Every connection reads into this one buffer (asyncio's read size); a read is copied out
         # before the loop reads again, so one is enough for all connections.
@@ -79,3 +84,29 @@ class Context:
             self.log.warning("Invalid request from ip=%s: %s", peer.remote_addr if peer else "", error)
         else:
             self.log.error("Error handling request: %s", error)
+
+
+def request_hooks(cfg: Any, log: Any) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None,
+                                                Callable[..., Any] | None]:
+    """(pre_request, post_request, access log) for every request; None where calling would do nothing.
+
+    gunicorn's workers call all three per request. Its default post_request does nothing, its
+    default pre_request only logs at debug level, and its Logger.access returns at once unless
+    an access log is configured (the `access_log_enabled` it computes in setup(), gunicorn 27).
+    Those calls are skipped; a hook set by the user, a logger_class that overrides access (the
+    statsd logger times every request there) and a debug log level keep every call.
+    """
+    settings = getattr(cfg, "settings", {})
+
+    def configured(name: str, idle: bool) -> Callable[..., Any] | None:
+        hook = getattr(cfg, name)
+        default = settings[name].default if name in settings else None
+        return None if idle and hook is default else hook
+
+    debug = getattr(log, "error_log", None)
+    quiet = isinstance(debug, logging.Logger) and not debug.isEnabledFor(logging.DEBUG)
+    access = log.access
+    if getattr(type(log), "access", None) is Logger.access and \
+            getattr(type(log), "access_log_enabled", None) is not None and not log.access_log_enabled:
+        access = None
+    return configured("pre_request", quiet), configured("post_request", True), access

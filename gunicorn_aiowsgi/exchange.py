@@ -15,7 +15,6 @@ from .environ import build_environ
 from .errors import BadRequest, GatewayTimeout, HTTPError
 from .output import Output
 from .parser import Request
-from .records import RequestRecord
 from .replies import CONTINUE, SERVER_HEADER, early_hints, error_reply, plain
 from .response import Framing, render_head
 
@@ -136,9 +135,8 @@ class Exchange:
         ctx.worker.request_started()
         req = self.request
         self.channel = Channel(ctx.inbox, ctx.settings.write_buffer, self.relay)
-        record = RequestRecord(self.environ, req.version, req.raw_headers, self.conn.peer, self.number)
-        self.call = call = AppCall(ctx.wsgi, self.environ, self.channel, req.version, record, ctx,
-                                   self.started)
+        self.call = call = AppCall(ctx.wsgi, self.environ, self.channel, req.version, ctx,
+                                   self.started, req.raw_headers, self.conn.peer, self.number)
         self.environ["wsgi.early_hints"] = call.early_hints
         ctx.submit(call)
         if ctx.settings.request_timeout:

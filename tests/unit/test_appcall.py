@@ -18,7 +18,6 @@ import pytest
 from gunicorn_aiowsgi import bridge
 from gunicorn_aiowsgi.application import AppCall, FileWrapper
 from gunicorn_aiowsgi.errors import BadRequest, ClientDisconnected, HTTPError
-from gunicorn_aiowsgi.records import RequestRecord
 from gunicorn_aiowsgi.response import ResponsePhase
 
 CHUNK_END = b"0\r\n\r\n"
@@ -148,6 +147,10 @@ class FakeServer:
         self.worker = FakeWorker(events)
         self.log = RecordingLog(events)
         self.can_sendfile = can_sendfile
+        # As Context resolves them (context.request_hooks): every one set here.
+        self.pre_request = self.worker.cfg.pre_request
+        self.post_request = self.worker.cfg.post_request
+        self.access = self.log.access
 
 
 @dataclass
@@ -176,7 +179,6 @@ def call(app: Callable, method: str = "GET", version: tuple[int, int] = (1, 1), 
     body = io.BytesIO(b"")
     environ = {"REQUEST_METHOD": method, "RAW_URI": "/t?q=1", "QUERY_STRING": "q=1",
                "wsgi.url_scheme": "http", "wsgi.input": body, "wsgi.file_wrapper": FileWrapper}
-    req = RequestRecord(environ, version, (), ("127.0.0.1", 50000), 1)
     channel = RecordingChannel(events, gone_at)
     server = FakeServer(events, sendfile)
     if setup is not None:
@@ -186,7 +188,8 @@ def call(app: Callable, method: str = "GET", version: tuple[int, int] = (1, 1), 
         events.append(("app",))
         return app(environ, start_response)
 
-    appcall = AppCall(traced, environ, channel, version, req, server, 0.0)  # type: ignore[arg-type]
+    appcall = AppCall(traced, environ, channel, version, server, 0.0, (),  # type: ignore[arg-type]
+                      ("127.0.0.1", 50000), 1)
     appcall.run()
     return Result(appcall, channel, server, events, environ, body)
 
