@@ -91,6 +91,31 @@ def _file_span(wrapper: FileWrapper, length: int | None) -> tuple[int, int, int]
     return fd, offset, available if length is None else min(length, available)
 
 
+class EarlyHints:
+    """wsgi.early_hints (gunicorn 27): a 103 Early Hints response before the final one.
+
+    As gunicorn does: ignored once the response has begun, and for HTTP/1.0 clients, which
+    cannot take a 1xx response (RFC 9110 section 15.2); bad names or values raise. Its own
+    object, not a method of the call: the environ holding a bound method of the call that holds
+    the environ would be a reference cycle, every request left to the garbage collector.
+    """
+
+    __slots__ = ("channel", "start", "version")
+
+    def __init__(self, channel: Channel, start: StartResponse, version: tuple[int, int]) -> None:
+        self.channel = channel
+        self.start = start
+        self.version = version
+
+    def __call__(self, headers: list[tuple[str, str]]) -> None:
+        if self.start.phase is ResponsePhase.SENT or self.version < (1, 1):
+            return
+        pairs = [(n.decode("latin-1") if isinstance(n, bytes) else n,
+                  v.decode("latin-1") if isinstance(v, bytes) else v) for n, v in headers]
+        kept, _length, _close = check_headers(pairs)
+        self.channel.put(Hints(kept))
+
+
 def _closed_write(data: bytes) -> None:
     raise AppError("write() called after the response was finished")
 
@@ -113,6 +138,7 @@ class AppCall:
         self._head = (raw_headers, peer, number)
         self._req: RequestRecord | None = None
         self.start = StartResponse(self.method, self._write)
+        environ["wsgi.early_hints"] = EarlyHints(channel, self.start, version)
         self.framer: BodyFramer | None = None
         self.resp = ResponseRecord()
         # Our own body stream: the app (or middleware such as wsgiref.validate) may replace
@@ -260,37 +286,36 @@ class AppCall:
                 self.channel.put(Data(pieces, size))
 
     def _end(self) -> None:
-        head = None
         if self.start.phase is not ResponsePhase.SENT:
             head, framer = self._begin()
-        else:
-            assert self.framer is not None
-            framer = self.framer
-        tail, complete = framer.finish()
-        if head is not None:
-            self.channel.put(Start(head, framer.mode), wait=False)
-        self._report_overflow(framer, complete)
+            tail, complete = framer.finish()
+            self._report_overflow(framer, complete)
+            self.channel.put(Start(head, framer.mode, end=End(tail, complete)), wait=False)
+            return
+        assert self.framer is not None
+        tail, complete = self.framer.finish()
+        self._report_overflow(self.framer, complete)
         self.channel.put(End(tail, complete), wait=False)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
-        body = []
         for chunk in chunks:
-            if not isinstance(chunk, bytes):
+            if type(chunk) is not bytes and not isinstance(chunk, bytes):
                 raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
-            body.append(chunk)
         if self.start.phase is ResponsePhase.SENT:  # the app used write() before returning
-            for chunk in body:
+            for chunk in chunks:
                 self._write(chunk)
             self._end()
             return
         head, framer = self._begin()
         # One chunk per item, as gunicorn frames them (and nothing copied to join them).
-        pieces = tuple(piece for chunk in body for piece in framer.pieces(chunk))
+        if len(chunks) == 1:
+            pieces = framer.pieces(chunks[0])
+        else:
+            pieces = tuple(piece for chunk in chunks for piece in framer.pieces(chunk))
         tail, complete = framer.finish()
         self._report_overflow(framer, complete)
         size = sum(map(len, pieces))
-        self.channel.put(Start(head, framer.mode, pieces, size), wait=False)
-        self.channel.put(End(tail, complete), wait=False)
+        self.channel.put(Start(head, framer.mode, pieces, size, End(tail, complete)), wait=False)
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
         head = self.start.head
@@ -316,19 +341,6 @@ class AppCall:
         self.channel.put(End(tail, complete), wait=False)
         self.channel.flush()  # the file must stay open until the loop has sent it
         return True
-
-    def early_hints(self, headers: list[tuple[str, str]]) -> None:
-        """wsgi.early_hints (gunicorn 27): a 103 Early Hints response before the final one.
-
-        As gunicorn does: ignored once the response has begun, and for HTTP/1.0 clients, which
-        cannot take a 1xx response (RFC 9110 section 15.2); bad names or values raise.
-        """
-        if self.start.phase is ResponsePhase.SENT or self.version < (1, 1):
-            return
-        pairs = [(n.decode("latin-1") if isinstance(n, bytes) else n,
-                  v.decode("latin-1") if isinstance(v, bytes) else v) for n, v in headers]
-        kept, _length, _close = check_headers(pairs)
-        self.channel.put(Hints(kept))
 
     def _report_overflow(self, framer: BodyFramer, complete: bool) -> None:
         if framer.overflow:

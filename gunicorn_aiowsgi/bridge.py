@@ -18,15 +18,18 @@ log = logging.getLogger("gunicorn.error")
 # What an app thread sends to the loop: one small class per message. `size` is the credit the
 # message holds (body bytes in flight) until the loop releases it.
 class Start:
-    """The response head, with the first body pieces (already framed)."""
+    """The response head, with the first body pieces (already framed), and its End when the
+    whole response is known at once (one message, one loop step for a small response)."""
 
-    __slots__ = ("head", "mode", "pieces", "size")
+    __slots__ = ("head", "mode", "pieces", "size", "end")
 
-    def __init__(self, head: Any, mode: Any, pieces: tuple[bytes, ...] = (), size: int = 0) -> None:
+    def __init__(self, head: Any, mode: Any, pieces: tuple[bytes, ...] = (), size: int = 0,
+                 end: "End | None" = None) -> None:
         self.head = head          # response.Head
         self.mode = mode          # response.Framing
         self.pieces = pieces
         self.size = size
+        self.end = end
 
 
 class Data:

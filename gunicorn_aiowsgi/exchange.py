@@ -137,7 +137,6 @@ class Exchange:
         self.channel = Channel(ctx.inbox, ctx.settings.write_buffer, self.relay)
         self.call = call = AppCall(ctx.wsgi, self.environ, self.channel, req.version, ctx,
                                    self.started, req.raw_headers, self.conn.peer, self.number)
-        self.environ["wsgi.early_hints"] = call.early_hints
         ctx.submit(call)
         if ctx.settings.request_timeout:
             self.timer = ctx.loop.call_later(ctx.settings.request_timeout, self.timed_out)
@@ -258,6 +257,8 @@ class Exchange:
             self.keep = self.keep_alive(item.head.close or item.mode is Framing.CLOSE)
             out.add(render_head(req.version, item.head, item.mode, self.keep, SERVER_HEADER,
                                 self.ctx.date()), *item.pieces)
+            if item.end is not None:
+                return self.write(item.end, out)
         elif kind is Data:
             out.add(*item.pieces)
         elif kind is End:
