@@ -140,7 +140,9 @@ class AppCall:
         self.start = StartResponse(self.method, self._write)
         environ["wsgi.early_hints"] = EarlyHints(channel, self.start, version)
         self.framer: BodyFramer | None = None
-        self.resp = ResponseRecord()
+        # gunicorn's response record, only for the access log and post_request to read.
+        self.resp = (ResponseRecord() if server.access is not None or server.post_request is not None
+                     else None)
         # Our own body stream: the app (or middleware such as wsgiref.validate) may replace
         # environ["wsgi.input"] with a wrapper that must not be closed by the server.
         self.body = environ["wsgi.input"]
@@ -178,7 +180,8 @@ class AppCall:
                     close()  # PEP 3333: exactly once, however iteration ended
         except ClientDisconnected:
             self.server.log.debug("Client went away during %s %s", self.method, self.req.uri)
-            self.resp.status = self.resp.status or "499 Client Closed Request"
+            if self.resp is not None:
+                self.resp.status = self.resp.status or "499 Client Closed Request"
         except Exception as exc:
             self._fail(exc)
         finally:
@@ -212,14 +215,16 @@ class AppCall:
                 self.channel.put(Abort(), wait=False)
             else:
                 error = exc if isinstance(exc, HTTPError) and exc.status >= 500 else AppError()
-                self.resp.status, self.resp.status_code = f"{error.status} {error.reason}", error.status
+                resp = self.resp
+                if resp is not None:
+                    resp.status, resp.status_code = f"{error.status} {error.reason}", error.status
                 self.channel.put(Fail(error), wait=False)
         except ClientDisconnected:
             pass
 
     def _finish(self, worker: Any) -> None:
         resp, server = self.resp, self.server
-        if self.framer is not None:
+        if resp is not None and self.framer is not None:
             resp.sent = self.framer.sent
         # The access log and post_request see every request, failed or cut short.
         if server.access is not None:
@@ -259,6 +264,8 @@ class AppCall:
         self.framer = framer
         self.start.phase = ResponsePhase.SENT
         resp = self.resp
+        if resp is None:
+            return head, framer
         resp.status, resp.status_code, resp.headers = head.status, head.code, head.headers
         resp.response_length, resp.chunked = head.content_length, mode is Framing.CHUNKED
         resp.headers_sent = True

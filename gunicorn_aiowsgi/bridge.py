@@ -220,12 +220,15 @@ class Inbox:
     drains, so an append it misses always brings a new wake.
     """
 
-    __slots__ = ("_loop", "_ready", "_pending")
+    __slots__ = ("_loop", "_ready", "_pending", "lock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._ready: collections.deque[Channel] = collections.deque()
         self._pending = False
+        # The channels' one mutex: held for a few bytecodes, and only by a thread about to wait
+        # for credit and by the loop opening its gate; one per worker, not one per request.
+        self.lock = threading.Lock()
 
     def post(self, channel: "Channel") -> None:
         self._ready.append(channel)
@@ -267,7 +270,7 @@ class Channel:
         self._listener: Callable[[], None] | None = listener  # runs on the loop when items arrive
         self._gate: Any = None    # a held lock the waiting thread blocks on; the loop releases it
         self._room = 0            # the in-flight bytes the waiting thread needs to fall below
-        self._mutex = threading.Lock()
+        self._mutex = inbox.lock
 
     # -- app thread side -------------------------------------------------------------------
     def put(self, item: Message, wait: bool = True) -> None:

@@ -16,7 +16,7 @@ from .errors import BadRequest, GatewayTimeout, HTTPError
 from .output import Output
 from .parser import Request
 from .replies import CONTINUE, SERVER_HEADER, early_hints, error_reply, plain
-from .response import Framing, render_head
+from .response import COPY_LIMIT, Framing, render_head
 
 if TYPE_CHECKING:
     from .protocol import Connection
@@ -228,8 +228,16 @@ class Exchange:
         channel = self.channel
         if channel is None or self.sending:
             return
-        out = Output(self.conn.write)
         try:
+            if not self.backlog and self.conn.writable:
+                batch = channel.take()
+                if len(batch) == 1:
+                    item = batch[0]
+                    if type(item) is Start and item.end is not None and item.size < COPY_LIMIT:
+                        self.whole(item)
+                        return
+                self.backlog = batch  # taken, not written yet: the loop below writes it
+            out = Output(self.conn.write)
             while self.conn.writable:
                 batch = self.backlog or channel.take()
                 if not batch:
@@ -247,6 +255,17 @@ class Exchange:
             out.flush()
         except Exception as exc:
             self.broke(exc)
+
+    def whole(self, item: Start) -> None:
+        """A small response known in full (a list body): head, body and end in one write."""
+        end = item.end
+        assert end is not None
+        self.started_response()
+        self.keep = keep = self.keep_alive(item.head.close or item.mode is Framing.CLOSE)
+        head = render_head(self.request.version, item.head, item.mode, keep, SERVER_HEADER,
+                           self.ctx.date())
+        self.conn.write(b"".join((head, *item.pieces, end.tail)))
+        self.done(keep and end.complete)
 
     def write(self, item: Any, out: Output) -> bool:
         """One message from the app thread; False once the response is over."""
