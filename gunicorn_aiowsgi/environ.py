@@ -12,6 +12,7 @@ from .errors import BadRequest, ExpectationFailed, HeaderFieldsTooLarge, HTTPErr
 from .settings import Settings
 
 SERVER_SOFTWARE = "gunicorn/aiowsgi"
+PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
 
 # RFC 9112 section 3.2 / RFC 3986 section 2: a request-target is printable ASCII only.
 TARGET_INVALID = re.compile(rb"[^\x21-\x7e]")
@@ -88,11 +89,24 @@ def base_environ(settings: Settings, errors: Any, file_wrapper: Any) -> dict[str
     }
 
 
+# Methods seen before and accepted: (method, casefold) -> REQUEST_METHOD. The same few come on
+# every request; bounded like the header names below (count).
+METHOD_CACHE_SIZE = 64
+_METHODS: dict[tuple[str, bool], str] = {}
+
+
 def check_method(settings: Settings, method: str) -> str:
     """gunicorn's method rules (aiohttp has already checked it is a token)."""
+    key = (method, settings.casefold_http_method)
+    known = _METHODS.get(key)
+    if known is not None:
+        return known
     if METHOD_BADCHAR.search(method) or not 3 <= len(method) <= 20:
         raise BadRequest(f"Invalid Method '{method}'")
-    return method.upper() if settings.casefold_http_method else method
+    checked = method.upper() if settings.casefold_http_method else method
+    if len(_METHODS) < METHOD_CACHE_SIZE:
+        _METHODS[key] = checked
+    return checked
 
 
 def split_target(method: str, target: bytes) -> tuple[str, str, str]:
@@ -100,6 +114,9 @@ def split_target(method: str, target: bytes) -> tuple[str, str, str]:
     if not target or TARGET_INVALID.search(target):
         raise BadRequest(f"Invalid Request Line '{target.decode('latin-1')}'")
     uri = target.decode("latin-1")
+    if uri[0] == "/" and uri[1:2] != "/" and "#" not in uri:  # origin-form: nearly every request
+        path, _, query = uri.partition("?")
+        return uri, path, query
     # RFC 9112 section 3.2.4: asterisk-form only with OPTIONS; 3.2.3: authority-form only
     # with CONNECT; otherwise origin-form ("/...") or absolute-form ("scheme://...").
     if (uri == "*" and method != "OPTIONS") or (
@@ -161,7 +178,7 @@ def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
             raise HeaderFieldsTooLarge("limit request headers fields size")
         name, key, careful = names.get(raw_name) or _map_name(raw_name)
         value = raw_value.decode("latin-1").strip(" \t")
-        if VALUE_INVALID.search(value):
+        if not value.isprintable() and VALUE_INVALID.search(value):  # printable: no CTL at all
             raise BadRequest(f"Invalid HTTP Header: '{name}'")
         if name in secure:
             this = "https" if value == secure[name] else "http"
@@ -225,7 +242,7 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
     environ["REQUEST_METHOD"] = check_method(settings, method)
     environ["QUERY_STRING"] = query
     environ["RAW_URI"] = raw_uri
-    environ["SERVER_PROTOCOL"] = "HTTP/%d.%d" % version
+    environ["SERVER_PROTOCOL"] = PROTOCOLS.get(version) or "HTTP/%d.%d" % version
     environ["SCRIPT_NAME"] = settings.script_name
     expect, host, scheme = add_headers(environ, settings, peer, version, raw_headers)
     if host is None and version >= (1, 1):
