@@ -123,6 +123,9 @@ def _closed_write(data: bytes) -> None:
 class AppCall:
     """Everything one request needs in its app thread; `run` is the thread's job."""
 
+    __slots__ = ("app", "environ", "channel", "version", "server", "started", "method", "_head",
+                 "_req", "start", "framer", "resp", "body", "state")
+
     def __init__(self, app: Callable[..., Any], environ: dict[str, Any], channel: Channel,
                  version: tuple[int, int], server: Any, started: float,
                  raw_headers: Any = (), peer: Any = None, number: int = 1) -> None:
@@ -320,8 +323,9 @@ class AppCall:
         else:
             pieces = tuple(piece for chunk in chunks for piece in framer.pieces(chunk))
         tail, complete = framer.finish()
-        self._report_overflow(framer, complete)
-        size = sum(map(len, pieces))
+        if framer.overflow or not complete:
+            self._report_overflow(framer, complete)
+        size = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
         self.channel.put(Start(head, framer.mode, pieces, size, End(tail, complete)), wait=False)
 
     def _send_file(self, wrapper: FileWrapper) -> bool:

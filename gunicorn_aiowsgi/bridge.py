@@ -337,7 +337,8 @@ class Channel:
         """The client is gone (or the worker is exiting): the app thread's next put raises."""
         self._closed = True
         self._listener = None
-        self._open_gate()
+        if self._gate is not None:
+            self._open_gate()
 
     @property
     def inflight(self) -> int:

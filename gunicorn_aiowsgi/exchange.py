@@ -260,7 +260,9 @@ class Exchange:
         """A small response known in full (a list body): head, body and end in one write."""
         end = item.end
         assert end is not None
-        self.started_response()
+        self.head_sent = True
+        if self.timer is not None:
+            self.started_response()
         self.keep = keep = self.keep_alive(item.head.close or item.mode is Framing.CLOSE)
         head = render_head(self.request.version, item.head, item.mode, keep, SERVER_HEADER,
                            self.ctx.date())

@@ -62,6 +62,10 @@ class Head:
 CHECKED_CACHE_SIZE = 1024
 _STATUSES: dict[str, int] = {}
 _NAMES: dict[str, str] = {}   # header name -> its lower-case form
+# Whole fields kept as they are, (name, value) -> the pair to send (value stripped): the same
+# Content-Type or Cache-Control on every response. Content-Length and hop-by-hop fields are
+# never kept here (their values vary, or they change the framing).
+_PAIRS: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 def check_status(status: Any) -> int:
@@ -100,16 +104,26 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
     kept = []
     length = None
     close = False
+    names, pairs = _NAMES, _PAIRS
     for item in headers:
+        try:
+            known = pairs.get(item)
+        except TypeError:  # not hashable: not a (str, str) tuple, refused below
+            known = None
+        if known is not None:
+            kept.append(known)
+            continue
         if not isinstance(item, tuple) or len(item) != 2:
             raise AppError(f"header {item!r} is not a (name, value) tuple")
         name, value = item
-        lname = _header_name(name)
-        if not isinstance(value, str) or not (
-                (value.isascii() and value.isprintable()) or FIELD_VALUE.fullmatch(value)):
-            # Printable ASCII (SP to "~") needs no pattern. The name only in the message: the
-            # value may hold a secret (a cookie, a token).
-            raise AppError(f"invalid value for header {name!r}")
+        lname = names.get(name) if type(name) is str else None
+        if lname is None:
+            lname = _header_name(name)
+        # Printable ASCII (SP to "~") needs no pattern.
+        if type(value) is not str or not (value.isascii() and value.isprintable()):
+            if not isinstance(value, str) or not FIELD_VALUE.fullmatch(value):
+                # The name only in the message: the value may hold a secret (a cookie, a token).
+                raise AppError(f"invalid value for header {name!r}")
         value = value.strip(" \t")
         if lname == "content-length":
             if not value.isdigit() or (length is not None and int(value) != length):
@@ -119,7 +133,10 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
         if lname in HOP_BY_HOP:
             close = close or (lname == "connection" and "close" in value.lower())
             continue
-        kept.append((name, value))
+        pair = (name, value)
+        kept.append(pair)
+        if type(name) is str and type(item[1]) is str and len(pairs) < CHECKED_CACHE_SIZE:
+            pairs[item] = pair
     return kept, length, close
 
 
