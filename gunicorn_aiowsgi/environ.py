@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .errors import BadRequest, ExpectationFailed, HeaderFieldsTooLarge, HTTPError
@@ -41,6 +41,17 @@ class Peer:
     server_port: str | None           # listener port as text
     trusted: bool                     # may set forwarding and secure-scheme headers
     proxy: dict[str, str] | None = None  # PROXY_* environ keys when a PROXY preamble was sent
+    # The environ keys these addresses give every request of the connection, computed once.
+    keys: dict[str, str | None] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        keys: dict[str, str | None] = {"REMOTE_ADDR": self.remote_addr}
+        if self.remote_port is not None:
+            keys["REMOTE_PORT"] = self.remote_port
+        if self.server_name is not None:  # else from Host, per request (a unix socket)
+            keys["SERVER_NAME"], keys["SERVER_PORT"] = self.server_name, self.server_port
+        keys.update(self.proxy or {})
+        object.__setattr__(self, "keys", keys)  # frozen: set once, here
 
 
 def is_trusted(addr: str, allow: tuple[str, ...], networks: tuple[Any, ...]) -> bool:
@@ -249,12 +260,8 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
         # RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
         raise BadRequest("Missing 'Host' header")
     environ["wsgi.url_scheme"] = scheme
-    environ["REMOTE_ADDR"] = peer.remote_addr
-    if peer.remote_port is not None:
-        environ["REMOTE_PORT"] = peer.remote_port
-    if peer.server_name is not None:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = peer.server_name, peer.server_port
-    else:
+    environ.update(peer.keys)
+    if peer.server_name is None:
         environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_from_host(host, scheme)
     script_name = environ["SCRIPT_NAME"]
     if script_name:
@@ -265,7 +272,5 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
     # PEP 3333: PATH_INFO holds the percent-decoded bytes as latin-1 ("/caf%C3%A9" -> "/caf\xc3\xa9").
     environ["PATH_INFO"] = (urllib.parse.unquote_to_bytes(path).decode("latin-1") if "%" in path
                             else path)
-    if peer.proxy:
-        environ.update(peer.proxy)
     return environ, expect
 
