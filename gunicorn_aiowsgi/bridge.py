@@ -243,7 +243,9 @@ class Inbox:
         self._pending = False
         ready = self._ready
         while ready:
-            ready.popleft()._wake()
+            listener = ready.popleft()._listener  # None once the loop closed the channel
+            if listener is not None:
+                listener()
 
 
 class Channel:
@@ -313,11 +315,6 @@ class Channel:
             if gate is not None and (self._closed or self._produced - self._consumed < self._room):
                 self._gate = None
                 gate.release()
-
-    def _wake(self) -> None:
-        listener = self._listener
-        if listener is not None:
-            listener()
 
     def take(self) -> list[Message]:
         """Everything queued so far (maybe nothing); a later put wakes the listener again."""

@@ -63,8 +63,9 @@ class Context:
         of the reads still to parse in this turn; handed over together, the threads start when
         the loop goes back to waiting (futex calls per request: about 6 before, under 1 after).
         """
-        self.pending.append(call)
-        if len(self.pending) == 1:
+        pending = self.pending
+        pending.append(call)
+        if len(pending) == 1:
             self.loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:

@@ -61,8 +61,8 @@ class Exchange:
             self.environ, expect = build_environ(
                 ctx.base, settings, conn.peer, req.method,
                 req.target.encode("utf-8", "surrogateescape"), req.version, req.raw_headers)
-            length = self.environ.get("CONTENT_LENGTH", "0")
-            if req.method == "CONNECT" and (req.chunked or length != "0"):
+            if req.method == "CONNECT" and (
+                    req.chunked or self.environ.get("CONTENT_LENGTH", "0") != "0"):
                 # RFC 9110 section 9.3.6: a CONNECT request has no content (aiohttp's parser
                 # would hand its bytes on as a tunnel's); refused, never given a length that
                 # wsgi.input does not hold.
@@ -124,7 +124,7 @@ class Exchange:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
         limit = ctx.queue_limit
-        queued = ctx.queued
+        queued = ctx.pool.queued + len(ctx.pending)  # ctx.queued, without the property call
         if limit and queued >= limit:
             self.environ["wsgi.input"].close()
             ctx.monitor.overloaded(queued, limit)
@@ -267,7 +267,8 @@ class Exchange:
         head = render_head(self.request.version, item.head, item.mode, keep, SERVER_HEADER,
                            self.ctx.date())
         self.conn.write(b"".join((head, *item.pieces, end.tail)))
-        self.done(keep and end.complete)
+        self.stop()
+        self.conn.finish(keep and end.complete)
 
     def write(self, item: Any, out: Output) -> bool:
         """One message from the app thread; False once the response is over."""
