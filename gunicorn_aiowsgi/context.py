@@ -95,7 +95,7 @@ def request_hooks(cfg: Any, log: Any) -> tuple[Callable[..., Any] | None, Callab
     default pre_request only logs at debug level, and its Logger.access returns at once unless
     an access log is configured (the `access_log_enabled` it computes in setup(), gunicorn 27).
     Those calls are skipped; a hook set by the user, a logger_class that overrides access (the
-    statsd logger times every request there) and a debug log level keep every call.
+    statsd logger times every request there) or debug, and a debug log level keep every call.
     """
     settings = getattr(cfg, "settings", {})
 
@@ -105,9 +105,11 @@ def request_hooks(cfg: Any, log: Any) -> tuple[Callable[..., Any] | None, Callab
         return None if idle and hook is default else hook
 
     debug = getattr(log, "error_log", None)
-    quiet = isinstance(debug, logging.Logger) and not debug.isEnabledFor(logging.DEBUG)
-    access = log.access
-    if getattr(type(log), "access", None) is Logger.access and \
-            getattr(type(log), "access_log_enabled", None) is not None and not log.access_log_enabled:
-        access = None
-    return configured("pre_request", quiet), configured("post_request", True), access
+    quiet = (getattr(type(log), "debug", None) is Logger.debug and isinstance(debug, logging.Logger)
+             and not debug.isEnabledFor(logging.DEBUG))
+    own = type(log)
+    idle_access = (getattr(own, "access", None) is Logger.access
+                   and getattr(own, "access_log_enabled", None) is not None  # gunicorn 27+
+                   and not log.access_log_enabled)
+    return (configured("pre_request", quiet), configured("post_request", True),
+            None if idle_access else log.access)

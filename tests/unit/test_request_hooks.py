@@ -65,3 +65,13 @@ def test_a_logger_class_of_ones_own_is_always_called() -> None:
     cfg = Config()
     log = Counting(cfg)
     assert request_hooks(cfg, log)[2] == log.access
+
+
+def test_a_logger_class_with_its_own_debug_gets_the_default_pre_request() -> None:
+    class Chatty(Logger):
+        def debug(self, msg: object, *args: object, **kwargs: object) -> None:
+            pass
+
+    cfg = Config()
+    log = Chatty(cfg)
+    assert request_hooks(cfg, log)[0] is cfg.pre_request
