@@ -123,7 +123,7 @@ def _closed_write(data: bytes) -> None:
 class AppCall:
     """Everything one request needs in its app thread; `run` is the thread's job."""
 
-    __slots__ = ("app", "environ", "channel", "version", "server", "started", "method", "_head",
+    __slots__ = ("app", "environ", "channel", "version", "server", "started", "method", "_parts",
                  "_req", "start", "framer", "resp", "body", "state")
 
     def __init__(self, app: Callable[..., Any], environ: dict[str, Any], channel: Channel,
@@ -138,7 +138,7 @@ class AppCall:
         self.method: str = environ["REQUEST_METHOD"]
         # What the request record is built from, in the app thread and only when something
         # reads it (a hook, the access log, a log line): most requests never need one.
-        self._head = (raw_headers, peer, number)
+        self._parts = (raw_headers, peer, number)
         self._req: RequestRecord | None = None
         self.start = StartResponse(self.method, self._write)
         environ["wsgi.early_hints"] = EarlyHints(channel, self.start, version)
@@ -161,7 +161,7 @@ class AppCall:
         return self._req
 
     def _record(self) -> RequestRecord:
-        raw_headers, peer, number = self._head
+        raw_headers, peer, number = self._parts
         return RequestRecord(self.environ, self.version, raw_headers, peer, number)
 
     # -- the job -------------------------------------------------------------------------
