@@ -91,6 +91,31 @@ def _file_span(wrapper: FileWrapper, length: int | None) -> tuple[int, int, int]
     return fd, offset, available if length is None else min(length, available)
 
 
+class EarlyHints:
+    """wsgi.early_hints (gunicorn 27): a 103 Early Hints response before the final one.
+
+    As gunicorn does: ignored once the response has begun, and for HTTP/1.0 clients, which
+    cannot take a 1xx response (RFC 9110 section 15.2); bad names or values raise. Its own
+    object, not a method of the call: the environ holding a bound method of the call that holds
+    the environ would be a reference cycle, every request left to the garbage collector.
+    """
+
+    __slots__ = ("channel", "start", "version")
+
+    def __init__(self, channel: Channel, start: StartResponse, version: tuple[int, int]) -> None:
+        self.channel = channel
+        self.start = start
+        self.version = version
+
+    def __call__(self, headers: list[tuple[str, str]]) -> None:
+        if self.start.phase is ResponsePhase.SENT or self.version < (1, 1):
+            return
+        pairs = [(n.decode("latin-1") if isinstance(n, bytes) else n,
+                  v.decode("latin-1") if isinstance(v, bytes) else v) for n, v in headers]
+        kept, _length, _close = check_headers(pairs)
+        self.channel.put(Hints(kept))
+
+
 def _closed_write(data: bytes) -> None:
     raise AppError("write() called after the response was finished")
 
@@ -98,19 +123,29 @@ def _closed_write(data: bytes) -> None:
 class AppCall:
     """Everything one request needs in its app thread; `run` is the thread's job."""
 
+    __slots__ = ("app", "environ", "channel", "version", "server", "started", "method", "_parts",
+                 "_req", "start", "framer", "resp", "body", "state")
+
     def __init__(self, app: Callable[..., Any], environ: dict[str, Any], channel: Channel,
-                 version: tuple[int, int], req: RequestRecord, server: Any, started: float) -> None:
+                 version: tuple[int, int], server: Any, started: float,
+                 raw_headers: Any = (), peer: Any = None, number: int = 1) -> None:
         self.app = app
         self.environ = environ
         self.channel = channel
         self.version = version
-        self.req = req
-        self.server = server        # the worker's Context: worker (hooks), log, monitor, sendfile
+        self.server = server        # the worker's Context: worker, hooks, log, monitor, sendfile
         self.started = started      # time.time() when the request head was parsed
         self.method: str = environ["REQUEST_METHOD"]
+        # What the request record is built from, in the app thread and only when something
+        # reads it (a hook, the access log, a log line): most requests never need one.
+        self._parts = (raw_headers, peer, number)
+        self._req: RequestRecord | None = None
         self.start = StartResponse(self.method, self._write)
+        environ["wsgi.early_hints"] = EarlyHints(channel, self.start, version)
         self.framer: BodyFramer | None = None
-        self.resp = ResponseRecord()
+        # gunicorn's response record, only for the access log and post_request to read.
+        self.resp = (ResponseRecord() if server.access is not None or server.post_request is not None
+                     else None)
         # Our own body stream: the app (or middleware such as wsgiref.validate) may replace
         # environ["wsgi.input"] with a wrapper that must not be closed by the server.
         self.body = environ["wsgi.input"]
@@ -118,12 +153,27 @@ class AppCall:
         # before that (ThreadPool.cancel), and then it is skipped, never run.
         self.state = JobState.QUEUED
 
+    @property
+    def req(self) -> RequestRecord:
+        """gunicorn's request record, as hooks, the access log and log lines see it."""
+        if self._req is None:
+            self._req = self._record()
+        return self._req
+
+    def _record(self) -> RequestRecord:
+        raw_headers, peer, number = self._parts
+        return RequestRecord(self.environ, self.version, raw_headers, peer, number)
+
     # -- the job -------------------------------------------------------------------------
     def run(self) -> None:
-        worker = self.server.worker
+        server = self.server
+        worker, pre_request = server.worker, server.pre_request
+        if pre_request is not None or server.post_request is not None or server.access is not None:
+            self._req = self._record()  # now: once the app runs, it may change its environ
         try:
             # Inside the try, as gunicorn's workers do: a failing hook is this request's 500.
-            worker.cfg.pre_request(worker, self.req)
+            if pre_request is not None:
+                pre_request(worker, self.req)
             result = self.app(self.environ, self.start)
             try:
                 self._consume(result)
@@ -133,7 +183,8 @@ class AppCall:
                     close()  # PEP 3333: exactly once, however iteration ended
         except ClientDisconnected:
             self.server.log.debug("Client went away during %s %s", self.method, self.req.uri)
-            self.resp.status = self.resp.status or "499 Client Closed Request"
+            if self.resp is not None:
+                self.resp.status = self.resp.status or "499 Client Closed Request"
         except Exception as exc:
             self._fail(exc)
         finally:
@@ -167,24 +218,29 @@ class AppCall:
                 self.channel.put(Abort(), wait=False)
             else:
                 error = exc if isinstance(exc, HTTPError) and exc.status >= 500 else AppError()
-                self.resp.status, self.resp.status_code = f"{error.status} {error.reason}", error.status
+                resp = self.resp
+                if resp is not None:
+                    resp.status, resp.status_code = f"{error.status} {error.reason}", error.status
                 self.channel.put(Fail(error), wait=False)
         except ClientDisconnected:
             pass
 
     def _finish(self, worker: Any) -> None:
-        resp = self.resp
-        if self.framer is not None:
+        resp, server = self.resp, self.server
+        if resp is not None and self.framer is not None:
             resp.sent = self.framer.sent
-        elapsed = max(0.0, time.time() - self.started)
-        try:  # the access log and post_request see every request, failed or cut short
-            self.server.log.access(resp, self.req, self.environ, timedelta(seconds=elapsed))
-        except Exception:
-            self.server.log.exception("Access log failed")
-        try:
-            worker.cfg.post_request(worker, self.req, self.environ, resp)
-        except Exception:
-            self.server.log.exception("Exception in post_request hook")
+        # The access log and post_request see every request, failed or cut short.
+        if server.access is not None:
+            elapsed = max(0.0, time.time() - self.started)
+            try:
+                server.access(resp, self.req, self.environ, timedelta(seconds=elapsed))
+            except Exception:
+                server.log.exception("Access log failed")
+        if server.post_request is not None:
+            try:
+                server.post_request(worker, self.req, self.environ, resp)
+            except Exception:
+                server.log.exception("Exception in post_request hook")
         # A spooled body is an unnamed temporary file: close it now rather than whenever the
         # app lets go of its environ (the disk space is freed on close).
         self.body.close()
@@ -211,6 +267,8 @@ class AppCall:
         self.framer = framer
         self.start.phase = ResponsePhase.SENT
         resp = self.resp
+        if resp is None:
+            return head, framer
         resp.status, resp.status_code, resp.headers = head.status, head.code, head.headers
         resp.response_length, resp.chunked = head.content_length, mode is Framing.CHUNKED
         resp.headers_sent = True
@@ -238,37 +296,37 @@ class AppCall:
                 self.channel.put(Data(pieces, size))
 
     def _end(self) -> None:
-        head = None
         if self.start.phase is not ResponsePhase.SENT:
             head, framer = self._begin()
-        else:
-            assert self.framer is not None
-            framer = self.framer
-        tail, complete = framer.finish()
-        if head is not None:
-            self.channel.put(Start(head, framer.mode), wait=False)
-        self._report_overflow(framer, complete)
+            tail, complete = framer.finish()
+            self._report_overflow(framer, complete)
+            self.channel.put(Start(head, framer.mode, end=End(tail, complete)), wait=False)
+            return
+        assert self.framer is not None
+        tail, complete = self.framer.finish()
+        self._report_overflow(self.framer, complete)
         self.channel.put(End(tail, complete), wait=False)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
-        body = []
         for chunk in chunks:
-            if not isinstance(chunk, bytes):
+            if type(chunk) is not bytes and not isinstance(chunk, bytes):
                 raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
-            body.append(chunk)
         if self.start.phase is ResponsePhase.SENT:  # the app used write() before returning
-            for chunk in body:
+            for chunk in chunks:
                 self._write(chunk)
             self._end()
             return
         head, framer = self._begin()
         # One chunk per item, as gunicorn frames them (and nothing copied to join them).
-        pieces = tuple(piece for chunk in body for piece in framer.pieces(chunk))
+        if len(chunks) == 1:
+            pieces = framer.pieces(chunks[0])
+        else:
+            pieces = tuple(piece for chunk in chunks for piece in framer.pieces(chunk))
         tail, complete = framer.finish()
-        self._report_overflow(framer, complete)
-        size = sum(map(len, pieces))
-        self.channel.put(Start(head, framer.mode, pieces, size), wait=False)
-        self.channel.put(End(tail, complete), wait=False)
+        if framer.overflow or not complete:
+            self._report_overflow(framer, complete)
+        size = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
+        self.channel.put(Start(head, framer.mode, pieces, size, End(tail, complete)), wait=False)
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
         head = self.start.head
@@ -294,19 +352,6 @@ class AppCall:
         self.channel.put(End(tail, complete), wait=False)
         self.channel.flush()  # the file must stay open until the loop has sent it
         return True
-
-    def early_hints(self, headers: list[tuple[str, str]]) -> None:
-        """wsgi.early_hints (gunicorn 27): a 103 Early Hints response before the final one.
-
-        As gunicorn does: ignored once the response has begun, and for HTTP/1.0 clients, which
-        cannot take a 1xx response (RFC 9110 section 15.2); bad names or values raise.
-        """
-        if self.start.phase is ResponsePhase.SENT or self.version < (1, 1):
-            return
-        pairs = [(n.decode("latin-1") if isinstance(n, bytes) else n,
-                  v.decode("latin-1") if isinstance(v, bytes) else v) for n, v in headers]
-        kept, _length, _close = check_headers(pairs)
-        self.channel.put(Hints(kept))
 
     def _report_overflow(self, framer: BodyFramer, complete: bool) -> None:
         if framer.overflow:

@@ -18,15 +18,18 @@ log = logging.getLogger("gunicorn.error")
 # What an app thread sends to the loop: one small class per message. `size` is the credit the
 # message holds (body bytes in flight) until the loop releases it.
 class Start:
-    """The response head, with the first body pieces (already framed)."""
+    """The response head, with the first body pieces (already framed), and its End when the
+    whole response is known at once (one message, one loop step for a small response)."""
 
-    __slots__ = ("head", "mode", "pieces", "size")
+    __slots__ = ("head", "mode", "pieces", "size", "end")
 
-    def __init__(self, head: Any, mode: Any, pieces: tuple[bytes, ...] = (), size: int = 0) -> None:
+    def __init__(self, head: Any, mode: Any, pieces: tuple[bytes, ...] = (), size: int = 0,
+                 end: "End | None" = None) -> None:
         self.head = head          # response.Head
         self.mode = mode          # response.Framing
         self.pieces = pieces
         self.size = size
+        self.end = end
 
 
 class Data:
@@ -217,12 +220,15 @@ class Inbox:
     drains, so an append it misses always brings a new wake.
     """
 
-    __slots__ = ("_loop", "_ready", "_pending")
+    __slots__ = ("_loop", "_ready", "_pending", "lock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._ready: collections.deque[Channel] = collections.deque()
         self._pending = False
+        # The channels' one mutex: held for a few bytecodes, and only by a thread about to wait
+        # for credit and by the loop opening its gate; one per worker, not one per request.
+        self.lock = threading.Lock()
 
     def post(self, channel: "Channel") -> None:
         self._ready.append(channel)
@@ -237,7 +243,9 @@ class Inbox:
         self._pending = False
         ready = self._ready
         while ready:
-            ready.popleft()._wake()
+            listener = ready.popleft()._listener  # None once the loop closed the channel
+            if listener is not None:
+                listener()
 
 
 class Channel:
@@ -264,7 +272,7 @@ class Channel:
         self._listener: Callable[[], None] | None = listener  # runs on the loop when items arrive
         self._gate: Any = None    # a held lock the waiting thread blocks on; the loop releases it
         self._room = 0            # the in-flight bytes the waiting thread needs to fall below
-        self._mutex = threading.Lock()
+        self._mutex = inbox.lock
 
     # -- app thread side -------------------------------------------------------------------
     def put(self, item: Message, wait: bool = True) -> None:
@@ -308,11 +316,6 @@ class Channel:
                 self._gate = None
                 gate.release()
 
-    def _wake(self) -> None:
-        listener = self._listener
-        if listener is not None:
-            listener()
-
     def take(self) -> list[Message]:
         """Everything queued so far (maybe nothing); a later put wakes the listener again."""
         self._wake_pending = False  # cleared before looking: a put we miss posts a new wake
@@ -331,7 +334,8 @@ class Channel:
         """The client is gone (or the worker is exiting): the app thread's next put raises."""
         self._closed = True
         self._listener = None
-        self._open_gate()
+        if self._gate is not None:
+            self._open_gate()
 
     @property
     def inflight(self) -> int:

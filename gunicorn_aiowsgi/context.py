@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from typing import Any, Callable
+
+from gunicorn.glogging import Logger
 
 from .bridge import Inbox, ThreadPool
 from .diagnostics import Monitor
@@ -25,7 +28,8 @@ class Context:
 
     __slots__ = ("settings", "loop", "log", "pool", "inbox", "wsgi", "base", "worker", "monitor",
                  "spools", "can_sendfile", "date", "draining", "opened", "closed", "pending",
-                 "read_buffer", "queue_limit", "limits", "timer_context")
+                 "read_buffer", "queue_limit", "limits", "timer_context", "pre_request",
+                 "post_request", "access")
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, log: Any,
                  pool: ThreadPool, wsgi: Callable[..., Any], base: dict[str, Any], worker: Any,
@@ -49,6 +53,8 @@ class Context:
         self.closed: Callable[[Any], None] = lambda conn: None
         self.queue_limit = settings.effective_queue_limit  # read per request: resolved once
         self.limits = Limits(settings)      # every request parser's limits (parser.py)
+        # The hooks and the access log each request calls, resolved once; None: nothing to call.
+        self.pre_request, self.post_request, self.access = request_hooks(worker.cfg, log)
         self.pending: list[Any] = []        # app calls parsed in this loop turn, not yet handed over
         # Every connection reads into this one buffer (asyncio's read size); a read is copied out
         # before the loop reads again, so one is enough for all connections.
@@ -69,8 +75,9 @@ class Context:
         of the reads still to parse in this turn; handed over together, the threads start when
         the loop goes back to waiting (futex calls per request: about 6 before, under 1 after).
         """
-        self.pending.append(call)
-        if len(self.pending) == 1:
+        pending = self.pending
+        pending.append(call)
+        if len(pending) == 1:
             self.loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
@@ -90,3 +97,31 @@ class Context:
             self.log.warning("Invalid request from ip=%s: %s", peer.remote_addr if peer else "", error)
         else:
             self.log.error("Error handling request: %s", error)
+
+
+def request_hooks(cfg: Any, log: Any) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None,
+                                                Callable[..., Any] | None]:
+    """(pre_request, post_request, access log) for every request; None where calling would do nothing.
+
+    gunicorn's workers call all three per request. Its default post_request does nothing, its
+    default pre_request only logs at debug level, and its Logger.access returns at once unless
+    an access log is configured (the `access_log_enabled` it computes in setup(), gunicorn 27).
+    Those calls are skipped; a hook set by the user, a logger_class that overrides access (the
+    statsd logger times every request there) or debug, and a debug log level keep every call.
+    """
+    settings = getattr(cfg, "settings", {})
+
+    def configured(name: str, idle: bool) -> Callable[..., Any] | None:
+        hook = getattr(cfg, name)
+        default = settings[name].default if name in settings else None
+        return None if idle and hook is default else hook
+
+    debug = getattr(log, "error_log", None)
+    quiet = (getattr(type(log), "debug", None) is Logger.debug and isinstance(debug, logging.Logger)
+             and not debug.isEnabledFor(logging.DEBUG))
+    own = type(log)
+    idle_access = (getattr(own, "access", None) is Logger.access
+                   and getattr(own, "access_log_enabled", None) is not None  # gunicorn 27+
+                   and not log.access_log_enabled)
+    return (configured("pre_request", quiet), configured("post_request", True),
+            None if idle_access else log.access)

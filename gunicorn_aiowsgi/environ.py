@@ -5,13 +5,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .errors import BadRequest, ExpectationFailed, HeaderFieldsTooLarge, HTTPError
 from .settings import Settings
 
 SERVER_SOFTWARE = "gunicorn/aiowsgi"
+PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
 
 # RFC 9112 section 3.2 / RFC 3986 section 2: a request-target is printable ASCII only.
 TARGET_INVALID = re.compile(rb"[^\x21-\x7e]")
@@ -40,6 +41,17 @@ class Peer:
     server_port: str | None           # listener port as text
     trusted: bool                     # may set forwarding and secure-scheme headers
     proxy: dict[str, str] | None = None  # PROXY_* environ keys when a PROXY preamble was sent
+    # The environ keys these addresses give every request of the connection, computed once.
+    keys: dict[str, str | None] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        keys: dict[str, str | None] = {"REMOTE_ADDR": self.remote_addr}
+        if self.remote_port is not None:
+            keys["REMOTE_PORT"] = self.remote_port
+        if self.server_name is not None:  # else from Host, per request (a unix socket)
+            keys["SERVER_NAME"], keys["SERVER_PORT"] = self.server_name, self.server_port
+        keys.update(self.proxy or {})
+        object.__setattr__(self, "keys", keys)  # frozen: set once, here
 
 
 def is_trusted(addr: str, allow: tuple[str, ...], networks: tuple[Any, ...]) -> bool:
@@ -88,11 +100,24 @@ def base_environ(settings: Settings, errors: Any, file_wrapper: Any) -> dict[str
     }
 
 
+# Methods seen before and accepted: (method, casefold) -> REQUEST_METHOD. The same few come on
+# every request; bounded like the header names below (count).
+METHOD_CACHE_SIZE = 64
+_METHODS: dict[tuple[str, bool], str] = {}
+
+
 def check_method(settings: Settings, method: str) -> str:
     """gunicorn's method rules (aiohttp has already checked it is a token)."""
+    key = (method, settings.casefold_http_method)
+    known = _METHODS.get(key)
+    if known is not None:
+        return known
     if METHOD_BADCHAR.search(method) or not 3 <= len(method) <= 20:
         raise BadRequest(f"Invalid Method '{method}'")
-    return method.upper() if settings.casefold_http_method else method
+    checked = method.upper() if settings.casefold_http_method else method
+    if len(_METHODS) < METHOD_CACHE_SIZE:
+        _METHODS[key] = checked
+    return checked
 
 
 def split_target(method: str, target: bytes) -> tuple[str, str, str]:
@@ -100,6 +125,9 @@ def split_target(method: str, target: bytes) -> tuple[str, str, str]:
     if not target or TARGET_INVALID.search(target):
         raise BadRequest(f"Invalid Request Line '{target.decode('latin-1')}'")
     uri = target.decode("latin-1")
+    if uri[0] == "/" and uri[1:2] != "/" and "#" not in uri:  # origin-form: nearly every request
+        path, _, query = uri.partition("?")
+        return uri, path, query
     # RFC 9112 section 3.2.4: asterisk-form only with OPTIONS; 3.2.3: authority-form only
     # with CONNECT; otherwise origin-form ("/...") or absolute-form ("scheme://...").
     if (uri == "*" and method != "OPTIONS") or (
@@ -161,7 +189,7 @@ def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
             raise HeaderFieldsTooLarge("limit request headers fields size")
         name, key, careful = names.get(raw_name) or _map_name(raw_name)
         value = raw_value.decode("latin-1").strip(" \t")
-        if VALUE_INVALID.search(value):
+        if not value.isprintable() and VALUE_INVALID.search(value):  # printable: no CTL at all
             raise BadRequest(f"Invalid HTTP Header: '{name}'")
         if name in secure:
             this = "https" if value == secure[name] else "http"
@@ -225,19 +253,15 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
     environ["REQUEST_METHOD"] = check_method(settings, method)
     environ["QUERY_STRING"] = query
     environ["RAW_URI"] = raw_uri
-    environ["SERVER_PROTOCOL"] = "HTTP/%d.%d" % version
+    environ["SERVER_PROTOCOL"] = PROTOCOLS.get(version) or "HTTP/%d.%d" % version
     environ["SCRIPT_NAME"] = settings.script_name
     expect, host, scheme = add_headers(environ, settings, peer, version, raw_headers)
     if host is None and version >= (1, 1):
         # RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
         raise BadRequest("Missing 'Host' header")
     environ["wsgi.url_scheme"] = scheme
-    environ["REMOTE_ADDR"] = peer.remote_addr
-    if peer.remote_port is not None:
-        environ["REMOTE_PORT"] = peer.remote_port
-    if peer.server_name is not None:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = peer.server_name, peer.server_port
-    else:
+    environ.update(peer.keys)
+    if peer.server_name is None:
         environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_from_host(host, scheme)
     script_name = environ["SCRIPT_NAME"]
     if script_name:
@@ -248,7 +272,5 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
     # PEP 3333: PATH_INFO holds the percent-decoded bytes as latin-1 ("/caf%C3%A9" -> "/caf\xc3\xa9").
     environ["PATH_INFO"] = (urllib.parse.unquote_to_bytes(path).decode("latin-1") if "%" in path
                             else path)
-    if peer.proxy:
-        environ.update(peer.proxy)
     return environ, expect
 

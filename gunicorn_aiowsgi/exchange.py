@@ -15,9 +15,8 @@ from .environ import build_environ
 from .errors import BadRequest, GatewayTimeout, HTTPError
 from .output import Output
 from .parser import Request
-from .records import RequestRecord
 from .replies import CONTINUE, SERVER_HEADER, early_hints, error_reply, plain
-from .response import Framing, render_head
+from .response import COPY_LIMIT, Framing, render_head
 
 if TYPE_CHECKING:
     from .protocol import Connection
@@ -62,8 +61,8 @@ class Exchange:
             self.environ, expect = build_environ(
                 ctx.base, settings, conn.peer, req.method,
                 req.target.encode("utf-8", "surrogateescape"), req.version, req.raw_headers)
-            length = self.environ.get("CONTENT_LENGTH", "0")
-            if req.method == "CONNECT" and (req.chunked or length != "0"):
+            if req.method == "CONNECT" and (
+                    req.chunked or self.environ.get("CONTENT_LENGTH", "0") != "0"):
                 # RFC 9110 section 9.3.6: a CONNECT request has no content (aiohttp's parser
                 # would hand its bytes on as a tunnel's); refused, never given a length that
                 # wsgi.input does not hold.
@@ -125,7 +124,7 @@ class Exchange:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
         limit = ctx.queue_limit
-        queued = ctx.queued
+        queued = ctx.pool.queued + len(ctx.pending)  # ctx.queued, without the property call
         if limit and queued >= limit:
             self.environ["wsgi.input"].close()
             ctx.monitor.overloaded(queued, limit)
@@ -136,10 +135,8 @@ class Exchange:
         ctx.worker.request_started()
         req = self.request
         self.channel = Channel(ctx.inbox, ctx.settings.write_buffer, self.relay)
-        record = RequestRecord(self.environ, req.version, req.raw_headers, self.conn.peer, self.number)
-        self.call = call = AppCall(ctx.wsgi, self.environ, self.channel, req.version, record, ctx,
-                                   self.started)
-        self.environ["wsgi.early_hints"] = call.early_hints
+        self.call = call = AppCall(ctx.wsgi, self.environ, self.channel, req.version, ctx,
+                                   self.started, req.raw_headers, self.conn.peer, self.number)
         ctx.submit(call)
         if ctx.settings.request_timeout:
             self.timer = ctx.loop.call_later(ctx.settings.request_timeout, self.timed_out)
@@ -231,8 +228,16 @@ class Exchange:
         channel = self.channel
         if channel is None or self.sending:
             return
-        out = Output(self.conn.write)
         try:
+            if not self.backlog and self.conn.writable:
+                batch = channel.take()
+                if len(batch) == 1:
+                    item = batch[0]
+                    if type(item) is Start and item.end is not None and item.size < COPY_LIMIT:
+                        self.whole(item)
+                        return
+                self.backlog = batch  # taken, not written yet: the loop below writes it
+            out = Output(self.conn.write)
             while self.conn.writable:
                 batch = self.backlog or channel.take()
                 if not batch:
@@ -251,6 +256,20 @@ class Exchange:
         except Exception as exc:
             self.broke(exc)
 
+    def whole(self, item: Start) -> None:
+        """A small response known in full (a list body): head, body and end in one write."""
+        end = item.end
+        assert end is not None
+        self.head_sent = True
+        if self.timer is not None:
+            self.started_response()
+        self.keep = keep = self.keep_alive(item.head.close or item.mode is Framing.CLOSE)
+        head = render_head(self.request.version, item.head, item.mode, keep, SERVER_HEADER,
+                           self.ctx.date())
+        self.conn.write(b"".join((head, *item.pieces, end.tail)))
+        self.stop()
+        self.conn.finish(keep and end.complete)
+
     def write(self, item: Any, out: Output) -> bool:
         """One message from the app thread; False once the response is over."""
         kind = type(item)
@@ -260,6 +279,8 @@ class Exchange:
             self.keep = self.keep_alive(item.head.close or item.mode is Framing.CLOSE)
             out.add(render_head(req.version, item.head, item.mode, self.keep, SERVER_HEADER,
                                 self.ctx.date()), *item.pieces)
+            if item.end is not None:
+                return self.write(item.end, out)
         elif kind is Data:
             out.add(*item.pieces)
         elif kind is End:

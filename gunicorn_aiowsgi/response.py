@@ -57,12 +57,44 @@ class Head:
         self.close = close                    # the app sent "Connection: close"
 
 
+# Statuses and header names already checked: the same few come back on every response, so
+# each is matched once. Bounded: past CHECKED_CACHE_SIZE entries, new ones are checked every time.
+CHECKED_CACHE_SIZE = 1024
+_STATUSES: dict[str, int] = {}
+_NAMES: dict[str, str] = {}   # header name -> its lower-case form
+# Whole fields kept as they are, (name, value) -> the pair to send (value stripped): the same
+# Content-Type or Cache-Control on every response. Content-Length and hop-by-hop fields are
+# never kept here (their values vary, or they change the framing).
+_PAIRS: dict[tuple[str, str], tuple[str, str]] = {}
+
+
 def check_status(status: Any) -> int:
+    if type(status) is str:
+        code = _STATUSES.get(status)
+        if code is not None:
+            return code
     if not isinstance(status, str):
         raise AppError(f"status {status!r} is not a str (PEP 3333)")
     if not STATUS.fullmatch(status):
         raise AppError(f"invalid status {status!r}")
-    return int(status[:3])
+    code = int(status[:3])
+    if type(status) is str and len(_STATUSES) < CHECKED_CACHE_SIZE:
+        _STATUSES[status] = code
+    return code
+
+
+def _header_name(name: Any) -> str:
+    """The lower-case name of a valid field name; AppError for anything else."""
+    if type(name) is str:
+        lname = _NAMES.get(name)
+        if lname is not None:
+            return lname
+    if not isinstance(name, str) or not TOKEN.fullmatch(name):
+        raise AppError(f"invalid header name {name!r}")
+    lname = name.lower()
+    if type(name) is str and len(_NAMES) < CHECKED_CACHE_SIZE:
+        _NAMES[name] = lname
+    return lname
 
 
 def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool]:
@@ -72,16 +104,26 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
     kept = []
     length = None
     close = False
+    names, pairs = _NAMES, _PAIRS
     for item in headers:
+        try:
+            known = pairs.get(item)
+        except TypeError:  # not hashable: not a (str, str) tuple, refused below
+            known = None
+        if known is not None:
+            kept.append(known)
+            continue
         if not isinstance(item, tuple) or len(item) != 2:
             raise AppError(f"header {item!r} is not a (name, value) tuple")
         name, value = item
-        if not isinstance(name, str) or not TOKEN.fullmatch(name):
-            raise AppError(f"invalid header name {name!r}")
-        if not isinstance(value, str) or not FIELD_VALUE.fullmatch(value):
-            # The name only: the value may hold a secret (a cookie, a token).
-            raise AppError(f"invalid value for header {name!r}")
-        lname = name.lower()
+        lname = names.get(name) if type(name) is str else None
+        if lname is None:
+            lname = _header_name(name)
+        # Printable ASCII (SP to "~") needs no pattern.
+        if type(value) is not str or not (value.isascii() and value.isprintable()):
+            if not isinstance(value, str) or not FIELD_VALUE.fullmatch(value):
+                # The name only in the message: the value may hold a secret (a cookie, a token).
+                raise AppError(f"invalid value for header {name!r}")
         value = value.strip(" \t")
         if lname == "content-length":
             if not value.isdigit() or (length is not None and int(value) != length):
@@ -91,7 +133,10 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
         if lname in HOP_BY_HOP:
             close = close or (lname == "connection" and "close" in value.lower())
             continue
-        kept.append((name, value))
+        pair = (name, value)
+        kept.append(pair)
+        if type(name) is str and type(item[1]) is str and len(pairs) < CHECKED_CACHE_SIZE:
+            pairs[item] = pair
     return kept, length, close
 
 

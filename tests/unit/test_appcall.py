@@ -18,7 +18,6 @@ import pytest
 from gunicorn_aiowsgi import bridge
 from gunicorn_aiowsgi.application import AppCall, FileWrapper
 from gunicorn_aiowsgi.errors import BadRequest, ClientDisconnected, HTTPError
-from gunicorn_aiowsgi.records import RequestRecord
 from gunicorn_aiowsgi.response import ResponsePhase
 
 CHUNK_END = b"0\r\n\r\n"
@@ -73,8 +72,16 @@ class RecordingChannel:
     def put(self, item: Any, wait: bool = True) -> None:
         if self.gone_at is not None and len(self.puts) >= self.gone_at:
             raise ClientDisconnected()
+        end = getattr(item, "end", None)
+        if end is not None:
+            # A Start carrying its End (a response known in full) stands for both messages;
+            # recorded as the two, so every case reads the same whichever way it was sent.
+            item = bridge.Start(item.head, item.mode, item.pieces, item.size)
         self.puts.append((item, item.size))
         self.events.append(("put", describe(item)[0]))
+        if end is not None:
+            self.puts.append((end, end.size))
+            self.events.append(("put", describe(end)[0]))
 
     def flush(self) -> None:
         self.flushes += 1
@@ -148,6 +155,10 @@ class FakeServer:
         self.worker = FakeWorker(events)
         self.log = RecordingLog(events)
         self.can_sendfile = can_sendfile
+        # As Context resolves them (context.request_hooks): every one set here.
+        self.pre_request = self.worker.cfg.pre_request
+        self.post_request = self.worker.cfg.post_request
+        self.access = self.log.access
 
 
 @dataclass
@@ -176,7 +187,6 @@ def call(app: Callable, method: str = "GET", version: tuple[int, int] = (1, 1), 
     body = io.BytesIO(b"")
     environ = {"REQUEST_METHOD": method, "RAW_URI": "/t?q=1", "QUERY_STRING": "q=1",
                "wsgi.url_scheme": "http", "wsgi.input": body, "wsgi.file_wrapper": FileWrapper}
-    req = RequestRecord(environ, version, (), ("127.0.0.1", 50000), 1)
     channel = RecordingChannel(events, gone_at)
     server = FakeServer(events, sendfile)
     if setup is not None:
@@ -186,7 +196,8 @@ def call(app: Callable, method: str = "GET", version: tuple[int, int] = (1, 1), 
         events.append(("app",))
         return app(environ, start_response)
 
-    appcall = AppCall(traced, environ, channel, version, req, server, 0.0)  # type: ignore[arg-type]
+    appcall = AppCall(traced, environ, channel, version, server, 0.0, (),  # type: ignore[arg-type]
+                      ("127.0.0.1", 50000), 1)
     appcall.run()
     return Result(appcall, channel, server, events, environ, body)
 

@@ -195,3 +195,37 @@ def test_make_peer():
     assert not make_peer(settings, ("10.1.1.1", 4000), ("127.0.0.1", 80)).trusted
     unix = make_peer(settings, "", "/tmp/sock")
     assert unix.remote_addr == "" and unix.trusted and unix.remote_port is None
+
+
+@pytest.mark.parametrize("method, ok", [("GET", True), ("get", False), ("GET", True), ("get", False)])
+def test_method_rules_hold_when_seen_before(method, ok):
+    """Accepted methods are cached: a refused one is never cached, an accepted one stays so."""
+    if ok:
+        assert env(method=method)[0]["REQUEST_METHOD"] == method
+    else:
+        with pytest.raises(BadRequest):
+            env(method=method)
+
+
+
+def test_peer_keys_are_the_connections_and_a_proxy_preamble_wins():
+    """The addresses' keys are computed once per connection (Peer.keys); a PROXY preamble's
+    client address replaces the socket's, and SERVER_* stay the listener's (gunicorn's
+    proxy_environ)."""
+    from types import SimpleNamespace
+
+    from gunicorn_aiowsgi.environ import proxied_peer
+    info = SimpleNamespace(client_addr="203.0.113.5", client_port=4321, proxy_addr="10.0.0.1",
+                           proxy_port=443, protocol="TCP4")
+    environ = env(peer=proxied_peer(TCP, info))[0]
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("203.0.113.5", "4321")
+    assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("127.0.0.1", "8000")
+    assert (environ["PROXY_PROTOCOL"], environ["PROXY_ADDR"], environ["PROXY_PORT"]) == (
+        "TCP4", "10.0.0.1", "443")
+    plain = env()[0]
+    assert (plain["REMOTE_ADDR"], plain["REMOTE_PORT"]) == ("10.0.0.7", "5555")
+    assert "PROXY_PROTOCOL" not in plain
+    unix = env(peer=UNIX, headers=[("Host", "example.com:8080")])[0]
+    assert (unix["REMOTE_ADDR"], unix["SERVER_NAME"], unix["SERVER_PORT"]) == (
+        "", "example.com", "8080")
+    assert "REMOTE_PORT" not in unix

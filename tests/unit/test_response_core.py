@@ -120,3 +120,49 @@ def test_start_response_states():
     except KeyError:
         with pytest.raises(KeyError):
             start("500 Oops", [], sys.exc_info())  # too late: re-raised (PEP 3333)
+
+
+class Text(str):
+    """A str subclass: checked every time, never kept in the caches."""
+
+
+@pytest.mark.parametrize("repeat", [1, 2, 3])
+def test_checks_are_the_same_whether_seen_before_or_not(repeat):
+    """Statuses and header names are cached once checked: the second and third look give what
+    the first gave, and what was refused is refused again (never cached)."""
+    assert check_status("200 OK") == 200 and check_status(Text("201 Created")) == 201
+    assert check_headers([("X-Seen", "v"), (Text("X-Sub"), "w")]) == (
+        [("X-Seen", "v"), ("X-Sub", "w")], None, False)
+    assert check_headers([("X-Pad", " v\t"), ("Connection", "close"), ("Content-Length", "3")]) == (
+        [("X-Pad", "v")], 3, True)
+    for status in ("20 OK", "200 OK\r\nX: y"):
+        with pytest.raises(AppError):
+            check_status(status)
+    for headers in ([("Bad Name", "v")], [("X-Seen", "a\r\nb")], [("X-Seen", "\x7f")],
+                    [("X-Seen", ["v"])], [["X-Seen", "v"]], [("X-Seen", "v", "w")]):
+        with pytest.raises(AppError):
+            check_headers(headers)
+
+
+def test_caches_are_bounded(monkeypatch):
+    from gunicorn_aiowsgi import response
+    monkeypatch.setattr(response, "_NAMES", {})
+    monkeypatch.setattr(response, "_STATUSES", {})
+    monkeypatch.setattr(response, "_PAIRS", {})
+    for n in range(response.CHECKED_CACHE_SIZE + 10):
+        check_headers([(f"X-{n}", "v"), ("Content-Length", str(n))])
+        check_status(f"200 Ok {n}")
+    assert len(response._NAMES) == len(response._STATUSES) == response.CHECKED_CACHE_SIZE
+    assert len(response._PAIRS) == response.CHECKED_CACHE_SIZE
+    assert ("Content-Length", "1") not in response._PAIRS  # varies per response: never kept
+
+
+@pytest.mark.parametrize("value, ok", [("plain ascii ~", True), ("tab\there", True),
+                                       ("caf\xe9 \x80\xff", True), ("\u20ac", False),
+                                       ("del\x7f", False), ("nul\x00", False)])
+def test_header_values_past_the_printable_ascii_fast_path(value, ok):
+    if ok:
+        assert check_headers([("X", value)])[0] == [("X", value.strip(" \t"))]
+    else:
+        with pytest.raises(AppError):
+            check_headers([("X", value)])
