@@ -118,9 +118,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def _hold(self, data: bytes) -> None:
         """Bytes after a complete request (pipelining): parsed once its response is complete."""
-        if not self.held:
-            self.held = bytearray()  # b"" while none: no buffer kept per idle connection
-        self.held += data
+        if self.held:
+            self.held += data
+        else:
+            self.held = bytearray(data)  # b"" while none: no buffer kept per idle connection
         if len(self.held) > HELD_LIMIT:
             self.pause_reading()
 
@@ -179,30 +180,27 @@ class Connection(asyncio.BufferedProtocol):
         exchange.begin()  # may answer at once (a health check, an error), or wait for the body
 
     def _body(self, data: bytes) -> bytes:
-        """Body bytes: exactly Content-Length of them, or chunks (parsed) up to the last chunk."""
+        """Feed body bytes: exactly Content-Length of them, or chunks up to the last chunk."""
         request, exchange, parser = self.request, self.exchange, self.parser
         assert request is not None and exchange is not None and parser is not None
         self.since = self.ctx.loop.time()
         if self.body_left is not None:
-            # Content-Length (RFC 9112 section 6.2): the end is a count, so the bytes go to the body
-            # as they are; the parser (dropped with this request) would only copy them.
             cut = self.body_left
-            body, rest = (data, b"") if cut >= len(data) else (data[:cut], data[cut:])
-            self.body_left = cut - len(body)
-            done = not self.body_left
+            chunk, rest = (data, b"") if cut >= len(data) else (data[:cut], data[cut:])
+            self.body_left -= len(chunk)
         else:
             assert self.bound is not None  # a chunked body ends with a blank line (RFC 9112 7.1)
             end = self.bound.blank_line(data)
             chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
-            requests, tail = parser.feed(chunk, line_done=True)
-            if requests or tail:
-                raise BadRequest("Invalid request framing")
-            body, done = request.take_body(), request.body_done()
+        requests, tail = parser.feed(chunk, line_done=True)
+        if requests or tail:
+            raise BadRequest("Invalid request framing")
+        body = request.take_body()
         if body:
             exchange.body(body)
             if self.state is not ConnState.BODY:  # refused on the way in (413, 503, 507)
                 return b""
-        if done:
+        if request.body_done():
             self._body_end()
         return rest
 
@@ -313,8 +311,10 @@ class Connection(asyncio.BufferedProtocol):
     # -- the client half-closes ----------------------------------------------------------
     def eof_received(self) -> bool | None:
         """The client half-closed (RFC 9112 section 9.6): still answer the requests it completed.
+
         A body cut short by the FIN is refused with 400 and never reaches the app. Nothing in
-        progress, or TLS (which cannot half-close): close now, as asyncio does by default."""
+        progress, or TLS (which cannot half-close): close now, as asyncio does by default.
+        """
         self.eof = True
         if self.transport is None or self.transport.get_extra_info("ssl_object") is not None:
             return None
@@ -335,24 +335,24 @@ class Connection(asyncio.BufferedProtocol):
         return deadline(self.state, self.since, self.requests, self.ctx.settings)
 
     def _arm(self) -> None:
-        due = self._deadline()
-        if due is None:
+        deadline = self._deadline()
+        if deadline is None:
             return
         if self.timer is not None:
-            if self.timer.when() <= due:
+            if self.timer.when() <= deadline:
                 return  # fires first, then re-arms itself for the later deadline
             # A shorter deadline than the pending one (keepalive 2 s after a 30 s header
             # timeout, say): the pending timer would close the idle connection far too late.
             self.timer.cancel()
-        self.timer = self.ctx.call_at(due, self._expire)
+        self.timer = self.ctx.call_at(deadline, self._expire)
 
     def _expire(self) -> None:
         self.timer = None
-        due = self._deadline()
-        if due is None or self.transport is None:
+        deadline = self._deadline()
+        if deadline is None or self.transport is None:
             return
-        if self.ctx.loop.time() < due:  # the state moved on since: check again later
-            self.timer = self.ctx.call_at(due, self._expire)
+        if self.ctx.loop.time() < deadline:  # the state moved on since: check again later
+            self.timer = self.ctx.call_at(deadline, self._expire)
             return
         if self.state is ConnState.IDLE and unread_bytes(self.transport):
             # The next request is in the socket, not read yet: a head has begun, never close.
