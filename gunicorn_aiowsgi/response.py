@@ -62,10 +62,8 @@ class Head:
 CHECKED_CACHE_SIZE = 1024
 _STATUSES: dict[str, int] = {}
 _NAMES: dict[str, str] = {}   # header name -> its lower-case form
-# Whole fields kept as they are, (name, value) -> the pair to send (value stripped): the same
-# Content-Type or Cache-Control on every response. Content-Length and hop-by-hop fields are
-# never kept here (their values vary, or they change the framing).
-_PAIRS: dict[tuple[str, str], tuple[str, str]] = {}
+# Values are not remembered: they vary (Content-Length, ETag) and may be secrets (Set-Cookie),
+# which a process-wide table would keep alive; printable ASCII needs no pattern anyway.
 
 
 def check_status(status: Any) -> int:
@@ -104,15 +102,8 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
     kept = []
     length = None
     close = False
-    names, pairs = _NAMES, _PAIRS
+    names = _NAMES
     for item in headers:
-        try:
-            known = pairs.get(item)
-        except TypeError:  # not hashable: not a (str, str) tuple, refused below
-            known = None
-        if known is not None:
-            kept.append(known)
-            continue
         if not isinstance(item, tuple) or len(item) != 2:
             raise AppError(f"header {item!r} is not a (name, value) tuple")
         name, value = item
@@ -133,10 +124,7 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
         if lname in HOP_BY_HOP:
             close = close or (lname == "connection" and "close" in value.lower())
             continue
-        pair = (name, value)
-        kept.append(pair)
-        if type(name) is str and type(item[1]) is str and len(pairs) < CHECKED_CACHE_SIZE:
-            pairs[item] = pair
+        kept.append((name, value))
     return kept, length, close
 
 
