@@ -124,7 +124,7 @@ class Exchange:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
         limit = ctx.queue_limit
-        queued = ctx.pool.queued + len(ctx.pending)  # ctx.queued, without the property call
+        queued = ctx.queued
         if limit and queued >= limit:
             self.environ["wsgi.input"].close()
             ctx.monitor.overloaded(queued, limit)
