@@ -115,6 +115,9 @@ class Connection(asyncio.BufferedProtocol):
             self._parse(data)
         except HTTPError as error:
             self.refuse(error)
+            return
+        if self.state is ConnState.HEAD or self.state is ConnState.BODY:
+            self._arm()  # the state this read ends in; those it only passed through need no timer
 
     def _hold(self, data: bytes) -> None:
         """Bytes after a complete request (pipelining): parsed once its response is complete."""
@@ -146,7 +149,7 @@ class Connection(asyncio.BufferedProtocol):
         limits = self.ctx.limits
         self.parser = Parser(limits, self.ctx.loop)
         self.bound = Boundary(limits.max_line)
-        self._enter(ConnState.HEAD)
+        self.state, self.since = ConnState.HEAD, self.ctx.loop.time()  # armed by _feed or _expire
 
     def _head(self, data: bytes) -> bytes:
         """Feed head bytes, up to and including the blank line that ends the head."""
@@ -172,11 +175,11 @@ class Connection(asyncio.BufferedProtocol):
         """A head is complete: start its exchange; read its body, if any, next."""
         self.exchange = exchange = Exchange(self.ctx, self, request, self.requests + 1)
         if request.body_done():
-            self._enter(ConnState.APP)
+            self.state = ConnState.APP
         else:
             self.request = request
             self.body_left = None if request.chunked else request.content_length()
-            self._enter(ConnState.BODY)
+            self.state, self.since = ConnState.BODY, self.ctx.loop.time()  # armed by _feed
         exchange.begin()  # may answer at once (a health check, an error), or wait for the body
 
     def _body(self, data: bytes) -> bytes:
@@ -201,14 +204,10 @@ class Connection(asyncio.BufferedProtocol):
             if self.state is not ConnState.BODY:  # refused on the way in (413, 503, 507)
                 return b""
         if request.body_done():
-            self._body_end()
+            self.request = None
+            self.state = ConnState.APP
+            exchange.body_end()
         return rest
-
-    def _body_end(self) -> None:
-        self.request = None
-        self._enter(ConnState.APP)
-        assert self.exchange is not None
-        self.exchange.body_end()
 
     # -- bytes out (called by the exchange) ----------------------------------------------
     def write(self, data: bytes) -> None:
@@ -357,6 +356,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.state is ConnState.IDLE and unread_bytes(self.transport):
             # The next request is in the socket, not read yet: a head has begun, never close.
             self._open()
+            self._arm()
             return
         if self.state is ConnState.BODY and not self.reading:  # waiting for the disk, not the client
             self.since = self.ctx.loop.time()
