@@ -14,8 +14,6 @@ from .settings import Settings
 SERVER_SOFTWARE = "gunicorn/aiowsgi"
 PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
 
-# RFC 9112 section 3.2 / RFC 3986 section 2: a request-target is printable ASCII only.
-TARGET_INVALID = re.compile(rb"[^\x21-\x7e]")
 # RFC 9110 section 5.5: field values must not hold CTLs other than HTAB.
 VALUE_INVALID = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9110 section 5.3: fields that cannot be combined into a list; a repeat is ambiguous.
@@ -120,11 +118,17 @@ def check_method(settings: Settings, method: str) -> str:
     return checked
 
 
-def split_target(method: str, target: bytes) -> tuple[str, str, str]:
-    """Request-target to (RAW_URI, path, query) as gunicorn's parse_request_line does."""
-    if not target or TARGET_INVALID.search(target):
-        raise BadRequest(f"Invalid Request Line '{target.decode('latin-1')}'")
-    uri = target.decode("latin-1")
+def split_target(method: str, target: str) -> tuple[str, str, str]:
+    """Request-target to (RAW_URI, path, query) as gunicorn's parse_request_line does.
+
+    `target` is as the parser decoded it: UTF-8, other bytes as surrogates (surrogateescape).
+    """
+    # RFC 9112 section 3.2 / RFC 3986 section 2: a request-target is printable ASCII only
+    # (no space, control or DEL): then its characters are its bytes, as latin-1 reads them.
+    if not target or not (target.isascii() and target.isprintable()) or " " in target:
+        shown = target.encode("utf-8", "surrogateescape").decode("latin-1")
+        raise BadRequest(f"Invalid Request Line '{shown}'")
+    uri = target
     if uri[0] == "/" and uri[1:2] != "/" and "#" not in uri:  # origin-form: nearly every request
         path, _, query = uri.partition("?")
         return uri, path, query
@@ -240,7 +244,7 @@ def _server_from_host(host: str | None, scheme: str) -> tuple[str, str]:
 
 
 def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: str,
-                  target: bytes, version: tuple[int, int],
+                  target: str, version: tuple[int, int],
                   raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, Any], bool]:
     """The environ for one request, minus wsgi.input; returns it and whether 100-continue is expected.
 

@@ -60,7 +60,7 @@ class Exchange:
         try:
             self.environ, expect = build_environ(
                 ctx.base, settings, conn.peer, req.method,
-                req.target.encode("utf-8", "surrogateescape"), req.version, req.raw_headers)
+                req.target, req.version, req.raw_headers)
             if req.method == "CONNECT" and (
                     req.chunked or self.environ.get("CONTENT_LENGTH", "0") != "0"):
                 # RFC 9110 section 9.3.6: a CONNECT request has no content (aiohttp's parser

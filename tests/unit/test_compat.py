@@ -106,7 +106,7 @@ def test_without_header_map_underscore_headers_pass_as_gunicorn_21_passes_them()
                 trusted=False, proxy=None)
     headers = [(b"Host", b"h"), (b"X-Auth", b"dash"), (b"X_Auth", b"underscore"),
                (b"Script_Name", b"/app")]
-    environ, _expect = build_environ({}, settings, peer, "GET", b"/app/x", (1, 1), headers)
+    environ, _expect = build_environ({}, settings, peer, "GET", "/app/x", (1, 1), headers)
     assert environ["HTTP_X_AUTH"] == "dash,underscore"
     assert environ["SCRIPT_NAME"] == "/app" and environ["PATH_INFO"] == "/x"
     assert environ["HTTP_SCRIPT_NAME"] == "/app"

@@ -16,7 +16,8 @@ UNIX = Peer("", None, None, None, trusted=True)
 def env(target=b"/", headers=(), peer=TCP, method="GET", version=(1, 0), settings=None):
     """build_environ for an HTTP/1.0 request unless told: 1.1 requires Host (see test_host_rule)."""
     settings = settings or Settings()
-    return build_environ({}, settings, peer, method, target, version,
+    # The target as the parser hands it on: UTF-8, other bytes as surrogates.
+    return build_environ({}, settings, peer, method, target.decode("utf-8", "surrogateescape"), version,
                          [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers])
 
 
@@ -46,16 +47,16 @@ def test_host_rule(version, headers, refused):
     ("CONNECT", b"example.com:443", "example.com:443", "443", ""),
 ])
 def test_split_target(method, target, raw, path, query):
-    assert split_target(method, target) == (raw, path, query)
+    assert split_target(method, target.decode("utf-8", "surrogateescape")) == (raw, path, query)
 
 
 @pytest.mark.parametrize("method, target", [
     ("GET", b""), ("GET", b"*"), ("GET", b"relative"), ("GET", b"/sp ace"), ("GET", b"/caf\xc3\xa9"),
-    ("GET", b"/\x00"), ("GET", b"/\x7f"),
+    ("GET", b"/\x00"), ("GET", b"/\x7f"), ("GET", b"/\xff"), ("GET", b"/tab\there"),
 ])
 def test_split_target_refuses(method, target):
     with pytest.raises(BadRequest):
-        split_target(method, target)
+        split_target(method, target.decode("utf-8", "surrogateescape"))
 
 
 @pytest.mark.parametrize("target, path_info", [
