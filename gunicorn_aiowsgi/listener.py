@@ -6,6 +6,7 @@ import array
 import asyncio
 import errno
 import fcntl
+import os
 import socket
 import termios
 from collections.abc import Callable
@@ -30,7 +31,7 @@ class Listener:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[Any],
-                 factory: Callable[[], asyncio.BaseProtocol], ssl_context: Any, limit: int, log: Any) -> None:
+                 factory: Callable[[int], asyncio.BaseProtocol], ssl_context: Any, limit: int, log: Any) -> None:
         self.loop = loop
         self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
         self.factory = factory
@@ -114,9 +115,11 @@ class Listener:
             self.resume()
 
     async def _connect(self, conn: socket.socket) -> None:
+        # A plain socket's descriptor goes to its protocol, which may write to it directly.
+        factory, fd = self.factory, -1 if self.ssl else conn.fileno()
         try:
             await self.loop.connect_accepted_socket(
-                self.factory, conn, ssl=self.ssl,
+                lambda: factory(fd), conn, ssl=self.ssl,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self.ssl else None)
         except Exception as exc:
             # No protocol saw this connection (a failed TLS handshake, say): count it closed here.
@@ -137,6 +140,26 @@ def tune(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+def send(transport: Any, fd: int, data: bytes) -> None:
+    """Write `data` to a connection: to its plain socket `fd` (-1: none) when the transport holds
+    nothing, so that order is kept; whatever the socket does not take goes through the transport.
+
+    os.write lets go of the GIL for the syscall; uvloop's transport.write does not, and every app
+    thread would wait out each response's send (on loopback, the peer's receive runs in it too).
+    The caller checks that the transport is not closing: transports close the descriptor only
+    after that, so `fd` cannot belong to another connection yet.
+    """
+    if fd >= 0 and not transport.get_write_buffer_size():
+        try:
+            sent = os.write(fd, data)
+        except OSError:  # EAGAIN, or a broken connection: the transport meets it and closes
+            sent = 0
+        if sent == len(data):
+            return
+        data = memoryview(data)[sent:]
+    transport.write(data)
 
 
 def unread_bytes(transport: Any) -> int:

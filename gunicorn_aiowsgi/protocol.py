@@ -18,7 +18,7 @@ from .context import Context
 from .environ import Peer, is_trusted, make_peer, proxied_peer
 from .errors import BadRequest, Forbidden, HTTPError, IncompleteBody
 from .exchange import Exchange
-from .listener import unread_bytes
+from .listener import send, unread_bytes
 from .parser import Parser, Request
 from .replies import error_reply
 
@@ -36,10 +36,11 @@ class Connection(asyncio.BufferedProtocol):
 
     __slots__ = ("ctx", "transport", "peer", "state", "parser", "exchange", "held", "requests",
                  "since", "timer", "bound", "request", "body_left", "proxy",
-                 "reading", "writable", "eof")
+                 "reading", "writable", "eof", "fd")
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, fd: int = -1) -> None:
         self.ctx = ctx
+        self.fd = fd  # the plain TCP socket's descriptor, for direct writes (write()); -1: none
         self.transport: Any = None
         self.peer: Peer | None = None
         settings = ctx.settings
@@ -214,7 +215,7 @@ class Connection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the connection is closed")
-        transport.write(data)
+        send(transport, self.fd, data)  # is_closing() was False: fd is still this connection's
 
     def finish(self, keep_alive: bool) -> None:
         """The response is complete: the next request may begin, or the connection ends."""

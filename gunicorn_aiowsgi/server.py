@@ -44,8 +44,8 @@ class Server:
         self.ctx.closed = self._closed
         self.on_close: Callable[[], None] = lambda: None
 
-    def __call__(self) -> Connection:
-        return Connection(self.ctx)
+    def __call__(self, fd: int = -1) -> Connection:
+        return Connection(self.ctx, fd)
 
     @property
     def draining(self) -> bool:
