@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 
 from . import proxy_protocol
-from .boundary import Boundary, ConnState, deadline
+from .boundary import APP, BODY, CLOSED, HEAD, IDLE, LINGER, PREAMBLE, Boundary, ConnState, deadline
 from .context import Context
 from .environ import Peer, is_trusted, make_peer, proxied_peer
 from .errors import BadRequest, Forbidden, HTTPError, IncompleteBody
@@ -46,7 +46,7 @@ class Connection(asyncio.BufferedProtocol):
         settings = ctx.settings
         self.proxy = (proxy_protocol.ProxyParser(settings.proxy_protocol)
                       if proxy_protocol.enabled(settings.proxy_protocol) else None)
-        self.state = ConnState.PREAMBLE if self.proxy else ConnState.IDLE
+        self.state = PREAMBLE if self.proxy else IDLE
         # The current message's parser and request line: built on its first byte, dropped when
         # its response is complete, so an idle connection holds neither (~1.7 KiB together).
         self.parser: Parser | None = None
@@ -75,7 +75,7 @@ class Connection(asyncio.BufferedProtocol):
         self._arm()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.state = ConnState.CLOSED
+        self.state = CLOSED
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -101,12 +101,12 @@ class Connection(asyncio.BufferedProtocol):
     # -- bytes in ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state is ConnState.PREAMBLE:
+        if state is PREAMBLE:
             data = self._preamble(data)
             state = self.state
-        if not data or state is ConnState.LINGER or state is ConnState.CLOSED:
+        if not data or state is LINGER or state is CLOSED:
             return
-        if state is ConnState.APP or self.held:  # a request is answered, or held bytes go first
+        if state is APP or self.held:  # a request is answered, or held bytes go first
             self._hold(data)
             return
         self._feed(data)
@@ -117,7 +117,7 @@ class Connection(asyncio.BufferedProtocol):
         except HTTPError as error:
             self.refuse(error)
             return
-        if self.state is ConnState.HEAD or self.state is ConnState.BODY:
+        if self.state is HEAD or self.state is BODY:
             self._arm()  # the state this read ends in; those it only passed through need no timer
 
     def _hold(self, data: bytes) -> None:
@@ -133,16 +133,16 @@ class Connection(asyncio.BufferedProtocol):
         """Feed the parser up to the end of the current message; what follows is held."""
         while data:
             state = self.state
-            if state is ConnState.IDLE:
+            if state is IDLE:
                 self._open()
                 data = self._head(data)
-            elif state is ConnState.HEAD:
+            elif state is HEAD:
                 data = self._head(data)
-            elif state is ConnState.BODY:
+            elif state is BODY:
                 data = self._body(data)
             else:
                 break
-        if data and self.state is ConnState.APP:
+        if data and self.state is APP:
             self._hold(data)
 
     def _open(self) -> None:
@@ -150,7 +150,7 @@ class Connection(asyncio.BufferedProtocol):
         limits = self.ctx.limits
         self.parser = Parser(limits, self.ctx.loop)
         self.bound = Boundary(limits.max_line)
-        self.state, self.since = ConnState.HEAD, self.ctx.loop.time()  # armed by _feed or _expire
+        self.state, self.since = HEAD, self.ctx.loop.time()  # armed by _feed or _expire
 
     def _head(self, data: bytes) -> bytes:
         """Feed head bytes, up to and including the blank line that ends the head."""
@@ -176,11 +176,11 @@ class Connection(asyncio.BufferedProtocol):
         """A head is complete: start its exchange; read its body, if any, next."""
         self.exchange = exchange = Exchange(self.ctx, self, request, self.requests + 1)
         if request.body_done():
-            self.state = ConnState.APP
+            self.state = APP
         else:
             self.request = request
             self.body_left = None if request.chunked else request.content_length()
-            self.state, self.since = ConnState.BODY, self.ctx.loop.time()  # armed by _feed
+            self.state, self.since = BODY, self.ctx.loop.time()  # armed by _feed
         exchange.begin()  # may answer at once (a health check, an error), or wait for the body
 
     def _body(self, data: bytes) -> bytes:
@@ -202,11 +202,11 @@ class Connection(asyncio.BufferedProtocol):
         body = request.take_body()
         if body:
             exchange.body(body)
-            if self.state is not ConnState.BODY:  # refused on the way in (413, 503, 507)
+            if self.state is not BODY:  # refused on the way in (413, 503, 507)
                 return b""
         if request.body_done():
             self.request = None
-            self.state = ConnState.APP
+            self.state = APP
             exchange.body_end()
         return rest
 
@@ -221,16 +221,16 @@ class Connection(asyncio.BufferedProtocol):
         """The response is complete: the next request may begin, or the connection ends."""
         self.exchange = None
         self.requests += 1
-        if self.state is ConnState.BODY:
+        if self.state is BODY:
             # Answered before its body was read (a loop answer): the rest of the body is still
             # coming, and nothing after it can be trusted to start a request.
             self.linger()
             return
-        if not keep_alive or self.state is not ConnState.APP:
+        if not keep_alive or self.state is not APP:
             self.close()
             return
         self.parser = self.bound = None  # the next request gets new ones (_open)
-        self._enter(ConnState.IDLE)
+        self._enter(IDLE)
         if self.held:
             # Later, not now: a long pipeline must not nest one call per request.
             self.ctx.loop.call_soon(self._resume_held)
@@ -239,7 +239,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _resume_held(self) -> None:
         """Parse the bytes held while the last request was answered; they start at its end."""
-        if self.state is not ConnState.IDLE:
+        if self.state is not IDLE:
             return
         data, self.held = bytes(self.held), b""
         self._feed(data)
@@ -250,9 +250,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def _client_done(self) -> None:
         """The client sent FIN and every byte it sent before is parsed: nothing more will come."""
-        if self.state is ConnState.BODY:
+        if self.state is BODY:
             self.refuse(IncompleteBody("the client closed before the body was complete"))
-        elif self.state is ConnState.IDLE or self.state is ConnState.HEAD:
+        elif self.state is IDLE or self.state is HEAD:
             self.close()
 
     def refuse(self, error: HTTPError, method: str = "", logged: bool = False) -> None:
@@ -277,24 +277,24 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
             return
         transport.write_eof()
-        self._enter(ConnState.LINGER)
+        self._enter(LINGER)
         if not self.reading:
             self.resume_reading()
 
     def close(self) -> None:
-        self.state = ConnState.CLOSED
+        self.state = CLOSED
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         """Close at once: a response broke off and nothing more may be written."""
-        self.state = ConnState.CLOSED
+        self.state = CLOSED
         if self.transport is not None:
             self.transport.abort()
 
     def disk_caught_up(self) -> None:
         """The body's spool wrote its backlog: read again; the wait was not the client's idling."""
-        if self.state is ConnState.BODY:
+        if self.state is BODY:
             self.since = self.ctx.loop.time()
             self.resume_reading()
 
@@ -318,7 +318,7 @@ class Connection(asyncio.BufferedProtocol):
         self.eof = True
         if self.transport is None or self.transport.get_extra_info("ssl_object") is not None:
             return None
-        if self.state is ConnState.APP or self.held:
+        if self.state is APP or self.held:
             return True  # finish() answers what is complete, then closes
         self._client_done()
         return None
@@ -326,7 +326,7 @@ class Connection(asyncio.BufferedProtocol):
     # -- timeouts ------------------------------------------------------------------------
     def _enter(self, state: ConnState) -> None:
         self.state = state
-        if state is ConnState.APP:
+        if state is APP:
             return  # no connection deadline while the app answers: a pending timer stands down
         self.since = self.ctx.loop.time()
         self._arm()
@@ -354,21 +354,21 @@ class Connection(asyncio.BufferedProtocol):
         if self.ctx.loop.time() < deadline:  # the state moved on since: check again later
             self.timer = self.ctx.call_at(deadline, self._expire)
             return
-        if self.state is ConnState.IDLE and unread_bytes(self.transport):
+        if self.state is IDLE and unread_bytes(self.transport):
             # The next request is in the socket, not read yet: a head has begun, never close.
             self._open()
             self._arm()
             return
-        if self.state is ConnState.BODY and not self.reading:  # waiting for the disk, not the client
+        if self.state is BODY and not self.reading:  # waiting for the disk, not the client
             self.since = self.ctx.loop.time()
             self._arm()
             return
-        if self.state is ConnState.BODY:
+        if self.state is BODY:
             self.ctx.log.debug("Closing %s: no request body bytes for %ss", self.peer,
                                self.ctx.settings.body_timeout)
             self.abort()
             return
-        if self.state is not ConnState.IDLE and self.state is not ConnState.LINGER:
+        if self.state is not IDLE and self.state is not LINGER:
             self.ctx.log.debug("Closing %s: request head not received within %ss",
                                self.peer, self.ctx.settings.header_timeout)
         self.close()
@@ -396,5 +396,5 @@ class Connection(asyncio.BufferedProtocol):
         info, rest = result
         if info is not None:
             self.peer = proxied_peer(self.peer, info)
-        self._enter(ConnState.IDLE)
+        self._enter(IDLE)
         return rest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gunicorn_aiowsgi.boundary import LINGER, Boundary, ConnState, deadline
+from gunicorn_aiowsgi.boundary import LINGER_TIME, Boundary, ConnState, deadline
 from gunicorn_aiowsgi.errors import BadRequest, URITooLong
 from gunicorn_aiowsgi.settings import Settings
 
@@ -18,7 +18,7 @@ SETTINGS = Settings(keepalive=2.0, header_timeout=30.0, body_timeout=60.0)
     (ConnState.HEAD, 3, 130.0),
     (ConnState.BODY, 0, 160.0),
     (ConnState.APP, 0, None),        # the app answers: no connection deadline
-    (ConnState.LINGER, 1, 100.0 + LINGER),
+    (ConnState.LINGER, 1, 100.0 + LINGER_TIME),
     (ConnState.CLOSED, 1, None),
 ])
 def test_deadline_per_state(state, requests, expected):
