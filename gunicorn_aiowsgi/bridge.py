@@ -104,6 +104,10 @@ class JobState(enum.Enum):
     GONE = "gone"           # cancelled: its client disconnected while it waited
 
 
+# As module names for the per-job paths (a global, not an EnumType lookup: see response.py).
+QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING
+
+
 class ThreadPool:
     """`size` daemon threads running jobs from one SimpleQueue.
 
@@ -146,7 +150,7 @@ class ThreadPool:
     def cancel(self, job: Any, state: JobState) -> bool:
         """Mark a job no thread has taken yet as cancelled (`state`); False if it already runs."""
         with self._lock:
-            if job.state is not JobState.QUEUED:
+            if job.state is not QUEUED:
                 return False
             job.state = state
             return True
@@ -173,9 +177,9 @@ class ThreadPool:
             if job is None:
                 return
             with self._lock:
-                start = job.state is JobState.QUEUED
+                start = job.state is QUEUED
                 if start:
-                    job.state = JobState.RUNNING
+                    job.state = RUNNING
                     # One key per thread, written only by that thread: safe under the GIL.
                     self.current[ident] = job
             try:
