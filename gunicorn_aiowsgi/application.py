@@ -117,6 +117,11 @@ class EarlyHints:
         self.channel.put(Hints(kept))
 
 
+# Every End is one of these three (framer.finish(): done, done after the chunked terminator, or
+# short), and messages are never changed once put: shared, not made for every response.
+ENDS = {finished: End(*finished) for finished in ((b"", True), (b"", False), (b"0\r\n\r\n", True))}
+
+
 def _closed_write(data: bytes) -> None:
     raise AppError("write() called after the response was finished")
 
@@ -299,14 +304,10 @@ class AppCall:
     def _end(self) -> None:
         if self.start.phase is not SENT:
             head, framer = self._begin()
-            tail, complete = framer.finish()
-            self._report_overflow(framer, complete)
-            self.channel.put(Start(head, framer.mode, end=End(tail, complete)), wait=False)
+            self.channel.put(Start(head, framer.mode, end=self._closing(framer)), wait=False)
             return
         assert self.framer is not None
-        tail, complete = self.framer.finish()
-        self._report_overflow(self.framer, complete)
-        self.channel.put(End(tail, complete), wait=False)
+        self.channel.put(self._closing(self.framer), wait=False)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
         for chunk in chunks:
@@ -323,11 +324,8 @@ class AppCall:
             pieces = framer.pieces(chunks[0])
         else:
             pieces = tuple(piece for chunk in chunks for piece in framer.pieces(chunk))
-        tail, complete = framer.finish()
-        if framer.overflow or not complete:
-            self._report_overflow(framer, complete)
         size = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
-        self.channel.put(Start(head, framer.mode, pieces, size, End(tail, complete)), wait=False)
+        self.channel.put(Start(head, framer.mode, pieces, size, self._closing(framer)), wait=False)
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
         head = self.start.head
@@ -348,11 +346,17 @@ class AppCall:
             self.channel.put(SendFile(wrapper.filelike, offset, count))
         else:
             self.channel.put(Start(head, framer.mode))
-        tail, complete = framer.finish()
-        self._report_overflow(framer, complete)
-        self.channel.put(End(tail, complete), wait=False)
+        self.channel.put(self._closing(framer), wait=False)
         self.channel.flush()  # the file must stay open until the loop has sent it
         return True
+
+    def _closing(self, framer: BodyFramer) -> End:
+        """The body's End, after logging a body longer or shorter than its Content-Length."""
+        finished = framer.finish()
+        end = ENDS.get(finished) or End(*finished)
+        if framer.overflow or not end.complete:
+            self._report_overflow(framer, end.complete)
+        return end
 
     def _report_overflow(self, framer: BodyFramer, complete: bool) -> None:
         if framer.overflow:
