@@ -68,7 +68,9 @@ class Head:
 # each is matched once. Bounded: past CHECKED_CACHE_SIZE entries, new ones are checked every time.
 CHECKED_CACHE_SIZE = 1024
 _STATUSES: dict[str, int] = {}
-_NAMES: dict[str, str] = {}   # header name -> its lower-case form
+# Header name -> "" for a field passed on as it is, else the lower-case name of one the server
+# handles itself (Content-Length, hop-by-hop fields): one lookup tells both.
+_NAMES: dict[str, str] = {}
 # Values are not remembered: they vary (Content-Length, ETag) and may be secrets (Set-Cookie),
 # which a process-wide table would keep alive; printable ASCII needs no pattern anyway.
 
@@ -88,18 +90,19 @@ def check_status(status: Any) -> int:
     return code
 
 
-def _header_name(name: Any) -> str:
-    """The lower-case name of a valid field name; AppError for anything else."""
+def _header_role(name: Any) -> str:
+    """A valid field name's entry in _NAMES ("" or its lower-case name); AppError for anything else."""
     if type(name) is str:
-        lname = _NAMES.get(name)
-        if lname is not None:
-            return lname
+        role = _NAMES.get(name)
+        if role is not None:
+            return role
     if not isinstance(name, str) or not TOKEN.fullmatch(name):
         raise AppError(f"invalid header name {name!r}")
     lname = name.lower()
+    role = lname if lname == "content-length" or lname in HOP_BY_HOP else ""
     if type(name) is str and len(_NAMES) < CHECKED_CACHE_SIZE:
-        _NAMES[name] = lname
-    return lname
+        _NAMES[name] = role
+    return role
 
 
 def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool]:
@@ -111,27 +114,30 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
     close = False
     names = _NAMES
     for item in headers:
-        if not isinstance(item, tuple) or len(item) != 2:
+        # `type() is` first: the exact type is the common case, and cheaper than isinstance().
+        if type(item) is not tuple and not isinstance(item, tuple):
             raise AppError(f"header {item!r} is not a (name, value) tuple")
-        name, value = item
-        lname = names.get(name) if type(name) is str else None
-        if lname is None:
-            lname = _header_name(name)
+        try:
+            name, value = item
+        except ValueError:
+            raise AppError(f"header {item!r} is not a (name, value) tuple") from None
+        role = names.get(name) if type(name) is str else None
+        if role is None:
+            role = _header_role(name)
         # Printable ASCII (SP to "~") needs no pattern.
         if type(value) is not str or not (value.isascii() and value.isprintable()):
             if not isinstance(value, str) or not FIELD_VALUE.fullmatch(value):
                 # The name only in the message: the value may hold a secret (a cookie, a token).
                 raise AppError(f"invalid value for header {name!r}")
         value = value.strip(" \t")
-        if lname == "content-length":
+        if not role:
+            kept.append((name, value))
+        elif role == "content-length":
             if not value.isdigit() or (length is not None and int(value) != length):
                 raise AppError(f"invalid Content-Length {value!r}")
-            length = int(value)
-            continue  # rendered once by render_head, after the others
-        if lname in HOP_BY_HOP:
-            close = close or (lname == "connection" and "close" in value.lower())
-            continue
-        kept.append((name, value))
+            length = int(value)  # rendered once by render_head, after the others
+        else:  # hop-by-hop
+            close = close or (role == "connection" and "close" in value.lower())
     return kept, length, close
 
 
@@ -222,7 +228,9 @@ class StartResponse:
                 exc_info = None
         elif self.phase is not NOT_STARTED:
             raise AppError("start_response called a second time without exc_info (PEP 3333)")
-        code = check_status(status)
+        code = _STATUSES.get(status) if type(status) is str else None  # checked before
+        if code is None:
+            code = check_status(status)
         kept, length, close = check_headers(headers)
         self.head = Head(status, code, kept, length, close)
         self.phase = STARTED
