@@ -10,14 +10,15 @@ import time
 from datetime import timedelta
 from typing import Any, Callable, Iterable
 
-from .bridge import Abort, Channel, Data, End, Fail, Hints, JobState, SendFile, Start
+from .bridge import QUEUED, Abort, Channel, Data, End, Fail, Hints, JobState, SendFile, Start
 from .errors import AppError, ClientDisconnected, HTTPError
 from .records import RequestRecord, ResponseRecord
 from .response import (
+    CHUNKED,
+    NO_BODY,
+    SENT,
     BodyFramer,
-    Framing,
     Head,
-    ResponsePhase,
     StartResponse,
     check_headers,
     framing,
@@ -108,12 +109,17 @@ class EarlyHints:
         self.version = version
 
     def __call__(self, headers: list[tuple[str, str]]) -> None:
-        if self.start.phase is ResponsePhase.SENT or self.version < (1, 1):
+        if self.start.phase is SENT or self.version < (1, 1):
             return
         pairs = [(n.decode("latin-1") if isinstance(n, bytes) else n,
                   v.decode("latin-1") if isinstance(v, bytes) else v) for n, v in headers]
         kept, _length, _close = check_headers(pairs)
         self.channel.put(Hints(kept))
+
+
+# Every End is one of these three (framer.finish(): done, done after the chunked terminator, or
+# short), and messages are never changed once put: shared, not made for every response.
+ENDS = {finished: End(*finished) for finished in ((b"", True), (b"", False), (b"0\r\n\r\n", True))}
 
 
 def _closed_write(data: bytes) -> None:
@@ -151,7 +157,7 @@ class AppCall:
         self.body = environ["wsgi.input"]
         # The pool moves it to RUNNING when a thread takes the call; the loop may cancel it
         # before that (ThreadPool.cancel), and then it is skipped, never run.
-        self.state = JobState.QUEUED
+        self.state = QUEUED
 
     @property
     def req(self) -> RequestRecord:
@@ -214,7 +220,7 @@ class AppCall:
         section 6.3); a second response would be read as body bytes."""
         self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
         try:
-            if self.start.phase is ResponsePhase.SENT:
+            if self.start.phase is SENT:
                 self.channel.put(Abort(), wait=False)
             else:
                 error = exc if isinstance(exc, HTTPError) and exc.status >= 500 else AppError()
@@ -265,12 +271,12 @@ class AppCall:
         mode = framing(self.method, head.code, self.version, head.content_length)
         framer = BodyFramer(mode, head.content_length)
         self.framer = framer
-        self.start.phase = ResponsePhase.SENT
+        self.start.phase = SENT
         resp = self.resp
         if resp is None:
             return head, framer
         resp.status, resp.status_code, resp.headers = head.status, head.code, head.headers
-        resp.response_length, resp.chunked = head.content_length, mode is Framing.CHUNKED
+        resp.response_length, resp.chunked = head.content_length, mode is CHUNKED
         resp.headers_sent = True
         if head.content_length is not None:
             resp.headers = head.headers + [("Content-Length", str(head.content_length))]
@@ -283,7 +289,7 @@ class AppCall:
                 raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
         if not chunk:
             return
-        if self.start.phase is not ResponsePhase.SENT:
+        if self.start.phase is not SENT:
             head, framer = self._begin()
             pieces = framer.pieces(chunk)
             size = sum(map(len, pieces))
@@ -296,22 +302,18 @@ class AppCall:
                 self.channel.put(Data(pieces, size))
 
     def _end(self) -> None:
-        if self.start.phase is not ResponsePhase.SENT:
+        if self.start.phase is not SENT:
             head, framer = self._begin()
-            tail, complete = framer.finish()
-            self._report_overflow(framer, complete)
-            self.channel.put(Start(head, framer.mode, end=End(tail, complete)), wait=False)
+            self.channel.put(Start(head, framer.mode, end=self._closing(framer)), wait=False)
             return
         assert self.framer is not None
-        tail, complete = self.framer.finish()
-        self._report_overflow(self.framer, complete)
-        self.channel.put(End(tail, complete), wait=False)
+        self.channel.put(self._closing(self.framer), wait=False)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
         for chunk in chunks:
             if type(chunk) is not bytes and not isinstance(chunk, bytes):
                 raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
-        if self.start.phase is ResponsePhase.SENT:  # the app used write() before returning
+        if self.start.phase is SENT:  # the app used write() before returning
             for chunk in chunks:
                 self._write(chunk)
             self._end()
@@ -322,36 +324,39 @@ class AppCall:
             pieces = framer.pieces(chunks[0])
         else:
             pieces = tuple(piece for chunk in chunks for piece in framer.pieces(chunk))
-        tail, complete = framer.finish()
-        if framer.overflow or not complete:
-            self._report_overflow(framer, complete)
         size = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
-        self.channel.put(Start(head, framer.mode, pieces, size, End(tail, complete)), wait=False)
+        self.channel.put(Start(head, framer.mode, pieces, size, self._closing(framer)), wait=False)
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
         head = self.start.head
-        if head is None or self.start.phase is ResponsePhase.SENT or not self.server.can_sendfile:
+        if head is None or self.start.phase is SENT or not self.server.can_sendfile:
             return False
         span = _file_span(wrapper, head.content_length)
         if span is None:
             return False
         _fd, offset, count = span
-        if head.content_length is None and framing(self.method, head.code, self.version, 0) is not Framing.NONE:
+        if head.content_length is None and framing(self.method, head.code, self.version, 0) is not NO_BODY:
             # We know the length: say it, rather than chunking a file.
             head.content_length = count
         head, framer = self._begin()
-        if framer.mode is not Framing.NONE and count:
+        if framer.mode is not NO_BODY and count:
             framer.remaining = (framer.remaining or 0) - count
             framer.sent = count
             self.channel.put(Start(head, framer.mode))
             self.channel.put(SendFile(wrapper.filelike, offset, count))
         else:
             self.channel.put(Start(head, framer.mode))
-        tail, complete = framer.finish()
-        self._report_overflow(framer, complete)
-        self.channel.put(End(tail, complete), wait=False)
+        self.channel.put(self._closing(framer), wait=False)
         self.channel.flush()  # the file must stay open until the loop has sent it
         return True
+
+    def _closing(self, framer: BodyFramer) -> End:
+        """The body's End, after logging a body longer or shorter than its Content-Length."""
+        finished = framer.finish()
+        end = ENDS.get(finished) or End(*finished)
+        if framer.overflow or not end.complete:
+            self._report_overflow(framer, end.complete)
+        return end
 
     def _report_overflow(self, framer: BodyFramer, complete: bool) -> None:
         if framer.overflow:
