@@ -201,8 +201,7 @@ class ThreadPool:
     def _done(self, index: int) -> None:
         self._finished[index] += 1
         waker = self._idle_waker
-        # Each thread counts its job before it sums them all, so the one finishing last sees
-        # the total (two may both see it: the callback only looks again).
+        # Counted before summed: the last to finish sees the total (two may; the callback re-checks).
         if waker is not None and sum(self._finished) == self._submitted:
             try:
                 waker[0].call_soon_threadsafe(waker[1])

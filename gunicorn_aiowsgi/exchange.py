@@ -16,7 +16,7 @@ from .errors import BadRequest, GatewayTimeout, HTTPError
 from .output import Output
 from .parser import Request
 from .replies import CONTINUE, SERVER_HEADER, early_hints, error_reply, plain
-from .response import COPY_LIMIT, Framing, render_head
+from .response import CLOSE, COPY_LIMIT, render_head
 
 if TYPE_CHECKING:
     from .protocol import Connection
@@ -263,7 +263,7 @@ class Exchange:
         self.head_sent = True
         if self.timer is not None:
             self.started_response()
-        self.keep = keep = self.keep_alive(item.head.close or item.mode is Framing.CLOSE)
+        self.keep = keep = self.keep_alive(item.head.close or item.mode is CLOSE)
         head = render_head(self.request.version, item.head, item.mode, keep, SERVER_HEADER,
                            self.ctx.date())
         self.conn.write(b"".join((head, *item.pieces, end.tail)))
@@ -276,7 +276,7 @@ class Exchange:
         if kind is Start:
             self.started_response()
             req = self.request
-            self.keep = self.keep_alive(item.head.close or item.mode is Framing.CLOSE)
+            self.keep = self.keep_alive(item.head.close or item.mode is CLOSE)
             out.add(render_head(req.version, item.head, item.mode, self.keep, SERVER_HEADER,
                                 self.ctx.date()), *item.pieces)
             if item.end is not None:

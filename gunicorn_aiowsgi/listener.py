@@ -142,7 +142,7 @@ def tune(sock: socket.socket) -> None:
             pass
 
 
-def send(transport: Any, fd: int, data: bytes) -> None:
+def send(transport: Any, fd: int, data: bytes | memoryview) -> None:
     """Write `data` to a connection: to its plain socket `fd` (-1: none) when the transport holds
     nothing, so that order is kept; whatever the socket does not take goes through the transport.
 

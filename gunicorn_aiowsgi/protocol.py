@@ -43,9 +43,8 @@ class Connection(asyncio.BufferedProtocol):
         self.fd = fd  # the plain TCP socket's descriptor, for direct writes (write()); -1: none
         self.transport: Any = None
         self.peer: Peer | None = None
-        settings = ctx.settings
-        self.proxy = (proxy_protocol.ProxyParser(settings.proxy_protocol)
-                      if proxy_protocol.enabled(settings.proxy_protocol) else None)
+        mode = ctx.settings.proxy_protocol
+        self.proxy = proxy_protocol.ProxyParser(mode) if proxy_protocol.enabled(mode) else None
         self.state = PREAMBLE if self.proxy else IDLE
         # The current message's parser and request line: built on its first byte, dropped when
         # its response is complete, so an idle connection holds neither (~1.7 KiB together).
