@@ -108,6 +108,25 @@ def test_every_pipelined_request_gets_a_parser_of_its_own():
     assert holds_nothing(h)
 
 
+@pytest.mark.parametrize("reads", splits(chunked("/c", b"abc")[:-2] + b"X-Leak: secret\r\n\r\n"
+                                         + get("/next")), ids=lambda r: f"split-{len(r[0])}")
+def test_a_chunked_bodys_trailer_field_never_reaches_the_next_request(reads):
+    """aiohttp's parser keeps a chunked body's last trailer field past the message's end and
+    reads it as the next head's first field: a parser reused for the next request would hand
+    one request's trailer to the next (another client's, were parsers shared)."""
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ.get("HTTP_X_LEAK"))
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    h = Harness(app)
+    HARNESSES.append(h)
+    h.feed(*reads)
+    assert seen == [None, None] and len(h.responses()) == 2
+
+
 def test_a_request_waiting_in_the_socket_at_keepalive_expiry_is_parsed_from_a_new_parser():
     """The keep-alive timer sees the next request unread in the socket: a head has begun."""
     h = run(get("/one"), keepalive=0.05)
