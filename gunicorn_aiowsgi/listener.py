@@ -1,4 +1,4 @@
-"""Accepting connections on gunicorn's listening sockets, at most worker_connections open at once."""
+"""Accepting connections on gunicorn's listening sockets (at most worker_connections open), and a connection's socket-level helpers."""
 
 from __future__ import annotations
 
