@@ -173,3 +173,41 @@ def test_input_is_plain_bytesio_for_small_bodies():
 
     asyncio.run(run())
     assert seen == [(io.BytesIO, b"abc"), (io.BytesIO, b"")]
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_each_loop_reads_through_its_cheaper_protocol_path(loop_kind):
+    """asyncio's selector loop reads into our one buffer (Connection, a buffered protocol);
+    uvloop hands plain protocols exact-size bytes, so it gets PlainConnection. Either way a
+    3 MB body and a pipelined request behind it arrive whole and in order."""
+    from gunicorn_aiowsgi.protocol import Connection
+    from gunicorn_aiowsgi.server import PlainConnection
+
+    seen = []
+
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read()
+        seen.append((environ["PATH_INFO"], len(body), body[:1], body[-1:]))
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    body = b"a" + b"x" * 2_999_998 + b"z"
+    raw = (b"POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: 3000000\r\n\r\n" + body
+           + b"GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+
+    async def run() -> type:
+        async with serving(app) as (worker, port):
+            data = await fetch(port, raw)
+            assert data.count(b"HTTP/1.1 200 OK") == 2
+            assert worker.server is not None
+            return worker.server.protocol
+
+    if loop_kind == "uvloop":
+        import uvloop  # a test dependency (pyproject's `test` extra): never skipped
+
+        protocol = uvloop.run(run())
+        assert protocol is PlainConnection and issubclass(protocol, asyncio.Protocol)
+    else:
+        protocol = asyncio.run(run())
+        assert protocol is Connection and not issubclass(protocol, asyncio.Protocol)
+    assert seen == [("/big", 3_000_000, b"a", b"z"), ("/next", 0, b"", b"")]
