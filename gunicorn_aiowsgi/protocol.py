@@ -111,12 +111,26 @@ class Connection(asyncio.BufferedProtocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
+        """Feed the parser up to the end of the current message; what follows is held."""
         try:
-            self._parse(data)
+            while data:
+                state = self.state
+                if state is IDLE:
+                    self._open()
+                    data = self._head(data)
+                elif state is HEAD:
+                    data = self._head(data)
+                elif state is BODY:
+                    data = self._body(data)
+                else:
+                    break
         except HTTPError as error:
             self.refuse(error)
             return
-        if self.state is HEAD or self.state is BODY:
+        state = self.state
+        if data and state is APP:
+            self._hold(data)
+        elif state is HEAD or state is BODY:
             self._arm()  # the state this read ends in; those it only passed through need no timer
 
     def _hold(self, data: bytes) -> None:
@@ -127,22 +141,6 @@ class Connection(asyncio.BufferedProtocol):
             self.held = bytearray(data)  # b"" while none: no buffer kept per idle connection
         if len(self.held) > HELD_LIMIT:
             self.pause_reading()
-
-    def _parse(self, data: bytes) -> None:
-        """Feed the parser up to the end of the current message; what follows is held."""
-        while data:
-            state = self.state
-            if state is IDLE:
-                self._open()
-                data = self._head(data)
-            elif state is HEAD:
-                data = self._head(data)
-            elif state is BODY:
-                data = self._body(data)
-            else:
-                break
-        if data and self.state is APP:
-            self._hold(data)
 
     def _open(self) -> None:
         """A request's first byte: a new parser at the message boundary, nothing carried over."""
@@ -334,16 +332,16 @@ class Connection(asyncio.BufferedProtocol):
         return deadline(self.state, self.since, self.requests, self.ctx.settings)
 
     def _arm(self) -> None:
-        deadline = self._deadline()
-        if deadline is None:
+        when = deadline(self.state, self.since, self.requests, self.ctx.settings)
+        if when is None:
             return
         if self.timer is not None:
-            if self.timer.when() <= deadline:
+            if self.timer.when() <= when:
                 return  # fires first, then re-arms itself for the later deadline
             # A shorter deadline than the pending one (keepalive 2 s after a 30 s header
             # timeout, say): the pending timer would close the idle connection far too late.
             self.timer.cancel()
-        self.timer = self.ctx.call_at(deadline, self._expire)
+        self.timer = self.ctx.call_at(when, self._expire)
 
     def _expire(self) -> None:
         self.timer = None
