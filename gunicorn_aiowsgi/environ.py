@@ -41,6 +41,8 @@ class Peer:
     proxy: dict[str, str] | None = None  # PROXY_* environ keys when a PROXY preamble was sent
     # The environ keys these addresses give every request of the connection, computed once.
     keys: dict[str, str | None] = field(init=False, compare=False, repr=False)
+    # gunicorn's req.peer_addr (accept()'s address, ("127.0.0.1", 51234)), for the request record.
+    address: Any = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         keys: dict[str, str | None] = {"REMOTE_ADDR": self.remote_addr}
@@ -50,6 +52,8 @@ class Peer:
             keys["SERVER_NAME"], keys["SERVER_PORT"] = self.server_name, self.server_port
         keys.update(self.proxy or {})
         object.__setattr__(self, "keys", keys)  # frozen: set once, here
+        object.__setattr__(self, "address", self.remote_addr if self.remote_port is None
+                           else (self.remote_addr, int(self.remote_port)))
 
 
 def is_trusted(addr: str, allow: tuple[str, ...], networks: tuple[Any, ...]) -> bool:
