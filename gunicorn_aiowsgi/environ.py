@@ -122,6 +122,14 @@ def check_method(settings: Settings, method: str) -> str:
     return checked
 
 
+# Origin-form targets seen before -> (RAW_URI, path, query): the same few ("/", "/health") come
+# again and again, and their split does not depend on the method. Bounded like the header names
+# below, and only short targets are kept (count, characters).
+TARGET_CACHE_SIZE = 256
+TARGET_CACHE_LENGTH = 128
+_TARGETS: dict[str, tuple[str, str, str]] = {}
+
+
 def split_target(method: str, target: str) -> tuple[str, str, str]:
     """Request-target to (RAW_URI, path, query) as gunicorn's parse_request_line does.
 
@@ -135,6 +143,8 @@ def split_target(method: str, target: str) -> tuple[str, str, str]:
     uri = target
     if uri[0] == "/" and uri[1:2] != "/" and "#" not in uri:  # origin-form: nearly every request
         path, _, query = uri.partition("?")
+        if len(_TARGETS) < TARGET_CACHE_SIZE and len(uri) <= TARGET_CACHE_LENGTH:
+            _TARGETS[uri] = (uri, path, query)
         return uri, path, query
     # RFC 9112 section 3.2.4: asterisk-form only with OPTIONS; 3.2.3: authority-form only
     # with CONNECT; otherwise origin-form ("/...") or absolute-form ("scheme://...").
@@ -293,7 +303,7 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
         raise BadRequest("Invalid HTTP Version '%d.%d'" % tuple(version))
     else:
         protocol = PROTOCOLS.get(version) or "HTTP/%d.%d" % version
-    raw_uri, path, query = split_target(method, target)
+    raw_uri, path, query = _TARGETS.get(target) or split_target(method, target)
     environ = base.copy()
     # A method seen before is taken from check_method's table without calling it.
     environ["REQUEST_METHOD"] = (_METHODS[settings.casefold_http_method].get(method)

@@ -266,3 +266,36 @@ def test_only_http_1(version):
 def test_peer_address(peer, address):
     """gunicorn's req.peer_addr, made once per connection."""
     assert peer.address == address
+
+
+@pytest.mark.parametrize("target, kept", [
+    (b"/", True), (b"/a/b?x=1", True), (b"/%7E?q", True),
+    (b"/x#frag", False), (b"//double", False), (b"*", False), (b"http://h/abs", False),
+])
+def test_targets_split_alike_cached_or_not(monkeypatch, target, kept):
+    """Origin-form targets are split once (their split holds for any method); others never kept."""
+    from gunicorn_aiowsgi import environ as core
+    monkeypatch.setattr(core, "_TARGETS", {})
+    first = env(target, method="OPTIONS")
+    assert env(target, method="OPTIONS") == first
+    assert list(core._TARGETS) == ([target.decode()] if kept else [])
+
+
+@pytest.mark.parametrize("target", [b"/sp ace", b"/\x7f", b"/caf\xc3\xa9", b""])
+def test_refused_targets_are_never_kept(monkeypatch, target):
+    from gunicorn_aiowsgi import environ as core
+    monkeypatch.setattr(core, "_TARGETS", {})
+    for _again in (False, True):
+        with pytest.raises(BadRequest):
+            env(target)
+    assert core._TARGETS == {}
+
+
+def test_target_cache_is_bounded(monkeypatch):
+    from gunicorn_aiowsgi import environ as core
+    monkeypatch.setattr(core, "_TARGETS", {})
+    for n in range(core.TARGET_CACHE_SIZE + 10):
+        env(f"/{n}".encode())
+    env(b"/" + b"a" * core.TARGET_CACHE_LENGTH)
+    assert len(core._TARGETS) == core.TARGET_CACHE_SIZE
+    assert env(b"/999?x")[0]["PATH_INFO"] == "/999"  # past the bound: split, not kept
