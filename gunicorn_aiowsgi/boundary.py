@@ -15,6 +15,8 @@ from .settings import Settings
 # The end of a request head, and of a chunked body (RFC 9112 sections 2.1 and 7.1). aiohttp's C
 # parser (llhttp, strict) takes no bare LF, so a message always ends with this.
 BLANK_LINE = b"\r\n\r\n"
+# What an empty line before a request line starts with (RFC 9112 section 2.2).
+EMPTY_LINE_START = (b"\r", b"\n")
 # A request line's bytes besides its target (method, spaces, version, CR), at most (bytes).
 LINE_SLACK = 64
 # After an error answer, how long the client's remaining bytes are read and dropped before the
@@ -65,28 +67,29 @@ def protocol_ok(line: bytes) -> bool:
 class Boundary:
     """What one connection has seen of the current message: its request line, the last bytes fed."""
 
-    __slots__ = ("line", "carry", "max_target")
+    __slots__ = ("line", "line_done", "carry", "max_target")
 
     def __init__(self, max_target: int = 8190) -> None:
         self.line: bytes | None = b""  # a head's first bytes until its request line ends; then None
+        # Whether the request line is complete (line is None): a plain attribute, not a property,
+        # since the connection reads it on every head read (a property is a Python call on 3.11).
+        self.line_done = False
         self.carry = b""               # the last bytes fed, to find a blank line split across reads
         self.max_target = max_target   # limit_request_line, as aiohttp's parser applies it (bytes)
 
     def reset(self) -> None:
         """A message boundary: what follows starts a new request."""
         self.line = b""
+        self.line_done = False
         self.carry = b""
-
-    @property
-    def line_done(self) -> bool:
-        return self.line is None
 
     def check_line(self, chunk: bytes) -> None:
         """Keep a head's first bytes until its request line is complete; then check its protocol."""
-        if self.line is None:
+        line = self.line
+        if line is None:
             return
-        line = self.line + chunk if self.line else chunk
-        if line[:1] in (b"\r", b"\n"):
+        line = line + chunk if line else chunk
+        if line[:1] in EMPTY_LINE_START:
             line = line.lstrip(b"\r\n")  # RFC 9112 section 2.2: empty lines may come first
         end = line.find(b"\n")
         if end < 0:
@@ -94,14 +97,18 @@ class Boundary:
                 raise URITooLong(f"request line longer than {self.max_target} bytes")
             self.line = line
             return
-        if not protocol_ok(line[:end]):
+        # protocol_ok(line[:end]) without copying the line: the word after its last space.
+        if not line.startswith(b"HTTP/", line.rfind(b" ", 0, end) + 1, end):
             raise BadRequest(f"Invalid HTTP version: {line[:end].decode('latin-1')!r}")
         # The request-target's limit holds however the line was split into reads (aiohttp
-        # before 3.14 checks it only within one read).
-        target = line[:end].partition(b" ")[2].rpartition(b" ")[0]
-        if len(target) > self.max_target:
-            raise URITooLong(f"request-target longer than {self.max_target} bytes")
+        # before 3.14 checks it only within one read). The target is shorter than its line:
+        # only a line past the limit needs cutting out its target.
+        if end > self.max_target:
+            target = line[:end].partition(b" ")[2].rpartition(b" ")[0]
+            if len(target) > self.max_target:
+                raise URITooLong(f"request-target longer than {self.max_target} bytes")
         self.line = None
+        self.line_done = True
 
     def blank_line(self, data: bytes) -> int:
         """Index in `data` just past the first blank line, counting bytes fed before; -1 if none."""

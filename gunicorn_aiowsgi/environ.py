@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 import urllib.parse
@@ -12,12 +13,11 @@ from .errors import BadRequest, ExpectationFailed, HeaderFieldsTooLarge, HTTPErr
 from .settings import Settings
 
 SERVER_SOFTWARE = "gunicorn/aiowsgi"
-PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
+HTTP_11 = (1, 1)
+PROTOCOLS = {HTTP_11: "HTTP/1.1", (1, 0): "HTTP/1.0"}
 
 # RFC 9110 section 5.5: field values must not hold CTLs other than HTAB.
 VALUE_INVALID = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# RFC 9110 section 5.3: fields that cannot be combined into a list; a repeat is ambiguous.
-SINGLETONS = frozenset(("HOST", "CONTENT-LENGTH", "CONTENT-TYPE"))
 # gunicorn's nonstandard method restriction: upper-case, 3 to 20 characters, no "#".
 METHOD_BADCHAR = re.compile(r"[a-z#]")
 
@@ -41,6 +41,8 @@ class Peer:
     proxy: dict[str, str] | None = None  # PROXY_* environ keys when a PROXY preamble was sent
     # The environ keys these addresses give every request of the connection, computed once.
     keys: dict[str, str | None] = field(init=False, compare=False, repr=False)
+    # gunicorn's req.peer_addr (accept()'s address, ("127.0.0.1", 51234)), for the request record.
+    address: Any = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         keys: dict[str, str | None] = {"REMOTE_ADDR": self.remote_addr}
@@ -50,6 +52,8 @@ class Peer:
             keys["SERVER_NAME"], keys["SERVER_PORT"] = self.server_name, self.server_port
         keys.update(self.proxy or {})
         object.__setattr__(self, "keys", keys)  # frozen: set once, here
+        object.__setattr__(self, "address", self.remote_addr if self.remote_port is None
+                           else (self.remote_addr, int(self.remote_port)))
 
 
 def is_trusted(addr: str, allow: tuple[str, ...], networks: tuple[Any, ...]) -> bool:
@@ -98,24 +102,32 @@ def base_environ(settings: Settings, errors: Any, file_wrapper: Any) -> dict[str
     }
 
 
-# Methods seen before and accepted: (method, casefold) -> REQUEST_METHOD. The same few come on
-# every request; bounded like the header names below (count).
+# Methods seen before and accepted -> REQUEST_METHOD, one table per casefold_http_method. The
+# same few come on every request; bounded like the header names below (count).
 METHOD_CACHE_SIZE = 64
-_METHODS: dict[tuple[str, bool], str] = {}
+_METHODS: dict[bool, dict[str, str]] = {False: {}, True: {}}
 
 
 def check_method(settings: Settings, method: str) -> str:
     """gunicorn's method rules (aiohttp has already checked it is a token)."""
-    key = (method, settings.casefold_http_method)
-    known = _METHODS.get(key)
+    methods = _METHODS[settings.casefold_http_method]
+    known = methods.get(method)
     if known is not None:
         return known
     if METHOD_BADCHAR.search(method) or not 3 <= len(method) <= 20:
         raise BadRequest(f"Invalid Method '{method}'")
     checked = method.upper() if settings.casefold_http_method else method
-    if len(_METHODS) < METHOD_CACHE_SIZE:
-        _METHODS[key] = checked
+    if len(methods) < METHOD_CACHE_SIZE:
+        methods[method] = checked
     return checked
+
+
+# Origin-form targets seen before -> (RAW_URI, path, query): the same few ("/", "/health") come
+# again and again, and their split does not depend on the method. Bounded like the header names
+# below, and only short targets are kept (count, characters).
+TARGET_CACHE_SIZE = 256
+TARGET_CACHE_LENGTH = 128
+_TARGETS: dict[str, tuple[str, str, str]] = {}
 
 
 def split_target(method: str, target: str) -> tuple[str, str, str]:
@@ -131,6 +143,8 @@ def split_target(method: str, target: str) -> tuple[str, str, str]:
     uri = target
     if uri[0] == "/" and uri[1:2] != "/" and "#" not in uri:  # origin-form: nearly every request
         path, _, query = uri.partition("?")
+        if len(_TARGETS) < TARGET_CACHE_SIZE and len(uri) <= TARGET_CACHE_LENGTH:
+            _TARGETS[uri] = (uri, path, query)
         return uri, path, query
     # RFC 9112 section 3.2.4: asterisk-form only with OPTIONS; 3.2.3: authority-form only
     # with CONNECT; otherwise origin-form ("/...") or absolute-form ("scheme://...").
@@ -159,17 +173,38 @@ def _header_name(name: str, settings: Settings, trusted: bool) -> str | None:
     raise BadRequest(f"Invalid header name '{name}'")
 
 
-# Header names seen before: raw bytes -> (NAME, environ key, needs the careful path). Names
-# repeat on every request (Host, Accept, User-Agent...), so each is decoded and mapped once.
+class FieldKind(enum.Enum):
+    """How a header field name is mapped into the environ; known once per name (the cache below)."""
+
+    PLAIN = "plain"            # HTTP_NAME; repeats are joined with "," (RFC 9110 section 5.3)
+    HOST = "host"              # HTTP_HOST, once at most; SERVER_NAME/PORT on a unix socket
+    CONTENT = "content"        # CONTENT_TYPE / CONTENT_LENGTH (PEP 3333), once at most
+    FRAMING = "framing"        # Transfer-Encoding: refused in an HTTP/1.0 request
+    EXPECT = "expect"          # Expect: only 100-continue (RFC 9110 section 10.1.1)
+    UNDERSCORE = "underscore"  # a name holding "_": header_map decides
+
+
+PLAIN, HOST = FieldKind.PLAIN, FieldKind.HOST  # compared for every field (see boundary.py's aliases)
+
+# Header names seen before: raw bytes -> (NAME, environ key, kind). Names repeat on every
+# request (Host, Accept, User-Agent...), so each is decoded and mapped once.
 # Bounded: past NAME_CACHE_SIZE entries new names are mapped but not kept (count).
 NAME_CACHE_SIZE = 1024
-_NAMES: dict[bytes, tuple[str, str, bool]] = {}
-CAREFUL = SINGLETONS | {"TRANSFER-ENCODING", "EXPECT"}
+_NAMES: dict[bytes, tuple[str, str, FieldKind]] = {}
+# The names with rules of their own; Host, Content-Type and Content-Length cannot be combined
+# into a list, so a repeat is ambiguous (RFC 9110 section 5.3).
+KINDS = {"HOST": FieldKind.HOST, "CONTENT-TYPE": FieldKind.CONTENT,
+         "CONTENT-LENGTH": FieldKind.CONTENT, "TRANSFER-ENCODING": FieldKind.FRAMING,
+         "EXPECT": FieldKind.EXPECT}
+# No secure-scheme headers from an untrusted peer.
+NO_HEADERS: dict[str, str] = {}
 
 
-def _map_name(raw_name: bytes) -> tuple[str, str, bool]:
+def _map_name(raw_name: bytes) -> tuple[str, str, FieldKind]:
     name = raw_name.decode("latin-1").upper()
-    mapped = (name, "HTTP_" + name.replace("-", "_"), name in CAREFUL or "_" in name)
+    kind = KINDS.get(name) or (FieldKind.UNDERSCORE if "_" in name else PLAIN)
+    key = name.replace("-", "_") if kind is FieldKind.CONTENT else "HTTP_" + name.replace("-", "_")
+    mapped = (name, key, kind)
     if len(_NAMES) < NAME_CACHE_SIZE:
         _NAMES[raw_name] = mapped
     return mapped
@@ -177,12 +212,15 @@ def _map_name(raw_name: bytes) -> tuple[str, str, bool]:
 
 def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
                 version: tuple[int, int], raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, str | None, str]:
-    """Map header fields into environ; returns (expect 100-continue, Host, scheme from headers)."""
-    secure = settings.secure_scheme_headers if peer.trusted else {}
+    """Map header fields into environ; returns (expect 100-continue, Host, scheme from headers).
+
+    `environ` holds no HTTP_HOST, CONTENT_TYPE or CONTENT_LENGTH yet: a second such field is
+    refused by finding the first one's key.
+    """
+    secure = settings.secure_scheme_headers if peer.trusted else NO_HEADERS
     scheme = None
     host = None
     expect = False
-    seen: set[str] = set()
     # gunicorn's limit_request_field_size counts the whole line, "Name: value\r\n"; aiohttp's
     # own max_field_size counts name and value apart.
     size_limit = (settings.limit_request_field_size if settings.limit_request_field_size > 0
@@ -191,7 +229,7 @@ def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
     for raw_name, raw_value in raw_headers:
         if len(raw_name) + len(raw_value) > size_limit:
             raise HeaderFieldsTooLarge("limit request headers fields size")
-        name, key, careful = names.get(raw_name) or _map_name(raw_name)
+        name, key, kind = names.get(raw_name) or _map_name(raw_name)
         value = raw_value.decode("latin-1").strip(" \t")
         if not value.isprintable() and VALUE_INVALID.search(value):  # printable: no CTL at all
             raise BadRequest(f"Invalid HTTP Header: '{name}'")
@@ -200,37 +238,46 @@ def add_headers(environ: dict[str, Any], settings: Settings, peer: Peer,
             if scheme is not None and scheme != this:
                 raise BadRequest("Contradictory scheme headers")
             scheme = this
-        if careful:
-            if name in SINGLETONS:
-                if name in seen:
-                    raise BadRequest(f"Invalid HTTP Header: '{name}'")
-                seen.add(name)
-            if name == "TRANSFER-ENCODING" and version < (1, 1):
-                # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        if kind is PLAIN:
+            if key in environ:
+                environ[key] += "," + value
+            else:
+                environ[key] = value
+        elif kind is HOST:
+            if host is not None:  # RFC 9110 section 5.3: not a list; a repeat is ambiguous
                 raise BadRequest(f"Invalid HTTP Header: '{name}'")
-            if name == "EXPECT":
-                # RFC 9110 section 10.1.1: an HTTP/1.0 client's 100-continue is ignored.
-                if value.lower() != "100-continue":
-                    raise ExpectationFailed(value)
-                expect = version >= (1, 1)
-            if "_" in name:
-                if _header_name(name, settings, peer.trusted) is None:
-                    continue
-                if name == "SCRIPT_NAME":
-                    environ["SCRIPT_NAME"] = value
-            if name == "HOST":
-                host = value
-            elif name == "CONTENT-TYPE":
-                environ["CONTENT_TYPE"] = value
-                continue
-            elif name == "CONTENT-LENGTH":
-                environ["CONTENT_LENGTH"] = value
-                continue
-        if key in environ:
-            environ[key] += "," + value
+            host = environ[key] = value
         else:
-            environ[key] = value
+            expect = _careful_field(environ, settings, peer, version, name, key, kind, value, expect)
     return expect, host, scheme or ("https" if settings.is_ssl else "http")
+
+
+def _careful_field(environ: dict[str, Any], settings: Settings, peer: Peer, version: tuple[int, int],
+                   name: str, key: str, kind: FieldKind, value: str, expect: bool) -> bool:
+    """A field with rules of its own (not Host); returns whether 100-continue is expected."""
+    if kind is FieldKind.CONTENT:
+        if key in environ:  # RFC 9110 section 5.3: not a list; a repeat is ambiguous
+            raise BadRequest(f"Invalid HTTP Header: '{name}'")
+        environ[key] = value
+        return expect
+    if kind is FieldKind.FRAMING and version < (1, 1):
+        # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        raise BadRequest(f"Invalid HTTP Header: '{name}'")
+    if kind is FieldKind.EXPECT:
+        # RFC 9110 section 10.1.1: an HTTP/1.0 client's 100-continue is ignored.
+        if value.lower() != "100-continue":
+            raise ExpectationFailed(value)
+        expect = version >= (1, 1)
+    if kind is FieldKind.UNDERSCORE:
+        if _header_name(name, settings, peer.trusted) is None:
+            return expect
+        if name == "SCRIPT_NAME":
+            environ["SCRIPT_NAME"] = value
+    if key in environ:
+        environ[key] += "," + value
+    else:
+        environ[key] = value
+    return expect
 
 
 def _server_from_host(host: str | None, scheme: str) -> tuple[str, str]:
@@ -250,14 +297,20 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
 
     Raises a BadRequest (or another HTTPError) for what gunicorn would refuse.
     """
-    if version[0] != 1:  # gunicorn serves HTTP/1.x only; aiohttp also parses "HTTP/2.0" heads
+    if version == HTTP_11:  # nearly every request: one comparison, no table lookup
+        protocol = "HTTP/1.1"
+    elif version[0] != 1:  # gunicorn serves HTTP/1.x only; aiohttp also parses "HTTP/2.0" heads
         raise BadRequest("Invalid HTTP Version '%d.%d'" % tuple(version))
-    raw_uri, path, query = split_target(method, target)
+    else:
+        protocol = PROTOCOLS.get(version) or "HTTP/%d.%d" % version
+    raw_uri, path, query = _TARGETS.get(target) or split_target(method, target)
     environ = base.copy()
-    environ["REQUEST_METHOD"] = check_method(settings, method)
+    # A method seen before is taken from check_method's table without calling it.
+    environ["REQUEST_METHOD"] = (_METHODS[settings.casefold_http_method].get(method)
+                                 or check_method(settings, method))
     environ["QUERY_STRING"] = query
     environ["RAW_URI"] = raw_uri
-    environ["SERVER_PROTOCOL"] = PROTOCOLS.get(version) or "HTTP/%d.%d" % version
+    environ["SERVER_PROTOCOL"] = protocol
     environ["SCRIPT_NAME"] = settings.script_name
     expect, host, scheme = add_headers(environ, settings, peer, version, raw_headers)
     if host is None and version >= (1, 1):

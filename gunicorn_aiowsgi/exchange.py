@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import time
-from typing import TYPE_CHECKING, Any
+from io import BytesIO
+from time import time as wall_time
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .application import AppCall
 from .body import BodySpool, SpoolFull
@@ -20,6 +20,9 @@ from .response import CLOSE, COPY_LIMIT, render_head
 
 if TYPE_CHECKING:
     from .protocol import Connection
+
+# No messages waiting: one shared empty backlog rather than a new list per request.
+NOTHING: tuple[Any, ...] = ()
 
 
 class Exchange:
@@ -37,14 +40,14 @@ class Exchange:
         self.conn = conn
         self.request = request
         self.number = number                 # this request's place on its connection (count)
-        self.started = time.time()           # when its head was parsed
+        self.started = wall_time()           # when its head was parsed (time.time)
         self.environ: dict[str, Any] = {}
         self.spool: BodySpool | None = None  # the body being received, if any
         self.channel: Channel | None = None  # the response, once the app has the request
         self.call: AppCall | None = None
         self.keep = False                    # keep the connection after this response
         self.head_sent = False
-        self.backlog: list[Any] = []         # messages taken but not written (socket was full)
+        self.backlog: Sequence[Any] = NOTHING  # messages taken but not written (socket was full)
         self.timer: Any = None               # AIOWSGI_REQUEST_TIMEOUT
         self.sending = False                 # a sendfile is under way
 
@@ -58,22 +61,22 @@ class Exchange:
             return
         assert conn.peer is not None  # set in connection_made, before any byte is read
         try:
-            self.environ, expect = build_environ(
-                ctx.base, settings, conn.peer, req.method,
-                req.target, req.version, req.raw_headers)
-            if req.method == "CONNECT" and (
-                    req.chunked or self.environ.get("CONTENT_LENGTH", "0") != "0"):
+            method = req.method
+            environ, expect = build_environ(
+                ctx.base, settings, conn.peer, method, req.target, req.version, req.raw_headers)
+            self.environ = environ
+            if method == "CONNECT" and (req.chunked or environ.get("CONTENT_LENGTH", "0") != "0"):
                 # RFC 9110 section 9.3.6: a CONNECT request has no content (aiohttp's parser
                 # would hand its bytes on as a tunnel's); refused, never given a length that
                 # wsgi.input does not hold.
                 raise BadRequest("CONNECT request with content")
             if req.body_done():
-                self.environ["wsgi.input"] = io.BytesIO()  # no body: nothing to wait for
+                environ["wsgi.input"] = BytesIO()  # no body: nothing to wait for
                 self.dispatch()
                 return
             self.spool = BodySpool(settings, ctx.spools)
             # 413/503/507 before 100-continue (RFC 9110 section 10.1.1): the body is never sent.
-            self.spool.expect(None if req.chunked else int(self.environ["CONTENT_LENGTH"]))
+            self.spool.expect(None if req.chunked else int(environ["CONTENT_LENGTH"]))
         except HTTPError as error:
             self.refused(error)
             return
@@ -124,7 +127,7 @@ class Exchange:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
         limit = ctx.queue_limit
-        queued = ctx.queued
+        queued = ctx.pool.queued + len(ctx.pending)  # ctx.queued, without a property call
         if limit and queued >= limit:
             self.environ["wsgi.input"].close()
             ctx.monitor.overloaded(queued, limit)
@@ -133,18 +136,21 @@ class Exchange:
         # Counted before it is answered, so the request reaching max_requests gets
         # Connection: close; only requests the app serves count (not health checks, not 503s).
         ctx.worker.request_started()
-        req = self.request
-        self.channel = Channel(ctx.inbox, ctx.settings.write_buffer, self.relay)
-        self.call = call = AppCall(ctx.wsgi, self.environ, self.channel, req.version, ctx,
+        req, settings = self.request, ctx.settings
+        self.channel = channel = Channel(ctx.inbox, settings.write_buffer, self.relay)
+        self.call = call = AppCall(ctx.wsgi, self.environ, channel, req.version, ctx,
                                    self.started, req.raw_headers, self.conn.peer, self.number)
         ctx.submit(call)
-        if ctx.settings.request_timeout:
-            self.timer = ctx.loop.call_later(ctx.settings.request_timeout, self.timed_out)
+        if settings.request_timeout:
+            self.timer = ctx.loop.call_later(settings.request_timeout, self.timed_out)
 
     # -- answers the loop gives itself ----------------------------------------------------------
     def keep_alive(self, close: bool = False) -> bool:
         """Keep the connection for another request? A client that half-closed still gets the
-        answers to every request it completed (the connection closes after the last one)."""
+        answers to every request it completed (the connection closes after the last one).
+
+        whole() has these rules inline (the one call per request they would cost): keep both alike.
+        """
         conn = self.conn
         return (not close and not self.request.close and self.ctx.settings.keepalive > 0
                 and not self.ctx.draining and not self.request.upgrade
@@ -191,7 +197,7 @@ class Exchange:
         else:
             stack = "  (still queued: no thread took it, and none will)\n"
         ctx.log.error("Request timed out after %ss: %s; its app thread is at:\n%s",
-                      timeout, describe(call, time.time()), stack)
+                      timeout, describe(call, wall_time()), stack)
         self.stop()
         try:
             self.conn.write(error_reply(GatewayTimeout(), self.request.method))
@@ -230,7 +236,7 @@ class Exchange:
             return
         try:
             if not self.backlog and self.conn.writable:
-                batch = channel.take()
+                batch: Sequence[Any] = channel.take()
                 if len(batch) == 1:
                     item = batch[0]
                     if type(item) is Start and item.end is not None and item.size < COPY_LIMIT:
@@ -242,7 +248,7 @@ class Exchange:
                 batch = self.backlog or channel.take()
                 if not batch:
                     break
-                self.backlog = []
+                self.backlog = NOTHING
                 for index, item in enumerate(batch):
                     if not self.conn.writable:
                         self.backlog = batch[index:]
@@ -258,17 +264,24 @@ class Exchange:
 
     def whole(self, item: Start) -> None:
         """A small response known in full (a list body): head, body and end in one write."""
-        end = item.end
+        end, head, mode = item.end, item.head, item.mode
         assert end is not None
         self.head_sent = True
         if self.timer is not None:
             self.started_response()
-        self.keep = keep = self.keep_alive(item.head.close or item.mode is CLOSE)
-        head = render_head(self.request.version, item.head, item.mode, keep, SERVER_HEADER,
-                           self.ctx.date())
-        self.conn.write(b"".join((head, *item.pieces, end.tail)))
-        self.stop()
-        self.conn.finish(keep and end.complete)
+        conn, req, ctx = self.conn, self.request, self.ctx
+        # keep_alive(), inline: once per request
+        self.keep = keep = not (head.close or mode is CLOSE or req.close
+                                or not ctx.settings.keepalive > 0 or ctx.draining or req.upgrade
+                                or (conn.eof and not conn.held))
+        conn.write(b"".join((render_head(req.version, head, mode, keep, SERVER_HEADER, ctx.date()),
+                             *item.pieces, end.tail)))
+        # stop(), the timer already cancelled above: the response is over.
+        channel = self.channel
+        if channel is not None:
+            self.channel = None
+            channel.close()
+        conn.finish(keep and end.complete)
 
     def write(self, item: Any, out: Output) -> bool:
         """One message from the app thread; False once the response is over."""

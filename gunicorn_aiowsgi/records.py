@@ -14,18 +14,27 @@ class RequestRecord:
     def __init__(self, environ: dict[str, Any], version: tuple[int, int],
                  raw_headers: Any, peer_addr: Any, req_number: int) -> None:
         self.method: str = environ["REQUEST_METHOD"]
-        self.uri: str = environ["RAW_URI"]
-        self.path: str = self.uri.partition("?")[0].partition("#")[0]
+        uri: str = environ["RAW_URI"]
+        self.uri = uri
         self.query: str = environ["QUERY_STRING"]
-        self.fragment: str = self.uri.partition("#")[2]
+        if "?" in uri or "#" in uri:
+            self.path: str = uri.partition("?")[0].partition("#")[0]
+            self.fragment: str = uri.partition("#")[2]
+        else:  # a bare path (most requests): nothing to cut off
+            self.path = uri
+            self.fragment = ""
         self.version = version                  # (1, 1)
         self._raw = raw_headers                 # aiohttp's ((b"Host", b"example.com"), ...)
         self._headers: list[tuple[str, str]] | None = None
         self.scheme: str = environ["wsgi.url_scheme"]
-        # gunicorn's is accept()'s address, ("127.0.0.1", 51234); hooks index it.
-        port = getattr(peer_addr, "remote_port", None)
-        self.peer_addr = ((peer_addr.remote_addr, int(port)) if port is not None
-                          else getattr(peer_addr, "remote_addr", peer_addr))
+        # gunicorn's is accept()'s address, ("127.0.0.1", 51234); hooks index it. A Peer has it
+        # made once per connection.
+        address = getattr(peer_addr, "address", None)
+        if address is None:
+            port = getattr(peer_addr, "remote_port", None)
+            address = ((peer_addr.remote_addr, int(port)) if port is not None
+                       else getattr(peer_addr, "remote_addr", peer_addr))
+        self.peer_addr = address
         self.remote_addr = self.peer_addr
         self.body = environ.get("wsgi.input")
         self.trailers: list[tuple[str, str]] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gunicorn_aiowsgi.boundary import LINGER_TIME, Boundary, ConnState, deadline
+from gunicorn_aiowsgi.boundary import LINGER_TIME, Boundary, ConnState, deadline, protocol_ok
 from gunicorn_aiowsgi.errors import BadRequest, URITooLong
 from gunicorn_aiowsgi.settings import Settings
 
@@ -80,3 +80,20 @@ def test_reset_starts_a_new_message():
 ])
 def test_request_target_limit_holds_across_reads(reads, refused):
     check_lines(Boundary(max_target=100), reads, URITooLong if refused else None)
+
+
+@pytest.mark.parametrize("line", [
+    b"GET / HTTP/1.1\r", b"GET / HTTP/1.0", b"GET / HTTP/1.1\r\r", b"GET / HTTP/1.1 \r",
+    b"GET /HTTP/1.1\r", b"HTTP/1.1\r", b"GET / RTSP/1.0\r", b"GET / http/1.1\r", b"GET / HTTP\r",
+    b"GET /a b HTTP/1.1\r", b"X\r", b"GET / HTTP/\r",
+])
+def test_check_line_agrees_with_protocol_ok(line):
+    """check_line looks at the line in place; it refuses exactly what protocol_ok refuses."""
+    bound = Boundary()
+    if protocol_ok(line):
+        bound.check_line(line + b"\n")
+        assert bound.line_done
+    else:
+        with pytest.raises(BadRequest):
+            bound.check_line(line + b"\n")
+        assert not bound.line_done

@@ -107,6 +107,9 @@ def test_underscore_header_refused():
     [("Host", "a"), ("Host", "b")],
     [("Content-Length", "1"), ("Content-Length", "1")],
     [("Content-Type", "a"), ("Content-Type", "b")],
+    [("Host", "a"), ("host", "b")],                 # one field however its name is spelled
+    [("content-length", "1"), ("Content-Length", "1")],
+    [("Transfer-Encoding", "chunked")],             # in HTTP/1.0 (RFC 9112 section 6.1)
     [("X-Bad", "a\x01b")],
 ])
 def test_refused_headers(headers):
@@ -222,3 +225,77 @@ def test_peer_keys_are_the_connections_and_a_proxy_preamble_wins():
     assert (unix["REMOTE_ADDR"], unix["SERVER_NAME"], unix["SERVER_PORT"]) == (
         "", "example.com", "8080")
     assert "REMOTE_PORT" not in unix
+
+
+def test_header_names_map_alike_cached_or_not(monkeypatch):
+    """Each name is mapped once (its kind decides its rules); a cached name gives what it gave."""
+    from gunicorn_aiowsgi import environ as core
+    monkeypatch.setattr(core, "_NAMES", {})
+    headers = [("Host", "h"), ("X-A", "1"), ("x-a", "2"), ("content-type", "t/x"),
+               ("Content-Length", "0"), ("Expect", "100-continue"), ("Transfer-Encoding", "chunked"),
+               ("X_U", "u"), ("Script_Name", "/app")]
+    settings = Settings(header_map="dangerous")
+    first = env(b"/app/x", headers=headers, version=(1, 1), settings=settings)
+    assert len(core._NAMES) == 9  # by their bytes: "X-A" and "x-a" apart
+    assert env(b"/app/x", headers=headers, version=(1, 1), settings=settings) == first
+    environ, expect = first
+    assert expect is True
+    assert {key: environ[key] for key in ("HTTP_HOST", "HTTP_X_A", "CONTENT_TYPE", "CONTENT_LENGTH",
+                                          "HTTP_EXPECT", "HTTP_TRANSFER_ENCODING", "HTTP_X_U",
+                                          "SCRIPT_NAME", "HTTP_SCRIPT_NAME", "PATH_INFO")} == {
+        "HTTP_HOST": "h", "HTTP_X_A": "1,2", "CONTENT_TYPE": "t/x", "CONTENT_LENGTH": "0",
+        "HTTP_EXPECT": "100-continue", "HTTP_TRANSFER_ENCODING": "chunked", "HTTP_X_U": "u",
+        "SCRIPT_NAME": "/app", "HTTP_SCRIPT_NAME": "/app", "PATH_INFO": "/x"}
+    assert "HTTP_CONTENT_TYPE" not in environ and "HTTP_CONTENT_LENGTH" not in environ
+
+
+@pytest.mark.parametrize("version, protocol", [
+    ((1, 1), "HTTP/1.1"), ((1, 0), "HTTP/1.0"), ((1, 2), "HTTP/1.2"),
+])
+def test_server_protocol(version, protocol):
+    assert env(headers=[("Host", "h")], version=version)[0]["SERVER_PROTOCOL"] == protocol
+
+
+@pytest.mark.parametrize("version", [(2, 0), (0, 9)])
+def test_only_http_1(version):
+    with pytest.raises(BadRequest, match="Invalid HTTP Version"):
+        env(headers=[("Host", "h")], version=version)
+
+
+@pytest.mark.parametrize("peer, address", [(TCP, ("10.0.0.7", 5555)), (UNIX, "")])
+def test_peer_address(peer, address):
+    """gunicorn's req.peer_addr, made once per connection."""
+    assert peer.address == address
+
+
+@pytest.mark.parametrize("target, kept", [
+    (b"/", True), (b"/a/b?x=1", True), (b"/%7E?q", True),
+    (b"/x#frag", False), (b"//double", False), (b"*", False), (b"http://h/abs", False),
+])
+def test_targets_split_alike_cached_or_not(monkeypatch, target, kept):
+    """Origin-form targets are split once (their split holds for any method); others never kept."""
+    from gunicorn_aiowsgi import environ as core
+    monkeypatch.setattr(core, "_TARGETS", {})
+    first = env(target, method="OPTIONS")
+    assert env(target, method="OPTIONS") == first
+    assert list(core._TARGETS) == ([target.decode()] if kept else [])
+
+
+@pytest.mark.parametrize("target", [b"/sp ace", b"/\x7f", b"/caf\xc3\xa9", b""])
+def test_refused_targets_are_never_kept(monkeypatch, target):
+    from gunicorn_aiowsgi import environ as core
+    monkeypatch.setattr(core, "_TARGETS", {})
+    for _again in (False, True):
+        with pytest.raises(BadRequest):
+            env(target)
+    assert core._TARGETS == {}
+
+
+def test_target_cache_is_bounded(monkeypatch):
+    from gunicorn_aiowsgi import environ as core
+    monkeypatch.setattr(core, "_TARGETS", {})
+    for n in range(core.TARGET_CACHE_SIZE + 10):
+        env(f"/{n}".encode())
+    env(b"/" + b"a" * core.TARGET_CACHE_LENGTH)
+    assert len(core._TARGETS) == core.TARGET_CACHE_SIZE
+    assert env(b"/999?x")[0]["PATH_INFO"] == "/999"  # past the bound: split, not kept
