@@ -52,8 +52,9 @@ class Exchange:
         self.sending = False                 # a sendfile is under way
 
     # -- the request -------------------------------------------------------------------------
-    def begin(self) -> None:
-        """The head is parsed: answer on the loop, refuse, or get ready for the body."""
+    def begin(self, body_done: bool) -> None:
+        """The head is parsed: answer on the loop, refuse, or get ready for the body (none to
+        come when `body_done`: the parser has seen its end, RFC 9112 section 6.3)."""
         ctx, conn, req = self.ctx, self.conn, self.request
         settings = ctx.settings
         if settings.health_path and req.target.partition("?")[0] == settings.health_path:
@@ -70,7 +71,7 @@ class Exchange:
                 # would hand its bytes on as a tunnel's); refused, never given a length that
                 # wsgi.input does not hold.
                 raise BadRequest("CONNECT request with content")
-            if req.body_done():
+            if body_done:
                 environ["wsgi.input"] = BytesIO()  # no body: nothing to wait for
                 self.dispatch()
                 return

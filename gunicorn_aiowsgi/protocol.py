@@ -54,7 +54,7 @@ class Connection(asyncio.BufferedProtocol):
         self.request: Request | None = None      # the request whose head or body is being read
         self.held: bytes | bytearray = b""  # bytes after the request, known to start the next
         self.requests = 0           # requests answered on this connection (count)
-        self.since = ctx.loop.time()  # when the current state began, or the last body byte came
+        self.since = ctx.clock()  # when the current state began, or the last body byte came
         self.timer: Any = None
         self.body_left: int | None = None  # Content-Length bytes still to come; None: chunked
         self.reading = True         # the transport is reading (we pause it, never aiohttp)
@@ -147,7 +147,7 @@ class Connection(asyncio.BufferedProtocol):
         limits = self.ctx.limits
         self.parser = Parser(limits, self.ctx.loop)
         self.bound = Boundary(limits.max_line)
-        self.state, self.since = HEAD, self.ctx.loop.time()  # armed by _feed or _expire
+        self.state, self.since = HEAD, self.ctx.clock()  # armed by _feed or _expire
 
     def _head(self, data: bytes) -> bytes:
         """Feed head bytes, up to and including the blank line that ends the head."""
@@ -172,19 +172,20 @@ class Connection(asyncio.BufferedProtocol):
     def _begin(self, request: Request) -> None:
         """A head is complete: start its exchange; read its body, if any, next."""
         self.exchange = exchange = Exchange(self.ctx, self, request, self.requests + 1)
-        if request.body_done():
+        done = request.body_done()
+        if done:
             self.state = APP
         else:
             self.request = request
             self.body_left = None if request.chunked else request.content_length()
-            self.state, self.since = BODY, self.ctx.loop.time()  # armed by _feed
-        exchange.begin()  # may answer at once (a health check, an error), or wait for the body
+            self.state, self.since = BODY, self.ctx.clock()  # armed by _feed
+        exchange.begin(done)  # may answer at once (a health check, an error), or wait for the body
 
     def _body(self, data: bytes) -> bytes:
         """Feed body bytes: exactly Content-Length of them, or chunks up to the last chunk."""
         request, exchange, parser = self.request, self.exchange, self.parser
         assert request is not None and exchange is not None and parser is not None
-        self.since = self.ctx.loop.time()
+        self.since = self.ctx.clock()
         if self.body_left is not None:
             cut = self.body_left
             chunk, rest = (data, b"") if cut >= len(data) else (data[:cut], data[cut:])
@@ -292,7 +293,7 @@ class Connection(asyncio.BufferedProtocol):
     def disk_caught_up(self) -> None:
         """The body's spool wrote its backlog: read again; the wait was not the client's idling."""
         if self.state is BODY:
-            self.since = self.ctx.loop.time()
+            self.since = self.ctx.clock()
             self.resume_reading()
 
     def pause_reading(self) -> None:
@@ -325,7 +326,7 @@ class Connection(asyncio.BufferedProtocol):
         self.state = state
         if state is APP:
             return  # no connection deadline while the app answers: a pending timer stands down
-        self.since = self.ctx.loop.time()
+        self.since = self.ctx.clock()
         self._arm()
 
     def _deadline(self) -> float | None:
@@ -348,7 +349,7 @@ class Connection(asyncio.BufferedProtocol):
         deadline = self._deadline()
         if deadline is None or self.transport is None:
             return
-        if self.ctx.loop.time() < deadline:  # the state moved on since: check again later
+        if self.ctx.clock() < deadline:  # the state moved on since: check again later
             self.timer = self.ctx.call_at(deadline, self._expire)
             return
         if self.state is IDLE and unread_bytes(self.transport):
@@ -357,7 +358,7 @@ class Connection(asyncio.BufferedProtocol):
             self._arm()
             return
         if self.state is BODY and not self.reading:  # waiting for the disk, not the client
-            self.since = self.ctx.loop.time()
+            self.since = self.ctx.clock()
             self._arm()
             return
         if self.state is BODY:
