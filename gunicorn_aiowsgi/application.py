@@ -183,19 +183,23 @@ class AppCall(StartResponse):
     def run(self) -> None:
         server = self.server
         worker, pre_request = server.worker, server.pre_request
+        req = None
         if pre_request is not None or server.post_request is not None or server.access is not None:
-            self._req = self._record()  # now: once the app runs, it may change its environ
+            self._req = req = self._record()  # now: once the app runs, it may change its environ
         try:
             # Inside the try, as gunicorn's workers do: a failing hook is this request's 500.
             if pre_request is not None:
-                pre_request(worker, self.req)
+                pre_request(worker, req)
             result = self.app(self.environ, self)
-            try:
-                self._consume(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()  # PEP 3333: exactly once, however iteration ended
+            if type(result) is list:  # the common case; a plain list has no close() to call
+                self._send_all(result)
+            else:
+                try:
+                    self._consume(result)
+                finally:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()  # PEP 3333: exactly once, however iteration ended
         except ClientDisconnected:
             self.server.log.debug("Client went away during %s %s", self.method, self.req.uri)
             if self.resp is not None:
@@ -203,7 +207,7 @@ class AppCall(StartResponse):
         except Exception as exc:
             self._fail(exc)
         finally:
-            self._finish(worker)
+            self._finish(worker, req)
             # start_response's `write` is our bound method, and the environ holds the early hints
             # that hold us: reference cycles that would leave every request's objects to the
             # garbage collector (and its pauses). Break them.
@@ -242,7 +246,9 @@ class AppCall(StartResponse):
         except ClientDisconnected:
             pass
 
-    def _finish(self, worker: Any) -> None:
+    def _finish(self, worker: Any, req: RequestRecord | None) -> None:
+        """The hooks' end of the request; `req` is the record `run` made (None when no hook or
+        access log wants one)."""
         resp, server = self.resp, self.server
         if resp is not None and self.framer is not None:
             resp.sent = self.framer.sent
@@ -250,12 +256,12 @@ class AppCall(StartResponse):
         if server.access is not None:
             elapsed = max(0.0, time.time() - self.started)
             try:
-                server.access(resp, self.req, self.environ, timedelta(seconds=elapsed))
+                server.access(resp, req, self.environ, timedelta(0, elapsed))  # (days, seconds)
             except Exception:
                 server.log.exception("Access log failed")
         if server.post_request is not None:
             try:
-                server.post_request(worker, self.req, self.environ, resp)
+                server.post_request(worker, req, self.environ, resp)
             except Exception:
                 server.log.exception("Exception in post_request hook")
         # A spooled body is an unnamed temporary file: close it now rather than whenever the
