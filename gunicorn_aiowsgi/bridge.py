@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import logging
 import queue
 import threading
@@ -227,10 +228,10 @@ class Inbox:
     drains, so an append it misses always brings a new wake.
     """
 
-    __slots__ = ("_loop", "_ready", "_pending", "lock")
+    __slots__ = ("_wake", "_ready", "_pending", "lock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._wake = functools.partial(loop.call_soon_threadsafe, self._drain)  # made once, not per post
         self._ready: collections.deque[Channel] = collections.deque()
         self._pending = False
         # The channels' one mutex: held for a few bytecodes, and only by a thread about to wait
@@ -242,7 +243,7 @@ class Inbox:
         if not self._pending:
             self._pending = True
             try:
-                self._loop.call_soon_threadsafe(self._drain)
+                self._wake()
             except RuntimeError:  # the loop is closed: the worker is exiting
                 raise ClientDisconnected() from None
 
@@ -315,8 +316,6 @@ class Channel:
 
     # -- loop side -------------------------------------------------------------------------
     def _open_gate(self) -> None:
-        if self._gate is None:
-            return
         with self._mutex:
             gate = self._gate
             if gate is not None and (self._closed or self._produced - self._consumed < self._room):
@@ -335,7 +334,8 @@ class Channel:
     def release(self, size: int) -> None:
         """`size` bytes left the loop's hands; let the app thread produce more."""
         self._consumed += size
-        self._open_gate()
+        if self._gate is not None:  # a thread waits for credit (checked here: a call costs more)
+            self._open_gate()
 
     def close(self) -> None:
         """The client is gone (or the worker is exiting): the app thread's next put raises."""

@@ -192,19 +192,22 @@ class BodyFramer:
 
     def pieces(self, chunk: bytes) -> tuple[bytes, ...]:
         """The wire bytes for one chunk, as pieces: a large chunk is never copied to frame it."""
-        if not chunk or self.mode is NO_BODY:
+        mode = self.mode
+        if not chunk or mode is NO_BODY:
             return ()
-        if self.remaining is not None:
-            if len(chunk) > self.remaining:
-                self.overflow += len(chunk) - self.remaining
-                chunk = chunk[:self.remaining]
-            self.remaining -= len(chunk)
-        self.sent += len(chunk)
-        if self.mode is CHUNKED:  # upper-case hex sizes, byte for byte as gunicorn
-            if len(chunk) >= COPY_LIMIT:
-                return (b"%X\r\n" % len(chunk), chunk, b"\r\n")
-            return (b"%X\r\n%b\r\n" % (len(chunk), chunk),)
-        return (chunk,) if chunk else ()
+        # Fields read once and the length taken once: this runs for every chunk of every body.
+        size, remaining = len(chunk), self.remaining
+        if remaining is not None:
+            if size > remaining:
+                self.overflow += size - remaining
+                chunk, size = chunk[:remaining], remaining
+            self.remaining = remaining - size
+        self.sent += size
+        if mode is CHUNKED:  # upper-case hex sizes, byte for byte as gunicorn
+            if size >= COPY_LIMIT:
+                return (b"%X\r\n" % size, chunk, b"\r\n")
+            return (b"%X\r\n%b\r\n" % (size, chunk),)
+        return (chunk,) if size else ()
 
     def finish(self) -> tuple[bytes, bool]:
         """The closing bytes and whether the body is complete (a short body must close)."""
