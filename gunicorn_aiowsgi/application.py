@@ -16,6 +16,7 @@ from .records import RequestRecord, ResponseRecord
 from .response import (
     CHUNKED,
     NO_BODY,
+    NOT_STARTED,
     SENT,
     BodyFramer,
     Head,
@@ -98,23 +99,24 @@ class EarlyHints:
     As gunicorn does: ignored once the response has begun, and for HTTP/1.0 clients, which
     cannot take a 1xx response (RFC 9110 section 15.2); bad names or values raise. Its own
     object, not a method of the call: the environ holding a bound method of the call that holds
-    the environ would be a reference cycle, every request left to the garbage collector.
+    the environ would be a reference cycle, every request left to the garbage collector. It
+    holds the call only while the call runs (AppCall.run lets go of it at the end), for the same
+    reason; a hint after that is ignored, as any hint after the response began.
     """
 
-    __slots__ = ("channel", "start", "version")
+    __slots__ = ("call",)
 
-    def __init__(self, channel: Channel, start: StartResponse, version: tuple[int, int]) -> None:
-        self.channel = channel
-        self.start = start
-        self.version = version
+    def __init__(self, call: "AppCall") -> None:
+        self.call: AppCall | None = call
 
     def __call__(self, headers: list[tuple[str, str]]) -> None:
-        if self.start.phase is SENT or self.version < (1, 1):
+        call = self.call
+        if call is None or call.phase is SENT or call.version < (1, 1):
             return
         pairs = [(n.decode("latin-1") if isinstance(n, bytes) else n,
                   v.decode("latin-1") if isinstance(v, bytes) else v) for n, v in headers]
         kept, _length, _close = check_headers(pairs)
-        self.channel.put(Hints(kept))
+        call.channel.put(Hints(kept))
 
 
 # Every End is one of these three (framer.finish(): done, done after the chunked terminator, or
@@ -126,11 +128,15 @@ def _closed_write(data: bytes) -> None:
     raise AppError("write() called after the response was finished")
 
 
-class AppCall:
-    """Everything one request needs in its app thread; `run` is the thread's job."""
+class AppCall(StartResponse):
+    """Everything one request needs in its app thread; `run` is the thread's job.
 
-    __slots__ = ("app", "environ", "channel", "version", "server", "started", "method", "_parts",
-                 "_req", "start", "framer", "resp", "body", "state")
+    The call is its own start_response (PEP 3333): the pure core's state machine, inherited,
+    with `write` our body callable. One object per request instead of two.
+    """
+
+    __slots__ = ("app", "environ", "channel", "version", "server", "started", "_parts",
+                 "_req", "framer", "resp", "body", "state", "hints")
 
     def __init__(self, app: Callable[..., Any], environ: dict[str, Any], channel: Channel,
                  version: tuple[int, int], server: Any, started: float,
@@ -141,13 +147,16 @@ class AppCall:
         self.version = version
         self.server = server        # the worker's Context: worker, hooks, log, monitor, sendfile
         self.started = started      # time.time() when the request head was parsed
-        self.method: str = environ["REQUEST_METHOD"]
+        # StartResponse's own fields, set here rather than by a second __init__ call.
+        self.phase = NOT_STARTED
+        self.head: Head | None = None
+        self.method = environ["REQUEST_METHOD"]
+        self.write = self._write
         # What the request record is built from, in the app thread and only when something
         # reads it (a hook, the access log, a log line): most requests never need one.
         self._parts = (raw_headers, peer, number)
         self._req: RequestRecord | None = None
-        self.start = StartResponse(self.method, self._write)
-        environ["wsgi.early_hints"] = EarlyHints(channel, self.start, version)
+        self.hints = environ["wsgi.early_hints"] = EarlyHints(self)
         self.framer: BodyFramer | None = None
         # gunicorn's response record, only for the access log and post_request to read.
         self.resp = (ResponseRecord() if server.access is not None or server.post_request is not None
@@ -174,19 +183,23 @@ class AppCall:
     def run(self) -> None:
         server = self.server
         worker, pre_request = server.worker, server.pre_request
+        req = None
         if pre_request is not None or server.post_request is not None or server.access is not None:
-            self._req = self._record()  # now: once the app runs, it may change its environ
+            self._req = req = self._record()  # now: once the app runs, it may change its environ
         try:
             # Inside the try, as gunicorn's workers do: a failing hook is this request's 500.
             if pre_request is not None:
-                pre_request(worker, self.req)
-            result = self.app(self.environ, self.start)
-            try:
-                self._consume(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()  # PEP 3333: exactly once, however iteration ended
+                pre_request(worker, req)
+            result = self.app(self.environ, self)
+            if type(result) is list:  # the common case; a plain list has no close() to call
+                self._send_all(result)
+            else:
+                try:
+                    self._consume(result)
+                finally:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()  # PEP 3333: exactly once, however iteration ended
         except ClientDisconnected:
             self.server.log.debug("Client went away during %s %s", self.method, self.req.uri)
             if self.resp is not None:
@@ -194,10 +207,12 @@ class AppCall:
         except Exception as exc:
             self._fail(exc)
         finally:
-            self._finish(worker)
-            # start_response's `write` is our bound method: a reference cycle that would leave
-            # every request's objects to the garbage collector (and its pauses). Break it.
-            self.start.write = _closed_write
+            self._finish(worker, req)
+            # start_response's `write` is our bound method, and the environ holds the early hints
+            # that hold us: reference cycles that would leave every request's objects to the
+            # garbage collector (and its pauses). Break them.
+            self.write = _closed_write
+            self.hints.call = None
 
     def skip(self) -> None:
         """The pool's alternative to `run` for a call cancelled while queued: the app is never
@@ -220,7 +235,7 @@ class AppCall:
         section 6.3); a second response would be read as body bytes."""
         self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
         try:
-            if self.start.phase is SENT:
+            if self.phase is SENT:
                 self.channel.put(Abort(), wait=False)
             else:
                 error = exc if isinstance(exc, HTTPError) and exc.status >= 500 else AppError()
@@ -231,7 +246,9 @@ class AppCall:
         except ClientDisconnected:
             pass
 
-    def _finish(self, worker: Any) -> None:
+    def _finish(self, worker: Any, req: RequestRecord | None) -> None:
+        """The hooks' end of the request; `req` is the record `run` made (None when no hook or
+        access log wants one)."""
         resp, server = self.resp, self.server
         if resp is not None and self.framer is not None:
             resp.sent = self.framer.sent
@@ -239,12 +256,12 @@ class AppCall:
         if server.access is not None:
             elapsed = max(0.0, time.time() - self.started)
             try:
-                server.access(resp, self.req, self.environ, timedelta(seconds=elapsed))
+                server.access(resp, req, self.environ, timedelta(0, elapsed))  # (days, seconds)
             except Exception:
                 server.log.exception("Access log failed")
         if server.post_request is not None:
             try:
-                server.post_request(worker, self.req, self.environ, resp)
+                server.post_request(worker, req, self.environ, resp)
             except Exception:
                 server.log.exception("Exception in post_request hook")
         # A spooled body is an unnamed temporary file: close it now rather than whenever the
@@ -265,13 +282,13 @@ class AppCall:
         self._end()
 
     def _begin(self) -> tuple[Head, BodyFramer]:
-        head = self.start.head
+        head = self.head
         if head is None:
             raise AppError("the application returned without calling start_response")
         mode = framing(self.method, head.code, self.version, head.content_length)
         framer = BodyFramer(mode, head.content_length)
         self.framer = framer
-        self.start.phase = SENT
+        self.phase = SENT
         resp = self.resp
         if resp is None:
             return head, framer
@@ -289,7 +306,7 @@ class AppCall:
                 raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
         if not chunk:
             return
-        if self.start.phase is not SENT:
+        if self.phase is not SENT:
             head, framer = self._begin()
             pieces = framer.pieces(chunk)
             size = sum(map(len, pieces))
@@ -302,7 +319,7 @@ class AppCall:
                 self.channel.put(Data(pieces, size))
 
     def _end(self) -> None:
-        if self.start.phase is not SENT:
+        if self.phase is not SENT:
             head, framer = self._begin()
             self.channel.put(Start(head, framer.mode, end=self._closing(framer)), wait=False)
             return
@@ -313,7 +330,7 @@ class AppCall:
         for chunk in chunks:
             if type(chunk) is not bytes and not isinstance(chunk, bytes):
                 raise AppError(f"the application produced {type(chunk).__name__}, not bytes (PEP 3333)")
-        if self.start.phase is SENT:  # the app used write() before returning
+        if self.phase is SENT:  # the app used write() before returning
             for chunk in chunks:
                 self._write(chunk)
             self._end()
@@ -328,8 +345,8 @@ class AppCall:
         self.channel.put(Start(head, framer.mode, pieces, size, self._closing(framer)), wait=False)
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
-        head = self.start.head
-        if head is None or self.start.phase is SENT or not self.server.can_sendfile:
+        head = self.head
+        if head is None or self.phase is SENT or not self.server.can_sendfile:
             return False
         span = _file_span(wrapper, head.content_length)
         if span is None:

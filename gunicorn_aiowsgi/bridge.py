@@ -6,8 +6,10 @@ import asyncio
 import collections
 import enum
 import logging
+import os
 import queue
 import threading
+import weakref
 from typing import Any, Callable
 
 from .errors import ClientDisconnected
@@ -221,32 +223,33 @@ class ThreadPool:
 
 
 class Inbox:
-    """Wakes the loop for channels with news: one call_soon_threadsafe (a self-pipe write) per
-    batch of ready channels, not per chunk or per request. Lock-free under the GIL: a thread
-    appends, then posts a wake only if none is pending; the loop clears the flag before it
-    drains, so an append it misses always brings a new wake.
-    """
+    """Wakes the loop for channels with news: a byte on its own pipe (no Handle per wake, unlike
+    call_soon_threadsafe) per batch of ready channels. Lock-free under the GIL: a thread appends,
+    then wakes only if no wake is pending; the loop clears the flag before draining (none lost)."""
 
-    __slots__ = ("_loop", "_ready", "_pending", "lock")
+    __slots__ = ("_loop_closed", "_rfd", "_wfd", "_ready", "_pending", "lock", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop_closed = loop.is_closed
+        self._rfd, self._wfd = os.pipe()
+        for fd in (self._rfd, self._wfd):
+            os.set_blocking(fd, False)
+            weakref.finalize(self, os.close, fd)  # the loop's reader holds us until it closes
+        loop.add_reader(self._rfd, self._drain)
         self._ready: collections.deque[Channel] = collections.deque()
         self._pending = False
-        # The channels' one mutex: held for a few bytecodes, and only by a thread about to wait
-        # for credit and by the loop opening its gate; one per worker, not one per request.
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the channels' mutex: only to wait for credit or open a gate
 
     def post(self, channel: "Channel") -> None:
         self._ready.append(channel)
         if not self._pending:
             self._pending = True
-            try:
-                self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: the worker is exiting
-                raise ClientDisconnected() from None
+            if self._loop_closed():  # the worker is exiting: nothing will read the channel
+                raise ClientDisconnected()
+            os.write(self._wfd, b"\0")  # one unread byte at most: the pipe never fills
 
     def _drain(self) -> None:
+        os.read(self._rfd, 64)  # the wake byte: the loop calls us only when the pipe has one
         self._pending = False
         ready = self._ready
         while ready:
@@ -266,7 +269,7 @@ class Channel:
     """
 
     __slots__ = ("_inbox", "_limit", "_items", "_produced", "_consumed", "_closed",
-                 "_wake_pending", "_listener", "_gate", "_room", "_mutex")
+                 "_wake_pending", "_listener", "_gate", "_room")
 
     def __init__(self, inbox: Inbox, limit: int, listener: Callable[[], None]) -> None:
         self._inbox = inbox
@@ -277,9 +280,7 @@ class Channel:
         self._closed = False
         self._wake_pending = False
         self._listener: Callable[[], None] | None = listener  # runs on the loop when items arrive
-        self._gate: Any = None    # a held lock the waiting thread blocks on; the loop releases it
-        self._room = 0            # the in-flight bytes the waiting thread needs to fall below
-        self._mutex = inbox.lock
+        self._gate: Any = None    # a held lock a waiting thread blocks on till in flight < _room
 
     # -- app thread side -------------------------------------------------------------------
     def put(self, item: Message, wait: bool = True) -> None:
@@ -304,7 +305,7 @@ class Channel:
     def _wait_below(self, room: int) -> None:
         gate = threading.Lock()
         gate.acquire()
-        with self._mutex:
+        with self._inbox.lock:
             # Set the gate, then look again: either we see the loop's progress here, or the
             # loop (which updates its counter before looking for a gate) sees our gate.
             self._gate, self._room = gate, room
@@ -315,9 +316,7 @@ class Channel:
 
     # -- loop side -------------------------------------------------------------------------
     def _open_gate(self) -> None:
-        if self._gate is None:
-            return
-        with self._mutex:
+        with self._inbox.lock:
             gate = self._gate
             if gate is not None and (self._closed or self._produced - self._consumed < self._room):
                 self._gate = None
@@ -335,7 +334,8 @@ class Channel:
     def release(self, size: int) -> None:
         """`size` bytes left the loop's hands; let the app thread produce more."""
         self._consumed += size
-        self._open_gate()
+        if self._gate is not None:  # a thread waits for credit (checked here: a call costs more)
+            self._open_gate()
 
     def close(self) -> None:
         """The client is gone (or the worker is exiting): the app thread's next put raises."""

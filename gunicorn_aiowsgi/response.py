@@ -152,21 +152,28 @@ def framing(method: str, code: int, version: tuple[int, int], length: int | None
     return CLOSE
 
 
+# The status line's start for each version: formatting two ints per response costs more.
+STATUS_LINES = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
+# The one header the server adds for chunked framing (RFC 9112 section 7.1).
+TRANSFER_CHUNKED = "Transfer-Encoding: chunked\r\n"
+
+
 def render_head(version: tuple[int, int], head: Head, mode: Framing, keep_alive: bool,
                 server: str, date: str) -> bytes:
     """Status line and headers in one buffer, gunicorn's order: Server, Date, Connection, app's."""
-    lines = [f"HTTP/{version[0]}.{version[1]} {head.status}\r\nServer: {server}\r\nDate: {date}\r\n"
-             f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n"]
-    if mode is CHUNKED:
-        lines.append("Transfer-Encoding: chunked\r\n")
-    # RFC 9110 section 8.6: no Content-Length on 1xx or 204; HEAD and 304 may keep it.
-    drop_length = head.code == 204 or head.code < 200
+    # One string grown in place and formatted once: no list of lines to append to and join.
+    fields = ""
     for name, value in head.headers:
-        lines.append(f"{name}: {value}\r\n")
-    if head.content_length is not None and not drop_length:
-        lines.append(f"Content-Length: {head.content_length}\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+        fields += f"{name}: {value}\r\n"
+    # RFC 9110 section 8.6: no Content-Length on 1xx or 204; HEAD and 304 may keep it.
+    code = head.code
+    if head.content_length is not None and code != 204 and code >= 200:
+        fields = f"{fields}Content-Length: {head.content_length}\r\n"
+    start = STATUS_LINES.get(version) or f"HTTP/{version[0]}.{version[1]}"
+    chunked = TRANSFER_CHUNKED if mode is CHUNKED else ""
+    return (f"{start} {head.status}\r\nServer: {server}\r\nDate: {date}\r\n"
+            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n{chunked}{fields}\r\n"
+            ).encode("latin-1")
 
 
 class BodyFramer:
@@ -185,19 +192,22 @@ class BodyFramer:
 
     def pieces(self, chunk: bytes) -> tuple[bytes, ...]:
         """The wire bytes for one chunk, as pieces: a large chunk is never copied to frame it."""
-        if not chunk or self.mode is NO_BODY:
+        mode = self.mode
+        if not chunk or mode is NO_BODY:
             return ()
-        if self.remaining is not None:
-            if len(chunk) > self.remaining:
-                self.overflow += len(chunk) - self.remaining
-                chunk = chunk[:self.remaining]
-            self.remaining -= len(chunk)
-        self.sent += len(chunk)
-        if self.mode is CHUNKED:  # upper-case hex sizes, byte for byte as gunicorn
-            if len(chunk) >= COPY_LIMIT:
-                return (b"%X\r\n" % len(chunk), chunk, b"\r\n")
-            return (b"%X\r\n%b\r\n" % (len(chunk), chunk),)
-        return (chunk,) if chunk else ()
+        # Fields read once and the length taken once: this runs for every chunk of every body.
+        size, remaining = len(chunk), self.remaining
+        if remaining is not None:
+            if size > remaining:
+                self.overflow += size - remaining
+                chunk, size = chunk[:remaining], remaining
+            self.remaining = remaining - size
+        self.sent += size
+        if mode is CHUNKED:  # upper-case hex sizes, byte for byte as gunicorn
+            if size >= COPY_LIMIT:
+                return (b"%X\r\n" % size, chunk, b"\r\n")
+            return (b"%X\r\n%b\r\n" % (size, chunk),)
+        return (chunk,) if size else ()
 
     def finish(self) -> tuple[bytes, bool]:
         """The closing bytes and whether the body is complete (a short body must close)."""

@@ -7,6 +7,7 @@ holds; `describe` is the one place that knows the shape of the bridge's messages
 
 from __future__ import annotations
 
+import gc
 import io
 import sys
 import tempfile
@@ -519,7 +520,7 @@ def test_response_record_matches_what_was_sent(case):
     result = run_case(case)
     resp, head = result.call.resp, result.sent[0]
     assert (resp.status, resp.status_code) == (head[1], int(head[1][:3]))
-    assert resp.headers_sent and result.call.start.phase is ResponsePhase.SENT
+    assert resp.headers_sent and result.call.phase is ResponsePhase.SENT
     assert resp.chunked == (head[2] == "chunked")
     if head[2] == "none":
         assert resp.sent == 0
@@ -665,7 +666,7 @@ def test_each_generator_chunk_reaches_the_channel_before_the_next_is_made():
 
 def test_exc_info_replacement_sends_only_the_second_headers():
     result = call(exc_info_replaces)
-    head = result.call.start.head
+    head = result.call.head
     assert head is not None and head.headers == [("X-Second", "1")]
 
 
@@ -706,3 +707,28 @@ def test_app_replacing_wsgi_input_does_not_get_its_wrapper_closed():
 
     result = call(app)
     assert result.body.closed and not wrapper.closed
+
+
+def test_a_finished_call_leaves_no_reference_cycle():
+    """write() and wsgi.early_hints both lead back to the call, which holds the environ: run()
+    must break both cycles, or every request's objects would wait for the garbage collector.
+    (The fakes here have cycles of their own: only the call must not be among the garbage.)"""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        result = call(respond([b"x"], cl(1)))
+        del result
+        gc.collect()
+        assert not [o for o in gc.garbage if isinstance(o, AppCall)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_early_hints_after_the_call_ended_are_ignored():
+    result = call(respond([b"x"], cl(1)))
+    sent = list(result.sent)
+    result.environ["wsgi.early_hints"]([("Link", "</a.css>; rel=preload")])  # as gunicorn: ignored
+    assert result.sent == sent

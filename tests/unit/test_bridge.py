@@ -8,11 +8,14 @@ gate (the lock it blocks on), so no assertion depends on how fast a thread runs.
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import threading
 
 import pytest
 from server import wait_until
 
+from gunicorn_aiowsgi import bridge
 from gunicorn_aiowsgi.bridge import Channel as BridgeChannel
 from gunicorn_aiowsgi.bridge import Inbox
 from gunicorn_aiowsgi.errors import ClientDisconnected
@@ -57,22 +60,27 @@ LOST_WAKE = 5.0
 
 
 class CountingLoop(asyncio.SelectorEventLoop):
-    """A real selector loop that counts call_soon_threadsafe calls: the inbox's self-pipe wakes."""
+    """A real selector loop that counts the inbox's wakes: the bytes written to its pipe."""
 
     def __init__(self) -> None:
         super().__init__()
         self.wakes = 0
         self._count_lock = threading.Lock()
 
-    def call_soon_threadsafe(self, callback, *args, context=None):  # type: ignore[override]
-        with self._count_lock:
-            self.wakes += 1
-        return super().call_soon_threadsafe(callback, *args, context=context)
+    def count(self, fd: int, data: bytes) -> int:
+        if data == b"\0":  # the inbox's wake byte (nothing else in these tests uses os.write)
+            with self._count_lock:
+                self.wakes += 1
+        return REAL_WRITE(fd, data)
+
+
+REAL_WRITE = os.write
 
 
 @pytest.fixture
-def loop():
+def loop(monkeypatch):
     loop = CountingLoop()
+    monkeypatch.setattr(bridge.os, "write", loop.count)
     yield loop
     loop.close()
 
@@ -318,7 +326,7 @@ def test_concurrent_posts_while_the_loop_is_busy_make_one_wake_and_wake_every_ch
         t.start()
     for t in threads:
         t.join(LOST_WAKE)
-    assert loop.wakes == 1, f"{loop.wakes} call_soon_threadsafe for one batch"
+    assert loop.wakes == 1, f"{loop.wakes} wakes for one batch"
     batches = run(loop, all_of(*gets))
     assert all(len(batch) == 1 for batch in batches), "a posted channel was not woken"
 
@@ -354,3 +362,19 @@ def test_post_to_a_closed_loop_raises_client_disconnected():
     loop.close()  # the worker is exiting
     with pytest.raises(ClientDisconnected):
         channel.put(("item", 0), 1)
+
+
+def test_the_wake_pipe_lives_as_long_as_its_loop():
+    """The loop's reader holds the inbox; once the loop is closed and the inbox let go of, both
+    ends of its pipe are closed (a worker's tests make many loops: no descriptor may leak)."""
+    loop = asyncio.new_event_loop()
+    inbox = Inbox(loop)
+    fds = (inbox._rfd, inbox._wfd)
+    del inbox
+    gc.collect()
+    assert all(os.fstat(fd) for fd in fds), "closed while its loop still runs"
+    loop.close()
+    gc.collect()
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)

@@ -165,3 +165,11 @@ def test_header_values_past_the_printable_ascii_fast_path(value, ok):
     else:
         with pytest.raises(AppError):
             check_headers([("X", value)])
+
+
+@pytest.mark.parametrize("version, start", [((1, 1), b"HTTP/1.1 "), ((1, 0), b"HTTP/1.0 "), ((2, 0), b"HTTP/2.0 ")])
+def test_render_head_status_line_for_any_version(version, start):
+    """1.0 and 1.1 come from a table; any other version is formatted as before."""
+    head = Head("200 OK", 200, [], None, False)
+    assert render_head(version, head, Framing.NONE, True, "s", "d") == (
+        start + b"200 OK\r\nServer: s\r\nDate: d\r\nConnection: keep-alive\r\n\r\n")
