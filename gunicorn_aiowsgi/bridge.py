@@ -246,7 +246,7 @@ class Inbox:
             self._pending = True
             if self._loop_closed():  # the worker is exiting: nothing will read the channel
                 raise ClientDisconnected()
-            os.write(self._wfd, b"\0")  # one unread byte at most: the pipe never fills
+            os.write(self._wfd, b"\0")  # a byte per racing thread at most: never fills the pipe
 
     def _drain(self) -> None:
         os.read(self._rfd, 64)  # the wake byte: the loop calls us only when the pipe has one
