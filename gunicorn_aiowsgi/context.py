@@ -16,9 +16,6 @@ from .parser import Limits
 from .replies import HttpDate
 from .settings import Settings
 
-# Bytes one socket read may take (asyncio's own read size for plain sockets).
-READ_SIZE = 256 * 1024
-
 
 class Context:
     """What one worker's connections share; built once by the Server, read on the loop thread.
@@ -29,7 +26,7 @@ class Context:
 
     __slots__ = ("settings", "loop", "log", "pool", "inbox", "wsgi", "base", "worker", "monitor",
                  "spools", "can_sendfile", "date", "draining", "opened", "closed", "pending",
-                 "read_buffer", "queue_limit", "limits", "timer_context", "pre_request",
+                 "queue_limit", "limits", "timer_context", "pre_request",
                  "post_request", "access", "clock")
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, log: Any,
@@ -58,9 +55,6 @@ class Context:
         # The hooks and the access log each request calls, resolved once; None: nothing to call.
         self.pre_request, self.post_request, self.access = request_hooks(worker.cfg, log)
         self.pending: list[Any] = []        # app calls parsed in this loop turn, not yet handed over
-        # Every connection reads into this one buffer (asyncio's read size); a read is copied out
-        # before the loop reads again, so one is enough for all connections.
-        self.read_buffer = memoryview(bytearray(READ_SIZE))
         # The context every connection timer runs in: one for all instead of a copy per timer
         # (each idle connection has one timer; a copy costs ~55 bytes on asyncio, ~115 on uvloop).
         # Safe to share: the loop thread never sets a context variable.

@@ -26,12 +26,12 @@ from .replies import error_reply
 HELD_LIMIT = 64 * 1024
 
 
-class Connection(asyncio.BufferedProtocol):
+class Connection(asyncio.Protocol):
     """The asyncio protocol of one client socket.
 
-    A buffered protocol: the loop reads into the worker's one read buffer (context.py), and the
-    bytes read are copied out at once. A plain protocol would have every read allocate (and a
-    moment later shrink) a fresh 256 KiB bytes object: an mmap/munmap pair per small request.
+    A plain protocol: each read arrives as one bytes object of its exact size, which the loop
+    made (uvloop from its own buffer, asyncio by recv). A buffered one costs two Python calls
+    and a copy per read on both loops (uvloop adds a buffer export): 4% more CPU per request.
     """
 
     __slots__ = ("ctx", "transport", "peer", "state", "parser", "exchange", "held", "requests",
@@ -82,12 +82,6 @@ class Connection(asyncio.BufferedProtocol):
             self.exchange.abandon()
             self.exchange = None
         self.ctx.closed(self)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.ctx.read_buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self.ctx.read_buffer[:nbytes]))
 
     def pause_writing(self) -> None:
         self.writable = False

@@ -22,18 +22,6 @@ from .settings import Settings
 FRESH_GRACE = 1.0
 
 
-class PlainConnection(Connection, asyncio.Protocol):
-    """The connection as a plain protocol, for loops other than asyncio's selector loops.
-
-    uvloop reads a buffered protocol through two Python calls and a buffer export per read (and
-    we copy the bytes out); a plain protocol gets each read as one exact-size bytes object made
-    from uvloop's own static buffer. asyncio's selector loops are the other way round (the
-    buffered path saves a 256 KiB allocation per read), so they keep Connection.
-    """
-
-    __slots__ = ()
-
-
 class Server:
     """Every open connection of one worker, and the context they share.
 
@@ -55,11 +43,9 @@ class Server:
         self.ctx.opened = self._opened
         self.ctx.closed = self._closed
         self.on_close: Callable[[], None] = lambda: None
-        selector = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
-        self.protocol: type[Connection] = Connection if selector else PlainConnection
 
     def __call__(self, fd: int = -1) -> Connection:
-        return self.protocol(self.ctx, fd)
+        return Connection(self.ctx, fd)
 
     @property
     def draining(self) -> bool:
