@@ -133,7 +133,9 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
         if not role:
             kept.append((name, value))
         elif role == "content-length":
-            if not value.isdigit() or (length is not None and int(value) != length):
+            # RFC 9110 section 8.6: ASCII digits only ("²" is a digit to str.isdigit()).
+            if not (value.isascii() and value.isdigit()) or (length is not None
+                                                              and int(value) != length):
                 raise AppError(f"invalid Content-Length {value!r}")
             length = int(value)  # rendered once by render_head, after the others
         else:  # hop-by-hop

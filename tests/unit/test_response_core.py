@@ -49,6 +49,8 @@ def test_check_headers(headers, kept, length, close):
     [("X", "a\r\nb")], [("X", "a\nb")], [("X", "a\x00")], [("Bad Name", "v")], [("", "v")],
     [("X", 1)], [(b"X", "v")], (("X", "v"),), [("X", "v", "w")],
     [("Content-Length", "-1")], [("Content-Length", "abc")], [("Content-Length", "1"), ("Content-Length", "2")],
+    # digits to str.isdigit() but not to RFC 9110 section 8.6 (1*DIGIT, ASCII only)
+    [("Content-Length", "\u00b2")], [("Content-Length", "\u0663")], [("Content-Length", "1\u00b9")],
 ])
 def test_bad_headers(headers):
     with pytest.raises(AppError):
