@@ -159,8 +159,18 @@ def test_reload_engine_and_reload_extra_files(tmp_path: Path, engine: str) -> No
         pid = g.worker_pid()
         [init] = marks(marks_path, "post_worker_init")
         assert init["reloader"] == reloader_engines[engine].__name__
-        extra.write_text("size = 22\n")
-        g.wait_log(f"Worker reloading: {extra} modified", timeout=15)
+        # gunicorn's poll reloader takes each file's first mtime as its baseline on its first
+        # pass: a write made before that pass (its thread may start late on a loaded machine)
+        # is the baseline, not a change. So write again, with a new size, until it is seen.
+        reloading = f"Worker reloading: {extra} modified"
+        for size in range(22, 30):
+            extra.write_text(f"size = {size}\n")
+            try:
+                g.wait_log(reloading, timeout=2)
+                break
+            except AssertionError:
+                continue
+        g.wait_log(reloading, timeout=1)
         wait_until(lambda: gone(pid), 10, "the reloading worker to exit")
         g.wait_workers(1, exclude=(pid,))
 
