@@ -148,10 +148,7 @@ class Exchange:
     # -- answers the loop gives itself ----------------------------------------------------------
     def keep_alive(self, close: bool = False) -> bool:
         """Keep the connection for another request? A client that half-closed still gets the
-        answers to every request it completed (the connection closes after the last one).
-
-        whole() has these rules inline (the one call per request they would cost): keep both alike.
-        """
+        answers to every request it completed (the connection closes after the last one)."""
         conn = self.conn
         return (not close and not self.request.close and self.ctx.settings.keepalive > 0
                 and not self.ctx.draining and not self.request.upgrade
@@ -270,19 +267,10 @@ class Exchange:
         self.head_sent = True
         if self.timer is not None:
             self.started_response()
-        conn, req, ctx = self.conn, self.request, self.ctx
-        # keep_alive(), inline: once per request
-        self.keep = keep = not (head.close or mode is CLOSE or req.close
-                                or not ctx.settings.keepalive > 0 or ctx.draining or req.upgrade
-                                or (conn.eof and not conn.held))
-        conn.write(b"".join((render_head(req.version, head, mode, keep, SERVER_HEADER, ctx.date()),
-                             *item.pieces, end.tail)))
-        # stop(), the timer already cancelled above: the response is over.
-        channel = self.channel
-        if channel is not None:
-            self.channel = None
-            channel.close()
-        conn.finish(keep and end.complete)
+        self.keep = keep = self.keep_alive(head.close or mode is CLOSE)
+        self.conn.write(b"".join((render_head(self.request.version, head, mode, keep, SERVER_HEADER,
+                                              self.ctx.date()), *item.pieces, end.tail)))
+        self.done(keep and end.complete)
 
     def write(self, item: Any, out: Output) -> bool:
         """One message from the app thread; False once the response is over."""

@@ -130,8 +130,7 @@ class Parser:
 
     def __init__(self, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
         self._limits = limits
-        flow: Any = FLOW  # built here, not through _new: once per request, one call fewer
-        self._parser = HttpRequestParser(flow, loop, PAYLOAD_BUFFER, **limits.options)
+        self._parser = self._new(loop)
         self.upgraded = False   # the parser stopped at an Upgrade/CONNECT head: build a new one
 
     def _new(self, loop: asyncio.AbstractEventLoop) -> Any:
