@@ -10,8 +10,9 @@ import time
 from datetime import timedelta
 from typing import Any, Callable, Iterable
 
-from .bridge import QUEUED, Abort, Channel, Data, End, Fail, Hints, JobState, SendFile, Start
+from .bridge import Channel
 from .errors import AppError, ClientDisconnected, HTTPError
+from .messages import QUEUED, Abort, Data, End, Fail, Hints, JobState, SendFile, Start
 from .records import RequestRecord, ResponseRecord
 from .response import (
     CHUNKED,

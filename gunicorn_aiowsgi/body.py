@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import enum
-import errno
 import functools
 import io
-import os
 import tempfile
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 from .bridge import SpoolWriter
 from .errors import HTTPError, InsufficientStorage, PayloadTooLarge
 from .settings import MIB, Settings
+from .spool_disk import (
+    SpoolFile,
+    close_file,
+    measure_free,
+    open_file,
+    rewind_file,
+    storage_error,
+    write_file,
+)
 
 # Read buffer of a spooled wsgi.input (bytes).
 READ_BUFFER = 64 * 1024
 # Once spooling, body bytes are held until this many, then handed to the writer in one job (bytes).
 SPILL_BATCH = 1 * MIB
-# Buffers per writev(2) call, under every system's IOV_MAX (count).
-IOV_BATCH = 512
 # Bytes of one body received but not yet on disk, past which the connection stops reading
 # until the writer catches up (bytes): with body_memory_limit, the memory bound of an upload.
 SPOOL_BACKLOG = 4 * MIB
@@ -47,85 +52,6 @@ class SpoolState(enum.Enum):
     CLOSED = "closed"        # abandoned; the file is gone
 
 
-def write_all(fd: int, chunks: list[bytes]) -> None:
-    """Write every chunk to fd, in order, however short each writev(2) falls."""
-    for start in range(0, len(chunks), IOV_BATCH):
-        group = [memoryview(c) for c in chunks[start:start + IOV_BATCH]]
-        while group:
-            written = os.writev(fd, group)
-            while group and written >= len(group[0]):
-                written -= len(group[0])
-                group.pop(0)
-            if group and written:
-                group[0] = group[0][written:]
-
-
-def free_space(directory: str) -> int:
-    """Bytes an unprivileged process may still write in `directory`'s file system."""
-    stat = os.statvfs(directory)
-    return stat.f_bavail * stat.f_frsize
-
-
-class SpoolFile:
-    """One body's file. Only the writer thread touches `file`, until the rewind hands it over."""
-
-    __slots__ = ("directory", "file", "broken")
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.file: BinaryIO | None = None
-        self.broken = False  # a job failed: later writes are pointless (their error is out)
-
-
-# -- the writer thread's actions (target, argument) -> result ------------------------------------
-def _open(target: SpoolFile, length: int | None) -> None:
-    try:
-        if length is not None and free_space(target.directory) < length:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target.directory)
-        # Unbuffered: each batch is one writev(2), with no copy through a Python buffer.
-        target.file = tempfile.TemporaryFile(dir=target.directory, buffering=0)
-    except OSError:
-        target.broken = True
-        raise
-
-
-def _write(target: SpoolFile, chunks: list[bytes]) -> int:
-    if target.broken or target.file is None:
-        return 0
-    try:
-        # Looked up per call: a module attribute, so a test can put a slow disk here.
-        write_all(target.file.fileno(), chunks)
-    except OSError:
-        target.broken = True
-        raise
-    return sum(map(len, chunks))
-
-
-def _rewind(target: SpoolFile, _argument: Any) -> None:
-    if target.broken or target.file is None:
-        raise OSError(errno.EIO, "the spool file was not written")
-    target.file.seek(0)
-
-
-def _close(target: SpoolFile, _argument: Any) -> int:
-    """Close (an unnamed file's blocks are freed now, which can take a while); say what is free."""
-    if target.file is not None:
-        target.file.close()
-        target.file = None
-    return free_space(target.directory)
-
-
-def _free(directory: str, _argument: Any) -> int:
-    return free_space(directory)
-
-
-def _storage_error(exc: BaseException) -> HTTPError:
-    # RFC 4918 section 11.5: 507 when the server cannot store the representation.
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(f"cannot spool request body: {exc}")
-    return HTTPError(f"cannot spool request body: {exc}")
-
-
 class SpoolStore:
     """Per worker: the writer thread, the spool budget and the spool directory's free space (loop side).
 
@@ -141,8 +67,8 @@ class SpoolStore:
         self.used = 0
         self.promised = 0
         self.free: int | None = None
-        self.writer = SpoolWriter(loop, {OPEN: _open, WRITE: _write, REWIND: _rewind,
-                                         CLOSE: _close, MEASURE: _free})
+        self.writer = SpoolWriter(loop, {OPEN: open_file, WRITE: write_file, REWIND: rewind_file,
+                                         CLOSE: close_file, MEASURE: measure_free})
         self._measure()
 
     def _measure(self) -> None:
@@ -383,7 +309,7 @@ class BodySpool:
     def _fail(self, exc: BaseException) -> None:
         if self.state not in (SpoolState.SPOOLING, SpoolState.FINISHING):
             return  # abandoned already: nobody waits for the answer
-        self._error = _storage_error(exc)
+        self._error = storage_error(exc)
         self._release()
         self.state = SpoolState.FAILED
         self._memory, self._buffered = [], 0

@@ -1,10 +1,9 @@
-"""The only place threads cross: the app thread pool, and the channel carrying responses to the loop."""
+"""The only place threads cross: the app thread pool, the channel carrying responses to the loop, the spool writer."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import logging
 import os
 import queue
@@ -13,100 +12,9 @@ import weakref
 from typing import Any, Callable
 
 from .errors import ClientDisconnected
+from .messages import QUEUED, RUNNING, JobState, Message
 
 log = logging.getLogger("gunicorn.error")
-
-
-# What an app thread sends to the loop: one small class per message. `size` is the credit the
-# message holds (body bytes in flight) until the loop releases it.
-class Start:
-    """The response head, with the first body pieces (already framed), and its End when the
-    whole response is known at once (one message, one loop step for a small response)."""
-
-    __slots__ = ("head", "mode", "pieces", "size", "end")
-
-    def __init__(self, head: Any, mode: Any, pieces: tuple[bytes, ...] = (), size: int = 0,
-                 end: "End | None" = None) -> None:
-        self.head = head          # response.Head
-        self.mode = mode          # response.Framing
-        self.pieces = pieces
-        self.size = size
-        self.end = end
-
-
-class Data:
-    """Framed body bytes, as pieces so that large chunks are never copied to frame them."""
-
-    __slots__ = ("pieces", "size")
-
-    def __init__(self, pieces: tuple[bytes, ...], size: int) -> None:
-        self.pieces = pieces
-        self.size = size
-
-
-class SendFile:
-    """`count` bytes of a regular file from `offset`, sent with the loop's sendfile."""
-
-    __slots__ = ("file", "offset", "count", "size")
-
-    def __init__(self, file: Any, offset: int, count: int) -> None:
-        self.file = file
-        self.offset = offset
-        self.count = count
-        self.size = count
-
-
-class End:
-    """The body is done; `complete` False (a short Content-Length body) means close."""
-
-    __slots__ = ("tail",  "complete")
-    size = 0
-
-    def __init__(self, tail: bytes, complete: bool) -> None:
-        self.tail = tail
-        self.complete = complete
-
-
-class Fail:
-    """Nothing was sent: answer with this error's page and close."""
-
-    __slots__ = ("error",)
-    size = 0
-
-    def __init__(self, error: Any) -> None:
-        self.error = error
-
-
-class Abort:
-    """The app failed after the head went out: close the connection (never a second response)."""
-
-    __slots__ = ()
-    size = 0
-
-
-class Hints:
-    """A 103 Early Hints response to send before the final one (RFC 8297)."""
-
-    __slots__ = ("headers",)
-    size = 0
-
-    def __init__(self, headers: list[tuple[str, str]]) -> None:
-        self.headers = headers
-
-
-Message = Start | Data | SendFile | End | Fail | Abort | Hints
-
-
-class JobState(enum.Enum):
-    """Where a pool job is. Only a QUEUED job can be cancelled, and a cancelled one never runs."""
-
-    QUEUED = "queued"
-    RUNNING = "running"     # a thread took it: it runs to its end (threads cannot be stopped)
-    ANSWERED = "answered"   # cancelled: its client already got an answer (the request timeout's 504)
-    GONE = "gone"           # cancelled: its client disconnected while it waited
-
-
-QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING  # globals for the per-job paths: see response.py
 
 
 class ThreadPool:
@@ -115,11 +23,9 @@ class ThreadPool:
     A job has a `state` (JobState, QUEUED when submitted), a `run()` method, and a `skip()`
     method called instead of `run()` when it was cancelled before a thread took it.
 
-    Daemon threads, so an app thread stuck in a request never keeps the process alive after
-    the worker decides to exit (gthread's pool does, and QUIT then waits for it). `current`
-    maps each busy thread to its job, for stack dumps and the busy-threads gauge. `inflight`
-    counts jobs submitted and not yet finished (queued or running), so a graceful drain can
-    wait for every app call, not only for open connections (see `wake_when_idle`).
+    Daemon threads: one stuck in a request never keeps the exiting process alive (gthread's
+    do, and QUIT waits). `current` maps busy threads to jobs (stack dumps, busy gauge);
+    `inflight` counts jobs not finished, so a graceful drain waits for every app call.
     """
 
     def __init__(self, size: int, name: str = "aiowsgi") -> None:
@@ -258,7 +164,36 @@ class Inbox:
                 listener()
 
 
-class Channel:
+class Gated:
+    """An app thread waits on a held lock (the gate) until the loop, which never waits, opens it."""
+
+    __slots__ = ()
+    _inbox: Inbox
+    _gate: Any
+
+    _ready: Callable[[], bool]  # may the waiting thread go on? (each channel's own rule)
+
+    def _block(self) -> None:
+        gate = threading.Lock()
+        gate.acquire()
+        with self._inbox.lock:
+            # Set the gate, then look again: either we see the loop's progress here, or the
+            # loop (which updates its counters before looking for a gate) sees our gate.
+            self._gate = gate
+            if self._ready():
+                self._gate = None
+                return
+        gate.acquire()
+
+    def _open_gate(self) -> None:
+        with self._inbox.lock:
+            gate = self._gate
+            if gate is not None and self._ready():
+                self._gate = None
+                gate.release()
+
+
+class Channel(Gated):
     """Carries one response from an app thread to the loop, with credit-based backpressure.
 
     The app thread may have at most `limit` bytes in flight (produced but not yet taken by the
@@ -303,24 +238,13 @@ class Channel:
             raise ClientDisconnected()
 
     def _wait_below(self, room: int) -> None:
-        gate = threading.Lock()
-        gate.acquire()
-        with self._inbox.lock:
-            # Set the gate, then look again: either we see the loop's progress here, or the
-            # loop (which updates its counter before looking for a gate) sees our gate.
-            self._gate, self._room = gate, room
-            if self._closed or self._produced - self._consumed < room:
-                self._gate = None
-                return
-        gate.acquire()
+        self._room = room
+        self._block()
+
+    def _ready(self) -> bool:
+        return self._closed or self._produced - self._consumed < self._room
 
     # -- loop side -------------------------------------------------------------------------
-    def _open_gate(self) -> None:
-        with self._inbox.lock:
-            gate = self._gate
-            if gate is not None and (self._closed or self._produced - self._consumed < self._room):
-                self._gate = None
-                gate.release()
 
     def take(self) -> list[Message]:
         """Everything queued so far (maybe nothing); a later put wakes the listener again."""
@@ -370,11 +294,6 @@ class SpoolWriter:
 
     def submit(self, kind: int, target: Any, argument: Any = None, done: Any = None) -> None:
         self._jobs.put((kind, target, argument, done))
-
-    @property
-    def queued(self) -> int:
-        """Jobs not yet started (count)."""
-        return self._jobs.qsize()
 
     def _work(self) -> None:
         while True:

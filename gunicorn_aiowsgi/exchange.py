@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .application import AppCall
 from .body import BodySpool, SpoolFull
-from .bridge import Abort, Channel, Data, End, Fail, Hints, JobState, SendFile, Start
+from .bridge import Channel
 from .context import Context
 from .diagnostics import describe, thread_stack
 from .environ import build_environ
 from .errors import BadRequest, GatewayTimeout, HTTPError
+from .messages import Abort, Data, End, Fail, Hints, JobState, SendFile, Start
 from .output import Output
 from .parser import Request
 from .replies import CONTINUE, SERVER_HEADER, early_hints, error_reply, plain

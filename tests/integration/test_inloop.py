@@ -101,7 +101,7 @@ def _listening_channel(loop, limit):
 
 def test_channel_backpressure_bounds_inflight():
     """A producer thread far faster than the consumer waits on credit instead of queueing."""
-    from gunicorn_aiowsgi.bridge import Data, End
+    from gunicorn_aiowsgi.messages import Data, End
 
     async def run() -> int:
         loop = asyncio.get_running_loop()
@@ -133,8 +133,8 @@ def test_channel_backpressure_bounds_inflight():
 
 
 def test_closed_channel_stops_the_producer():
-    from gunicorn_aiowsgi.bridge import Data
     from gunicorn_aiowsgi.errors import ClientDisconnected
+    from gunicorn_aiowsgi.messages import Data
 
     async def run() -> list[str]:
         loop = asyncio.get_running_loop()

@@ -159,9 +159,9 @@ def test_slow_spool_writes_never_stall_other_connections(tmp_path, monkeypatch):
     from apps import router
     from inloop import fetch, serving
 
-    from gunicorn_aiowsgi import body as body_mod
+    from gunicorn_aiowsgi import spool_disk
 
-    real_write, gate, entered = body_mod.write_all, threading.Event(), threading.Event()
+    real_write, gate, entered = spool_disk.write_all, threading.Event(), threading.Event()
     in_write = [0]
 
     def slow_write(fd: int, chunks: list[bytes]) -> None:
@@ -171,7 +171,7 @@ def test_slow_spool_writes_never_stall_other_connections(tmp_path, monkeypatch):
         real_write(fd, chunks)
         in_write[0] -= 1
 
-    monkeypatch.setattr(body_mod, "write_all", slow_write)
+    monkeypatch.setattr(spool_disk, "write_all", slow_write)
     monkeypatch.setenv("AIOWSGI_BODY_MEMORY_LIMIT", "65536")
     data = os.urandom(6 * MIB)
     latencies: list[float] = []

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from gunicorn_aiowsgi import bridge
+from gunicorn_aiowsgi import messages
 from gunicorn_aiowsgi.application import AppCall, FileWrapper
 from gunicorn_aiowsgi.errors import BadRequest, ClientDisconnected, HTTPError
 from gunicorn_aiowsgi.response import ResponsePhase
@@ -31,19 +31,19 @@ def describe(item: Any) -> tuple:
     ("head", status, framing, wire body) / ("data", wire bytes) / ("file", offset, count) /
     ("end", closing bytes, complete) / ("error", status) / ("abort",) / ("hints", headers)."""
     kind = type(item)
-    if kind is bridge.Start:
+    if kind is messages.Start:
         return ("head", item.head.status, item.mode.value, b"".join(item.pieces))
-    if kind is bridge.Data:
+    if kind is messages.Data:
         return ("data", b"".join(item.pieces))
-    if kind is bridge.SendFile:
+    if kind is messages.SendFile:
         return ("file", item.offset, item.count)
-    if kind is bridge.End:
+    if kind is messages.End:
         return ("end", item.tail, item.complete)
-    if kind is bridge.Fail:
+    if kind is messages.Fail:
         return ("error", item.error.status)
-    if kind is bridge.Abort:
+    if kind is messages.Abort:
         return ("abort",)
-    if kind is bridge.Hints:
+    if kind is messages.Hints:
         return ("hints", item.headers)
     raise AssertionError(f"unknown message {item!r}")
 
@@ -77,7 +77,7 @@ class RecordingChannel:
         if end is not None:
             # A Start carrying its End (a response known in full) stands for both messages;
             # recorded as the two, so every case reads the same whichever way it was sent.
-            item = bridge.Start(item.head, item.mode, item.pieces, item.size)
+            item = messages.Start(item.head, item.mode, item.pieces, item.size)
         self.puts.append((item, item.size))
         self.events.append(("put", describe(item)[0]))
         if end is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import server
 
-from gunicorn_aiowsgi import body as body_mod
+from gunicorn_aiowsgi import spool_disk
 from gunicorn_aiowsgi.body import SPOOL_BACKLOG, BodySpool, SpoolFull, SpoolStore
 from gunicorn_aiowsgi.errors import HTTPError, InsufficientStorage, PayloadTooLarge
 from gunicorn_aiowsgi.settings import GIB, MIB, Settings
@@ -169,7 +169,7 @@ def test_free_space_checked_before_spooling(tmp_path):
                         tmp_upload_dir=str(tmp_path))
 
     async def test(store: SpoolStore) -> None:
-        free = body_mod.free_space(str(tmp_path))
+        free = spool_disk.free_space(str(tmp_path))
         with pytest.raises(InsufficientStorage) as info:
             BodySpool(settings, store).expect(free + 64 * GIB)
         assert info.value.status == 507 and "No space left on device" in str(info.value)
@@ -186,7 +186,7 @@ def test_disk_error_answers_507_and_frees_everything(tmp_path, monkeypatch):
     def full(fd: int, chunks: list[bytes]) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(body_mod, "write_all", full)
+    monkeypatch.setattr(spool_disk, "write_all", full)
     settings = Settings(body_memory_limit=0, tmp_upload_dir=str(tmp_path))
 
     async def test(store: SpoolStore) -> None:
@@ -224,14 +224,14 @@ def test_disk_work_runs_on_the_writer_thread_with_a_bounded_backlog(tmp_path, mo
     """A slow disk: the loop only queues; past SPOOL_BACKLOG it says stop reading, then resumes."""
     gate = threading.Event()
     writers: set[int] = set()
-    real_write = body_mod.write_all
+    real_write = spool_disk.write_all
 
     def slow(fd: int, chunks: list[bytes]) -> None:
         writers.add(threading.get_ident())
         gate.wait(10)
         real_write(fd, chunks)
 
-    monkeypatch.setattr(body_mod, "write_all", slow)
+    monkeypatch.setattr(spool_disk, "write_all", slow)
     settings = Settings(body_memory_limit=MIB, tmp_upload_dir=str(tmp_path))
     piece = b"p" * (256 * 1024)
 
@@ -277,7 +277,7 @@ def test_abandoned_while_finishing_closes_the_file(tmp_path):
 
 
 def test_write_all_many_small_chunks(tmp_path):
-    from gunicorn_aiowsgi.body import IOV_BATCH, write_all
+    from gunicorn_aiowsgi.spool_disk import IOV_BATCH, write_all
     chunks = [bytes([i % 256]) * (i % 7 + 1) for i in range(IOV_BATCH * 3 + 5)]
     with open(tmp_path / "f", "wb") as f:
         write_all(f.fileno(), chunks)

@@ -1,0 +1,98 @@
+"""What crosses threads: the typed messages of a response (carried by bridge.Channel) and a pool job's state."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+# What an app thread sends to the loop: one small class per message. `size` is the credit the
+# message holds (body bytes in flight) until the loop releases it.
+class Start:
+    """The response head, with the first body pieces (already framed), and its End when the
+    whole response is known at once (one message, one loop step for a small response)."""
+
+    __slots__ = ("head", "mode", "pieces", "size", "end")
+
+    def __init__(self, head: Any, mode: Any, pieces: tuple[bytes, ...] = (), size: int = 0,
+                 end: "End | None" = None) -> None:
+        self.head = head          # response.Head
+        self.mode = mode          # response.Framing
+        self.pieces = pieces
+        self.size = size
+        self.end = end
+
+
+class Data:
+    """Framed body bytes, as pieces so that large chunks are never copied to frame them."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self, pieces: tuple[bytes, ...], size: int) -> None:
+        self.pieces = pieces
+        self.size = size
+
+
+class SendFile:
+    """`count` bytes of a regular file from `offset`, sent with the loop's sendfile."""
+
+    __slots__ = ("file", "offset", "count", "size")
+
+    def __init__(self, file: Any, offset: int, count: int) -> None:
+        self.file = file
+        self.offset = offset
+        self.count = count
+        self.size = count
+
+
+class End:
+    """The body is done; `complete` False (a short Content-Length body) means close."""
+
+    __slots__ = ("tail",  "complete")
+    size = 0
+
+    def __init__(self, tail: bytes, complete: bool) -> None:
+        self.tail = tail
+        self.complete = complete
+
+
+class Fail:
+    """Nothing was sent: answer with this error's page and close."""
+
+    __slots__ = ("error",)
+    size = 0
+
+    def __init__(self, error: Any) -> None:
+        self.error = error
+
+
+class Abort:
+    """The app failed after the head went out: close the connection (never a second response)."""
+
+    __slots__ = ()
+    size = 0
+
+
+class Hints:
+    """A 103 Early Hints response to send before the final one (RFC 8297)."""
+
+    __slots__ = ("headers",)
+    size = 0
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
+
+
+Message = Start | Data | SendFile | End | Fail | Abort | Hints
+
+
+class JobState(enum.Enum):
+    """Where a pool job is. Only a QUEUED job can be cancelled, and a cancelled one never runs."""
+
+    QUEUED = "queued"
+    RUNNING = "running"     # a thread took it: it runs to its end (threads cannot be stopped)
+    ANSWERED = "answered"   # cancelled: its client already got an answer (the request timeout's 504)
+    GONE = "gone"           # cancelled: its client disconnected while it waited
+
+
+QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING  # globals for the per-job paths: see response.py

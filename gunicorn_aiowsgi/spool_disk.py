@@ -1,0 +1,92 @@
+"""The spool writer thread's work on one request body's file (create, write, rewind, close): the worker's only disk I/O."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from typing import Any, BinaryIO
+
+from .errors import HTTPError, InsufficientStorage
+
+# Buffers per writev(2) call, under every system's IOV_MAX (count).
+IOV_BATCH = 512
+
+
+def write_all(fd: int, chunks: list[bytes]) -> None:
+    """Write every chunk to fd, in order, however short each writev(2) falls."""
+    for start in range(0, len(chunks), IOV_BATCH):
+        group = [memoryview(c) for c in chunks[start:start + IOV_BATCH]]
+        while group:
+            written = os.writev(fd, group)
+            while group and written >= len(group[0]):
+                written -= len(group[0])
+                group.pop(0)
+            if group and written:
+                group[0] = group[0][written:]
+
+
+def free_space(directory: str) -> int:
+    """Bytes an unprivileged process may still write in `directory`'s file system."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
+class SpoolFile:
+    """One body's file. Only the writer thread touches `file`, until the rewind hands it over."""
+
+    __slots__ = ("directory", "file", "broken")
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.file: BinaryIO | None = None
+        self.broken = False  # a job failed: later writes are pointless (their error is out)
+
+
+# -- the writer thread's actions (target, argument) -> result ------------------------------------
+def open_file(target: SpoolFile, length: int | None) -> None:
+    try:
+        if length is not None and free_space(target.directory) < length:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target.directory)
+        # Unbuffered: each batch is one writev(2), with no copy through a Python buffer.
+        target.file = tempfile.TemporaryFile(dir=target.directory, buffering=0)
+    except OSError:
+        target.broken = True
+        raise
+
+
+def write_file(target: SpoolFile, chunks: list[bytes]) -> int:
+    if target.broken or target.file is None:
+        return 0
+    try:
+        # Looked up per call: a module attribute, so a test can put a slow disk here.
+        write_all(target.file.fileno(), chunks)
+    except OSError:
+        target.broken = True
+        raise
+    return sum(map(len, chunks))
+
+
+def rewind_file(target: SpoolFile, _argument: Any) -> None:
+    if target.broken or target.file is None:
+        raise OSError(errno.EIO, "the spool file was not written")
+    target.file.seek(0)
+
+
+def close_file(target: SpoolFile, _argument: Any) -> int:
+    """Close (an unnamed file's blocks are freed now, which can take a while); say what is free."""
+    if target.file is not None:
+        target.file.close()
+        target.file = None
+    return free_space(target.directory)
+
+
+def measure_free(directory: str, _argument: Any) -> int:
+    return free_space(directory)
+
+
+def storage_error(exc: BaseException) -> HTTPError:
+    # RFC 4918 section 11.5: 507 when the server cannot store the representation.
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"cannot spool request body: {exc}")
+    return HTTPError(f"cannot spool request body: {exc}")
