@@ -28,12 +28,32 @@ SPILL_BATCH = 1 * MIB
 # Bytes of one body received but not yet on disk, past which the connection stops reading
 # until the writer catches up (bytes): with body_memory_limit, the memory bound of an upload.
 SPOOL_BACKLOG = 4 * MIB
+# Unread bytes of a body an app thread reads while it arrives, past which the connection stops
+# reading until the thread catches up (bytes): the memory bound of a streamed upload.
+STREAM_BACKLOG = 4 * MIB
 # Seconds a client refused for a full spool budget is told to wait (Retry-After, RFC 9110
 # section 10.2.3), as for the loop's queue-full 503.
 RETRY_AFTER = "1"
 
 # The writer thread's jobs (bridge.SpoolWriter kinds).
 OPEN, WRITE, REWIND, CLOSE, MEASURE = 1, 2, 3, 4, 5
+
+
+def check_length(settings: Settings, length: int | None) -> None:
+    """413 before any body byte for a Content-Length over AIOWSGI_MAX_BODY_SIZE."""
+    limit = settings.max_body_size
+    if limit and length is not None and length > limit:
+        raise PayloadTooLarge(f"Content-Length {length} is larger than {limit}")
+
+
+def streamed(settings: Settings, length: int | None, streams: int, limit: int) -> bool:
+    """Hand this body to an app thread while it arrives, rather than spool it first?
+
+    Only a body too large for memory, of known length (a chunked one spools: its size is
+    unknown until its end), and only while fewer than `limit` others stream: each holds a
+    thread until its last byte, so a slow client can hold `limit` threads, never the pool.
+    """
+    return length is not None and length > settings.body_memory_limit and streams < limit
 
 
 class SpoolFull(HTTPError):
@@ -177,9 +197,7 @@ class BodySpool:
     def expect(self, length: int | None) -> None:
         """Before any body byte: refuse a body that can never be taken (413), not now (503), or
         not on this disk (507), so the client is answered without sending it."""
-        limit = self.settings.max_body_size
-        if limit and length is not None and length > limit:
-            raise PayloadTooLarge(f"Content-Length {length} is larger than {limit}")
+        check_length(self.settings, length)
         self.length = length
         if length is not None and length > self.settings.body_memory_limit:
             self.store.charge(length)

@@ -1,9 +1,10 @@
-"""The only place threads cross: the app thread pool, the channel carrying responses to the loop, the spool writer."""
+"""The only place threads cross: the app thread pool, the channels between loop and app threads, the spool writer."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import logging
 import os
 import queue
@@ -271,6 +272,84 @@ class Channel(Gated):
     @property
     def inflight(self) -> int:
         return self._produced - self._consumed
+
+
+class BodyFeed(Gated, io.RawIOBase):
+    """Carries one request body from the loop to the app thread reading it (wsgi.input, under a
+    BufferedReader) while it arrives. Past `limit` bytes unread, `put` says stop reading the
+    socket; the read that halves them wakes the loop (`_listener`, through the inbox). Counters
+    have one writer each (`received`: the loop, `_taken`: the thread)."""
+
+    def __init__(self, inbox: Inbox, limit: int, listener: Callable[[], None]) -> None:
+        super().__init__()
+        self._inbox = inbox
+        self._limit = limit
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._head = memoryview(b"")  # what is left of the chunk being read
+        self.received = 0             # body bytes put by the loop (bytes)
+        self._taken = 0               # body bytes read by the thread (bytes)
+        self.ended = False            # no more bytes will come
+        self._error: BaseException | None = None
+        self._full = False            # the loop stopped reading until the thread makes room
+        self._gate: Any = None        # a held lock the reading thread blocks on till news
+        self._listener: Callable[[], None] | None = listener
+
+    # -- loop side -------------------------------------------------------------------------
+    def put(self, data: bytes) -> bool:
+        """Queue body bytes; False: stop reading the socket until the listener runs."""
+        self._chunks.append(data)
+        self.received += len(data)
+        if self._gate is not None:
+            self._open_gate()
+        if self.received - self._taken >= self._limit:
+            self._full = True  # set, then look again: the thread sees the flag or we see its read
+            self._full = self.received - self._taken >= self._limit
+        return not self._full
+
+    def end(self, error: BaseException | None = None) -> None:
+        """No more bytes: the reader gets the rest then EOF, or `error` at its next read."""
+        if self.ended:
+            return
+        self._error, self.ended, self._listener = error, True, None
+        if self._gate is not None:
+            self._open_gate()
+
+    # -- app thread side -------------------------------------------------------------------
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Copy what has arrived (at least a byte, waiting for it), 0 at the end of the body."""
+        view = memoryview(buffer).cast("B")
+        while True:
+            if self._error is not None:
+                raise self._error
+            filled = self._copy(view)
+            if filled:
+                self._taken += filled
+                if self._full and self.received - self._taken <= self._limit // 2:
+                    self._full = False
+                    self._inbox.post(self)  # type: ignore[arg-type]  # the loop reads again
+                return filled
+            if self.ended:
+                return 0
+            self._block()
+
+    def _copy(self, view: memoryview) -> int:
+        filled, size, head, chunks = 0, len(view), self._head, self._chunks
+        while filled < size:
+            if not head:
+                if not chunks:
+                    break
+                head = memoryview(chunks.popleft())
+            count = min(len(head), size - filled)
+            view[filled:filled + count] = head[:count]
+            head, filled = head[count:], filled + count
+        self._head = head
+        return filled
+
+    def _ready(self) -> bool:
+        return bool(self._chunks) or self.ended
 
 
 class SpoolWriter:

@@ -26,7 +26,7 @@ class Context:
 
     __slots__ = ("settings", "loop", "log", "pool", "inbox", "wsgi", "base", "worker", "monitor",
                  "spools", "can_sendfile", "date", "draining", "opened", "closed", "pending",
-                 "queue_limit", "limits", "timer_context", "pre_request",
+                 "queue_limit", "streams", "stream_limit", "limits", "timer_context", "pre_request",
                  "post_request", "access", "clock")
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, log: Any,
@@ -51,6 +51,8 @@ class Context:
         self.opened: Callable[[Any], None] = lambda conn: None
         self.closed: Callable[[Any], None] = lambda conn: None
         self.queue_limit = settings.effective_queue_limit  # read per request: resolved once
+        self.stream_limit = settings.effective_streamed_bodies
+        self.streams = 0                    # bodies read by app threads while they arrive (count)
         self.limits = Limits(settings)      # every request parser's limits (parser.py)
         # The hooks and the access log each request calls, resolved once; None: nothing to call.
         self.pre_request, self.post_request, self.access = request_hooks(worker.cfg, log)

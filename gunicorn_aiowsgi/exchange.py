@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from io import BytesIO
+from io import BufferedReader, BytesIO
 from time import time as wall_time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .application import AppCall
-from .body import BodySpool, SpoolFull
-from .bridge import Channel
+from .body import READ_BUFFER, STREAM_BACKLOG, BodySpool, SpoolFull, check_length, streamed
+from .boundary import BODY
+from .bridge import BodyFeed, Channel
 from .context import Context
 from .diagnostics import describe, thread_stack
 from .environ import build_environ
@@ -33,7 +34,7 @@ class Exchange:
     response comes back through the channel's listener (one loop wake-up per batch).
     """
 
-    __slots__ = ("ctx", "conn", "request", "number", "started", "environ", "spool", "channel",
+    __slots__ = ("ctx", "conn", "request", "number", "started", "environ", "spool", "feed", "channel",
                  "call", "keep", "head_sent", "backlog", "timer", "sending")
 
     def __init__(self, ctx: Context, conn: "Connection", request: Request, number: int) -> None:
@@ -44,6 +45,7 @@ class Exchange:
         self.started = wall_time()           # when its head was parsed (time.time)
         self.environ: dict[str, Any] = {}
         self.spool: BodySpool | None = None  # the body being received, if any
+        self.feed: BodyFeed | None = None    # or the body an app thread reads as it arrives
         self.channel: Channel | None = None  # the response, once the app has the request
         self.call: AppCall | None = None
         self.keep = False                    # keep the connection after this response
@@ -76,14 +78,25 @@ class Exchange:
                 environ["wsgi.input"] = BytesIO()  # no body: nothing to wait for
                 self.dispatch()
                 return
-            self.spool = BodySpool(settings, ctx.spools)
             # 413/503/507 before 100-continue (RFC 9110 section 10.1.1): the body is never sent.
-            self.spool.expect(None if req.chunked else int(environ["CONTENT_LENGTH"]))
+            self.open_body(None if req.chunked else int(environ["CONTENT_LENGTH"]))
         except HTTPError as error:
             self.refused(error)
             return
         if expect:  # only now that the body is wanted
             conn.write(CONTINUE)
+
+    def open_body(self, length: int | None) -> None:
+        """Spool the body, or (a large one, while a stream slot is free) let an app thread read
+        it as it arrives: no disk, and the app starts once the first memory's worth is in."""
+        ctx = self.ctx
+        if streamed(ctx.settings, length, ctx.streams, ctx.stream_limit):
+            check_length(ctx.settings, length)
+            ctx.streams += 1
+            self.feed = BodyFeed(ctx.inbox, STREAM_BACKLOG, self.conn.body_caught_up)
+            return
+        self.spool = BodySpool(ctx.settings, ctx.spools)
+        self.spool.expect(length)
 
     def refused(self, error: HTTPError) -> None:
         """The request cannot be taken; a full spool budget is the overload answer (retry soon)."""
@@ -97,7 +110,16 @@ class Exchange:
         self.conn.refuse(error, self.request.method, logged=full)
 
     def body(self, data: bytes) -> None:
-        """Body bytes from the parser. While the disk is behind, the socket is not read."""
+        """Body bytes from the parser. While the disk (or the app) is behind, the socket is not read."""
+        feed = self.feed
+        if feed is not None:
+            if not feed.put(data):
+                self.conn.pause_reading()
+            if self.call is None and feed.received >= self.ctx.settings.body_memory_limit:
+                # Buffered for reading: readline() on the raw feed would take a byte at a time.
+                self.environ["wsgi.input"] = BufferedReader(feed, READ_BUFFER)
+                self.dispatch()
+            return
         spool = self.spool
         assert spool is not None
         try:
@@ -107,10 +129,13 @@ class Exchange:
             return
         if spool.backlogged:
             self.conn.pause_reading()
-            spool.on_drained(self.conn.disk_caught_up)
+            spool.on_drained(self.conn.body_caught_up)
 
     def body_end(self) -> None:
         """Every body byte is in: wsgi.input once the writer thread has them all on disk."""
+        if self.feed is not None:  # the app thread reads the rest, then the end
+            self.end_feed(None)
+            return
         assert self.spool is not None
         self.spool.finish(self.spooled)
 
@@ -132,6 +157,7 @@ class Exchange:
         queued = ctx.pool.queued + len(ctx.pending)  # ctx.queued, without a property call
         if limit and queued >= limit:
             self.environ["wsgi.input"].close()
+            self.stop()  # a streamed body's slot is free again
             ctx.monitor.overloaded(queued, limit)
             self.answer(503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
             return
@@ -149,11 +175,12 @@ class Exchange:
     # -- answers the loop gives itself ----------------------------------------------------------
     def keep_alive(self, close: bool = False) -> bool:
         """Keep the connection for another request? A client that half-closed still gets the
-        answers to every request it completed (the connection closes after the last one)."""
+        answers to every request it completed (the connection closes after the last one); an
+        answer begun before its streamed body is in closes it (what follows cannot be trusted)."""
         conn = self.conn
         return (not close and not self.request.close and self.ctx.settings.keepalive > 0
                 and not self.ctx.draining and not self.request.upgrade
-                and not (conn.eof and not conn.held))
+                and not (conn.eof and not conn.held) and conn.state is not BODY)
 
     def answer(self, code: int, reason: str, body: bytes, headers: list[tuple[str, str]]) -> None:
         keep = self.keep_alive()
@@ -204,8 +231,17 @@ class Exchange:
             return
         self.conn.finish(False)
 
+    def end_feed(self, error: BaseException | None) -> None:
+        """The streamed body ends (`error`: cut short, raised by the app's next read); its slot is free."""
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            feed.end(error)
+            self.ctx.streams -= 1
+
     def stop(self) -> None:
         """No more of this response will be written: the app thread's next put raises."""
+        if self.feed is not None:  # an app still reading the body gets an error, never a hang
+            self.end_feed(ConnectionResetError("the request body was cut short"))
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -252,8 +252,12 @@ class Connection(asyncio.Protocol):
         if not logged:
             self.ctx.log_client_error(self.peer, error)
         if self.exchange is not None:
+            streaming = self.exchange.call is not None  # the app has it and may have answered
             self.exchange.abandon()
             self.exchange = None
+            if streaming:  # never a second response after one that may have begun: close
+                self.close()
+                return
         try:
             self.write(error_reply(error, method))
         except ConnectionError:
@@ -284,8 +288,9 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def disk_caught_up(self) -> None:
-        """The body's spool wrote its backlog: read again; the wait was not the client's idling."""
+    def body_caught_up(self) -> None:
+        """The body's spool wrote its backlog (or the app thread read it): read again; the wait
+        was not the client's idling."""
         if self.state is BODY:
             self.since = self.ctx.clock()
             self.resume_reading()

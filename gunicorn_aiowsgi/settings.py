@@ -24,6 +24,7 @@ ENV_SETTINGS: dict[str, tuple[str, str, Any]] = {
     "AIOWSGI_BODY_MEMORY_LIMIT": ("body_memory_limit", "bytes", 1 * MIB),
     "AIOWSGI_MAX_BODY_SIZE": ("max_body_size", "bytes", 1 * GIB),
     "AIOWSGI_SPOOL_BUDGET": ("spool_budget", "bytes", 1 * GIB),
+    "AIOWSGI_STREAMED_BODIES": ("streamed_bodies", "count", -1),
     "AIOWSGI_HEADER_TIMEOUT": ("header_timeout", "seconds", 30.0),
     "AIOWSGI_BODY_TIMEOUT": ("body_timeout", "seconds", 60.0),
     "AIOWSGI_WRITE_BUFFER": ("write_buffer", "bytes", 2 * MIB),
@@ -71,6 +72,9 @@ class Settings:
     # uploads of max_body_size each could fill the disk (1000 GiB per worker by default); equal
     # to max_body_size, so one upload of the largest size always fits an idle worker.
     spool_budget: int = 1 * GIB            # request body bytes spooled per worker at once (bytes); 0 = no limit
+    # Large bodies an app thread may read while they arrive, instead of after the spool: each
+    # holds a thread until its last byte, so a slow client can hold this many threads at most.
+    streamed_bodies: int = -1              # per worker at once (count); -1 = threads // 4, 0 = always spool
     header_timeout: float = 30.0           # time to receive a complete request head (seconds)
     body_timeout: float = 60.0             # longest pause between request body reads (seconds)
     write_buffer: int = 2 * MIB            # response bytes in flight before the app thread waits (bytes)
@@ -87,6 +91,14 @@ class Settings:
             # answers fast 503s instead of queueing every connection's request.
             return max(64, 16 * self.threads)
         return self.queue_limit
+
+    @property
+    def effective_streamed_bodies(self) -> int:
+        """Streamed bodies allowed at once: by default a quarter of the threads (none below 4),
+        so slow uploads never hold more than that share of the pool."""
+        if self.streamed_bodies < 0:
+            return self.threads // 4
+        return self.streamed_bodies
 
 
 def _networks(values: list[str] | tuple[str, ...]) -> tuple[Any, ...]:

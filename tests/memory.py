@@ -132,12 +132,14 @@ def echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> lis
 class Harness:
     """One Connection on a FakeTransport inside a real (not running) event loop."""
 
-    def __init__(self, app: Callable[..., Any] = echo_app, **settings: Any) -> None:
+    def __init__(self, app: Callable[..., Any] = echo_app, pool: Any = None, **settings: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.settings = Settings(**settings)
         self.log = Log()
         self.worker = FakeWorker()
-        pool: Any = InlinePool()
+        # A real ThreadPool for an app that must run beside the loop (one reading a body
+        # while it arrives); inline otherwise.
+        pool = InlinePool() if pool is None else pool
         self.spools = SpoolStore(self.loop, self.settings)  # its writer thread idles unless spooling
         self.ctx = Context(self.settings, self.loop, self.log, pool, app,
                            base_environ(self.settings, None, FileWrapper), self.worker,
@@ -168,6 +170,13 @@ class Harness:
     def wait(self, seconds: float) -> None:
         self.loop.run_until_complete(asyncio.sleep(seconds))
 
+    def until(self, ready: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+        """Run the loop until `ready()` (app threads at work beside it), or fail naming `what`."""
+        deadline = self.loop.time() + timeout
+        while not ready():
+            assert self.loop.time() < deadline, f"timed out waiting for {what}"
+            self.wait(0.002)
+
     def close(self) -> None:
         self.conn.connection_lost(None)
         self.spools.shutdown(timeout=1)
@@ -189,3 +198,22 @@ class Harness:
             out.append((status, rest[:length]))
             data = rest[length:]
         return out
+
+
+# -- requests as bytes, and reads of them ------------------------------------------------------
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
+
+
+def post(path: str, body: bytes) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def chunked(path: str, *chunks: bytes) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+def splits(data: bytes) -> list[list[bytes]]:
+    """The data as two reads, split at every byte boundary (and once whole)."""
+    return [[data]] + [[data[:i], data[i:]] for i in range(1, len(data))]

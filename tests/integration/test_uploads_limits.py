@@ -211,3 +211,34 @@ def test_slow_spool_writes_never_stall_other_connections(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
     print(f"GET latency while a spool write is stalled: max {max(latencies) * 1000:.1f} ms, "
           f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms")
+
+
+def test_stalled_uploads_hold_no_more_threads_than_the_stream_slots(tmp_path):
+    """--threads 4: one large body at a time may be read by an app thread as it arrives. Four
+    uploads stall mid-body: one holds a thread, three wait on the loop (spooling, no thread), so a
+    GET is answered at once; then each upload completes and is answered in full."""
+    conf, where = spool_conf(tmp_path)
+    with Gunicorn("apps:router", "--threads", "4", config=conf,
+                  env={"AIOWSGI_BODY_MEMORY_LIMIT": str(64 * 1024)}) as g:
+        pid = g.worker_pid()
+        bodies = [os.urandom(MIB) for _ in range(4)]
+        first = 256 * 1024  # past the memory limit: a stream slot, or the spool
+        conns = [Conn.to(g, timeout=10) for _ in bodies]
+        try:
+            for conn, data in zip(conns, bodies):
+                conn.send(head(len(data)) + data[:first])
+            # Every upload has been read as far as it goes: three spool files, the fourth streams.
+            wait_until(lambda: len(open_files(pid, where)) == 3, 10, "three uploads spooling")
+            with Conn.to(g, timeout=5) as probe:  # with four threads held, this would time out
+                probe.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert probe.response()[0] == 200
+            assert len(open_files(pid, where)) == 3
+            for conn, data in zip(conns, bodies):
+                conn.send(data[first:])
+            for conn, data in zip(conns, bodies):
+                status, _headers, body = conn.response()
+                assert (status, body) == (200, f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())
+        finally:
+            for conn in conns:
+                conn.close()
+        wait_until(lambda: open_files(pid, where) == [], 10, "every spool file closed")

@@ -37,6 +37,8 @@ def test_from_cfg_defaults():
     ("AIOWSGI_HEALTH_PATH", "/healthz", "health_path", "/healthz"),
     ("AIOWSGI_HEALTH_QUEUE_FULL", "yes", "health_queue_full", True),
     ("AIOWSGI_QUEUE_LIMIT", "0", "queue_limit", 0),
+    ("AIOWSGI_STREAMED_BODIES", "0", "streamed_bodies", 0),
+    ("AIOWSGI_STREAMED_BODIES", "3", "streamed_bodies", 3),
 ])
 def test_from_env(name, raw, field, value):
     assert getattr(from_cfg(cfg(), environ={name: raw}), field) == value
@@ -44,13 +46,22 @@ def test_from_env(name, raw, field, value):
 
 @pytest.mark.parametrize("name, raw", [
     ("AIOWSGI_MAX_BODY_SIZE", "-5"), ("AIOWSGI_MAX_BODY_SIZE", "1M"), ("AIOWSGI_HEADER_TIMEOUT", "soon"),
-    ("AIOWSGI_SPOOL_BUDGET", "-1"), ("AIOWSGI_SPOOL_BUDGET", "1G"),
+    ("AIOWSGI_SPOOL_BUDGET", "-1"), ("AIOWSGI_SPOOL_BUDGET", "1G"), ("AIOWSGI_STREAMED_BODIES", "-2"),
     ("AIOWSGI_HEADER_TIMEOUT", "0"), ("AIOWSGI_HEALTH_PATH", "healthz"), ("AIOWSGI_HEALTH_QUEUE_FULL", "maybe"),
 ])
 def test_bad_env_values(name, raw):
     with pytest.raises(SettingsError) as info:
         from_cfg(cfg(), environ={name: raw})
     assert name in str(info.value) or "must be" in str(info.value)
+
+
+@pytest.mark.parametrize("threads, raw, effective", [
+    (1, None, 0), (3, None, 0), (4, None, 1), (8, None, 2), (33, None, 8),  # a quarter, rounded down
+    (8, "0", 0), (8, "8", 8), (1, "2", 2),  # the user's count, as given
+])
+def test_streamed_bodies_default_to_a_quarter_of_the_threads(threads, raw, effective):
+    env = {} if raw is None else {"AIOWSGI_STREAMED_BODIES": raw}
+    assert from_cfg(cfg(threads=threads), environ=env).effective_streamed_bodies == effective
 
 
 def test_tmp_upload_dir_must_exist(tmp_path):

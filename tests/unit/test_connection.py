@@ -7,30 +7,12 @@ import pathlib
 import socket
 
 import pytest
-from memory import Harness
+from memory import Harness, chunked, get, post, splits
 
 from gunicorn_aiowsgi.boundary import ConnState, protocol_ok
 from gunicorn_aiowsgi.listener import tune
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gunicorn_aiowsgi"
-
-
-def get(path: str, extra: str = "") -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
-
-
-def post(path: str, body: bytes) -> bytes:
-    return f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
-
-
-def chunked(path: str, *chunks: bytes) -> bytes:
-    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-    return head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
-
-
-def splits(data: bytes) -> list[list[bytes]]:
-    """The data as two reads, split at every byte boundary (and once whole)."""
-    return [[data]] + [[data[:i], data[i:]] for i in range(1, len(data))]
 
 
 HARNESSES: list[Harness] = []

@@ -1,0 +1,134 @@
+"""In-memory tests of bridge.BodyFeed: a request body carried from the loop to the app thread reading it.
+
+The loop side (put, end) is called from the test thread; readers are real threads where a read
+must wait. A reader's "is it blocked?" is read from the feed's gate, so no assertion depends on
+how fast a thread runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import pytest
+from server import wait_until
+
+from gunicorn_aiowsgi.bridge import BodyFeed, Inbox
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def feed_of(loop, chunks: list[bytes], limit: int = 1 << 20, end: bool = True,
+            listener=lambda: None) -> BodyFeed:
+    feed = BodyFeed(Inbox(loop), limit, listener)
+    for chunk in chunks:
+        feed.put(chunk)
+    if end:
+        feed.end()
+    return feed
+
+
+@pytest.mark.parametrize("chunks, reads, expected", [
+    pytest.param([b"abc", b"defg"], [2, 2, 10, 1], [b"ab", b"cd", b"efg", b""], id="across-chunks"),
+    pytest.param([b"abc", b"defg"], [7, 1], [b"abcdefg", b""], id="exactly-all"),
+    pytest.param([b"a"] * 5, [3, 3], [b"aaa", b"aa"], id="many-small"),
+    pytest.param([b"", b"xy", b""], [5, 5], [b"xy", b""], id="empty-chunks"),
+    pytest.param([], [4], [b""], id="no-body"),
+    pytest.param([b"x" * 100_000, b"y" * 100_000], [150_000, 60_000],
+                 [b"x" * 100_000 + b"y" * 50_000, b"y" * 50_000], id="larger-than-the-read-buffer"),
+])
+def test_reads_return_every_byte_in_order_then_eof(loop, chunks, reads, expected):
+    reader = io.BufferedReader(feed_of(loop, chunks), 64 * 1024)
+    assert [reader.read(n) for n in reads] == expected
+
+
+def test_readline_read_all_and_iteration(loop):
+    chunks = [b"first li", b"ne\nsec", b"ond line\n", b"tail"]
+    assert io.BufferedReader(feed_of(loop, chunks)).readline() == b"first line\n"
+    assert io.BufferedReader(feed_of(loop, chunks)).read() == b"".join(chunks)
+    assert list(io.BufferedReader(feed_of(loop, chunks))) == [
+        b"first line\n", b"second line\n", b"tail"]
+
+
+class Reader(threading.Thread):
+    """An app thread reading the feed to its end (or its error)."""
+
+    def __init__(self, feed: BodyFeed, size: int = 5) -> None:
+        super().__init__(daemon=True)
+        self.feed, self.size = feed, size
+        self.data = bytearray()
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        reader = io.BufferedReader(self.feed, 64 * 1024)
+        try:
+            while piece := reader.read(self.size):
+                self.data += piece
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            self.error = exc
+
+
+def parked(feed: BodyFeed) -> bool:
+    return feed._gate is not None
+
+
+def test_a_waiting_reader_wakes_for_each_put_and_for_the_end(loop):
+    feed = feed_of(loop, [], end=False)
+    reader = Reader(feed, size=3)
+    wait_until(lambda: parked(feed), 5, "the reader waiting for the first bytes")
+    feed.put(b"abc")
+    wait_until(lambda: reader.data == b"abc" and parked(feed), 5, "the reader back to waiting")
+    feed.put(b"de")
+    feed.end()
+    reader.join(5)
+    assert not reader.is_alive() and reader.error is None
+    assert reader.data == b"abcde"
+
+
+def test_end_with_an_error_wakes_the_reader_with_it_even_with_bytes_queued(loop):
+    feed = feed_of(loop, [], end=False)
+    reader = Reader(feed)
+    wait_until(lambda: parked(feed), 5, "the reader waiting")
+    feed.end(ConnectionResetError("cut short"))
+    reader.join(5)
+    assert isinstance(reader.error, ConnectionResetError)
+    queued = feed_of(loop, [b"abc"], end=False)
+    queued.end(ConnectionResetError("cut short"))
+    with pytest.raises(ConnectionResetError):
+        io.BufferedReader(queued).read(1)
+    queued.end()  # a second end changes nothing
+    with pytest.raises(ConnectionResetError):
+        queued.read(1)
+
+
+def test_put_says_stop_at_the_limit_and_the_read_that_halves_it_wakes_the_loop(loop):
+    woken = asyncio.Event()
+    feed = feed_of(loop, [], limit=10, end=False, listener=woken.set)
+    assert feed.put(b"x" * 6) is True          # 6 unread: below the limit
+    assert feed.put(b"y" * 6) is False         # 12 unread: stop reading the socket
+    assert feed.put(b"z") is False             # a read already under way still lands
+    buffer = bytearray(7)
+    assert feed.readinto(buffer) == 7          # 6 unread: not yet half the limit
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert not woken.is_set()
+    assert feed.readinto(bytearray(1)) == 1    # 5 unread: half the limit, the loop is woken
+    loop.run_until_complete(asyncio.wait_for(woken.wait(), 5))
+    assert feed.put(b"w") is True              # room again
+
+
+def test_no_wake_after_the_end(loop):
+    woken = []
+    feed = feed_of(loop, [b"x" * 20], limit=10, end=False, listener=lambda: woken.append(1))
+    feed.end()
+    assert feed.read(20) == b"x" * 20
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert woken == []  # the connection may already serve another request: no stray resume
