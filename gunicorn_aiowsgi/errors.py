@@ -96,6 +96,11 @@ class ClientDisconnected(Exception):
     """The client went away; nothing can be answered. Not an HTTPError on purpose."""
 
 
+class BodyCutShort(ClientDisconnected, ConnectionResetError):
+    """A body the app reads as it arrives ended early (the client left or stalled): to the app an
+    OSError, as gunicorn's NoMoreData is an IOError; to the worker, the client's doing."""
+
+
 def error_page(status: int, reason: str, message: str = "") -> bytes:
     """The body gunicorn's util.write_error sends, so error pages look the same."""
     return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from io import BufferedReader, BytesIO
 from time import time as wall_time
 from typing import TYPE_CHECKING, Any, Sequence
@@ -13,7 +14,7 @@ from .bridge import BodyFeed, Channel
 from .context import Context
 from .diagnostics import describe, thread_stack
 from .environ import build_environ
-from .errors import BadRequest, GatewayTimeout, HTTPError
+from .errors import BadRequest, BodyCutShort, GatewayTimeout, HTTPError
 from .messages import Abort, Data, End, Fail, Hints, JobState, SendFile, Start
 from .output import Output
 from .parser import Request
@@ -241,7 +242,7 @@ class Exchange:
     def stop(self) -> None:
         """No more of this response will be written: the app thread's next put raises."""
         if self.feed is not None:  # an app still reading the body gets an error, never a hang
-            self.end_feed(ConnectionResetError("the request body was cut short"))
+            self.end_feed(BodyCutShort(errno.ECONNRESET, "the request body was cut short"))
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import threading
 
@@ -213,12 +214,13 @@ def test_slow_spool_writes_never_stall_other_connections(tmp_path, monkeypatch):
           f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms")
 
 
-def test_stalled_uploads_hold_no_more_threads_than_the_stream_slots(tmp_path):
+@pytest.mark.parametrize("worker_class", ["gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker"])
+def test_stalled_uploads_hold_no_more_threads_than_the_stream_slots(tmp_path, worker_class):
     """--threads 4: one large body at a time may be read by an app thread as it arrives. Four
     uploads stall mid-body: one holds a thread, three wait on the loop (spooling, no thread), so a
     GET is answered at once; then each upload completes and is answered in full."""
     conf, where = spool_conf(tmp_path)
-    with Gunicorn("apps:router", "--threads", "4", config=conf,
+    with Gunicorn("apps:router", "--threads", "4", config=conf, worker_class=worker_class,
                   env={"AIOWSGI_BODY_MEMORY_LIMIT": str(64 * 1024)}) as g:
         pid = g.worker_pid()
         bodies = [os.urandom(MIB) for _ in range(4)]
@@ -242,3 +244,27 @@ def test_stalled_uploads_hold_no_more_threads_than_the_stream_slots(tmp_path):
             for conn in conns:
                 conn.close()
         wait_until(lambda: open_files(pid, where) == [], 10, "every spool file closed")
+
+
+@pytest.mark.parametrize("how", ["close", "half-close"])
+def test_a_streamed_upload_cut_short_is_the_clients_doing_and_the_worker_serves_on(tmp_path, how):
+    """The app's read raises (an OSError, as gunicorn's NoMoreData); uncaught, it is logged as a
+    client that went away (debug, as gunicorn's "Ignored premature client disconnection"), not
+    as an app error; the next upload is served."""
+    conf, where = spool_conf(tmp_path)
+    with Gunicorn("apps:router", "--threads", "4", "--log-level", "debug", config=conf,
+                  env={"AIOWSGI_BODY_MEMORY_LIMIT": str(64 * 1024)}) as g:
+        with Conn.to(g, timeout=10) as conn:
+            conn.send(head(MIB) + os.urandom(256 * 1024))
+            if how == "half-close":
+                conn.sock.shutdown(socket.SHUT_WR)
+                assert conn.closed_by_peer(10)  # closed with no answer: the app had the request
+        # The app's read raised; or, gone before a thread took the call, the app never ran.
+        g.wait_log(re.compile(r"Client went away during POST /digest|Skipped POST /digest"))
+        assert "Error handling request" not in g.log()
+        data = os.urandom(MIB)
+        with Conn.to(g, timeout=10) as conn:
+            conn.send(head(len(data)) + data)
+            status, _headers, body = conn.response()
+            assert (status, body) == (200, f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())
+        assert open_files(g.worker_pid(), where) == []

@@ -3,6 +3,7 @@ a fake transport, a real loop and a real thread pool (the app must run beside th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 from typing import Any
@@ -165,7 +166,7 @@ def test_a_body_cut_short_raises_in_the_app_and_closes_without_a_second_answer(e
         h.until(lambda: h.transport.aborted, "the body timeout")
         h.conn.connection_lost(None)  # what the loop reports next (the fake transport does not)
     h.until(lambda: app.error is not None, "the app's read to fail")
-    assert isinstance(app.error, ConnectionResetError)
+    assert isinstance(app.error, ConnectionResetError) and app.error.errno == errno.ECONNRESET
     h.until(lambda: h.transport.closed, "the connection closed")
     assert h.responses() == []  # no 400 page: the response was the app's to give
     assert h.ctx.streams == 0
@@ -218,3 +219,21 @@ def test_queue_full_at_dispatch_answers_503_and_frees_the_slot():
     assert bytes(streaming.transport.written).startswith(b"HTTP/1.1 503")
     assert h.ctx.streams == 0
     app.go.set()
+
+
+def test_an_uncaught_cut_short_read_is_logged_as_the_client_going_away():
+    """As gunicorn's "Ignored premature client disconnection": debug, no app-error traceback."""
+    started = threading.Event()
+
+    def reads(environ, start_response):
+        started.set()
+        environ["wsgi.input"].read()  # raises BodyCutShort, an OSError the app does not catch
+        start_response("200 OK", [])
+        return [b""]
+
+    h = harness(reads)
+    h.feed(post("/up", BODY)[:-10])
+    h.until(started.is_set, "the app started")
+    h.eof()
+    h.until(lambda: ("debug", "Client went away during POST /up") in h.log.lines, "the debug line")
+    assert not [line for line in h.log.lines if line[0] in ("error", "exception")]
