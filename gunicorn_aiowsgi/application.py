@@ -209,11 +209,14 @@ class AppCall(StartResponse):
             self._fail(exc)
         finally:
             self._finish(worker, req)
-            # start_response's `write` is our bound method, and the environ holds the early hints
-            # that hold us: reference cycles that would leave every request's objects to the
-            # garbage collector (and its pauses). Break them.
-            self.write = _closed_write
-            self.hints.call = None
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """start_response's `write` is our bound method, and the environ holds the early hints
+        that hold us: reference cycles that would leave every request's objects to the garbage
+        collector (and its pauses). Break them."""
+        self.write = _closed_write
+        self.hints.call = None
 
     def skip(self) -> None:
         """The pool's alternative to `run` for a call cancelled while queued: the app is never
@@ -223,6 +226,7 @@ class AppCall(StartResponse):
         self.server.log.info("Skipped %s %s: its client %s", self.method, self.req.uri, why)
         self.server.monitor.count("skipped_requests")
         self.body.close()
+        self._let_go()
         try:
             # Ends the relay still waiting for this call (a client that went away); after a
             # 504 the relay is over and the channel closed.

@@ -19,6 +19,7 @@ import pytest
 from gunicorn_aiowsgi import messages
 from gunicorn_aiowsgi.application import AppCall, FileWrapper
 from gunicorn_aiowsgi.errors import BadRequest, ClientDisconnected, HTTPError
+from gunicorn_aiowsgi.messages import JobState
 from gunicorn_aiowsgi.response import ResponsePhase
 
 CHUNK_END = b"0\r\n\r\n"
@@ -108,6 +109,9 @@ class RecordingLog:
     def debug(self, msg: str, *args: Any) -> None:
         self._add("debug", msg, *args)
 
+    def info(self, msg: str, *args: Any) -> None:
+        self._add("info", msg, *args)
+
     def warning(self, msg: str, *args: Any) -> None:
         self._add("warning", msg, *args)
 
@@ -160,6 +164,11 @@ class FakeServer:
         self.pre_request = self.worker.cfg.pre_request
         self.post_request = self.worker.cfg.post_request
         self.access = self.log.access
+        self.monitor = self  # the counters the pool's skip path bumps
+        self.counts: dict[str, int] = {}
+
+    def count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
 
 
 @dataclass
@@ -182,8 +191,9 @@ class Result:
 
 def call(app: Callable, method: str = "GET", version: tuple[int, int] = (1, 1), sendfile: bool = False,
          gone_at: int | None = None, setup: Callable[[FakeServer], None] | None = None,
-         events: list | None = None) -> Result:
-    """Run one WSGI call to the end, as an app thread would; `events` receives the trace."""
+         events: list | None = None, cancelled: JobState | None = None) -> Result:
+    """Run one WSGI call to the end, as an app thread would; `events` receives the trace.
+    `cancelled`: the loop cancelled it while queued, and the thread skips it instead."""
     events = [] if events is None else events
     body = io.BytesIO(b"")
     environ = {"REQUEST_METHOD": method, "RAW_URI": "/t?q=1", "QUERY_STRING": "q=1",
@@ -199,7 +209,11 @@ def call(app: Callable, method: str = "GET", version: tuple[int, int] = (1, 1), 
 
     appcall = AppCall(traced, environ, channel, version, server, 0.0, (),  # type: ignore[arg-type]
                       ("127.0.0.1", 50000), 1)
-    appcall.run()
+    if cancelled is None:
+        appcall.run()
+    else:
+        appcall.state = cancelled
+        appcall.skip()
     return Result(appcall, channel, server, events, environ, body)
 
 
@@ -719,6 +733,27 @@ def test_a_finished_call_leaves_no_reference_cycle():
     try:
         result = call(respond([b"x"], cl(1)))
         del result
+        gc.collect()
+        assert not [o for o in gc.garbage if isinstance(o, AppCall)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_a_skipped_call_never_runs_and_leaves_no_reference_cycle():
+    """A call cancelled while queued (its client left, or got the request timeout's 504): the app
+    is never called, the body is closed, the relay is ended, and the call is freed at once."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for state in (JobState.GONE, JobState.ANSWERED):
+            result = call(respond([b"x"], cl(1)), cancelled=state)
+            assert ("app",) not in result.events and result.body.closed
+            assert [type(item) for item, _size in result.channel.puts] == [messages.Abort]
+            assert result.server.counts == {"skipped_requests": 1}
+            del result
         gc.collect()
         assert not [o for o in gc.garbage if isinstance(o, AppCall)]
     finally:
