@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
+import os
 import socket
 import ssl
 import struct
@@ -318,3 +320,17 @@ def test_settings_aiohttp_cannot_honour_are_said_at_startup() -> None:
         assert exchange(g, b"get /pid HTTP/1.1\r\nHost: test\r\n\r\n")[0][0] == 400
     with serve() as g:
         assert "not supported by gunicorn_aiowsgi" not in g.log()
+
+
+def test_tls_large_upload_read_as_it_arrives_is_intact(pki: dict) -> None:
+    """--threads 4: a 6 MiB body goes to its app thread as it arrives (one stream slot), through
+    TLS; the feed's bound (4 MiB unread) pauses and resumes reading on the SSL transport."""
+    with tls_serve("--certfile", pki["cert"], "--keyfile", pki["key"], "--threads", "4",
+                   app="apps:router", env={"AIOWSGI_BODY_MEMORY_LIMIT": "65536"}) as g:
+        data = os.urandom(6 * 1024 * 1024)
+        sock = tls_wrap(client_context(pki))(socket.create_connection((g.host, g.port), timeout=20))
+        with Conn(sock) as conn:
+            conn.send(f"POST /digest HTTP/1.1\r\nHost: t\r\nContent-Length: {len(data)}\r\n\r\n"
+                      .encode() + data)
+            status, _, body = conn.response()
+        assert (status, body) == (200, f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())
