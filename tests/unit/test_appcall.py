@@ -7,6 +7,7 @@ holds; `describe` is the one place that knows the shape of the bridge's messages
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import sys
@@ -723,16 +724,15 @@ def test_app_replacing_wsgi_input_does_not_get_its_wrapper_closed():
     assert result.body.closed and not wrapper.closed
 
 
-def test_a_finished_call_leaves_no_reference_cycle():
-    """write() and wsgi.early_hints both lead back to the call, which holds the environ: run()
-    must break both cycles, or every request's objects would wait for the garbage collector.
+@contextlib.contextmanager
+def no_call_left_to_the_collector():
+    """Fails if an AppCall made inside the block is freed only by the garbage collector (a cycle).
     (The fakes here have cycles of their own: only the call must not be among the garbage.)"""
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        result = call(respond([b"x"], cl(1)))
-        del result
+        yield
         gc.collect()
         assert not [o for o in gc.garbage if isinstance(o, AppCall)]
     finally:
@@ -741,25 +741,24 @@ def test_a_finished_call_leaves_no_reference_cycle():
         gc.enable()
 
 
+def test_a_finished_call_leaves_no_reference_cycle():
+    """write() and wsgi.early_hints both lead back to the call, which holds the environ: run()
+    must break both cycles, or every request's objects would wait for the garbage collector."""
+    with no_call_left_to_the_collector():
+        result = call(respond([b"x"], cl(1)))
+        del result
+
+
 def test_a_skipped_call_never_runs_and_leaves_no_reference_cycle():
     """A call cancelled while queued (its client left, or got the request timeout's 504): the app
     is never called, the body is closed, the relay is ended, and the call is freed at once."""
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with no_call_left_to_the_collector():
         for state in (JobState.GONE, JobState.ANSWERED):
             result = call(respond([b"x"], cl(1)), cancelled=state)
             assert ("app",) not in result.events and result.body.closed
             assert [type(item) for item, _size in result.channel.puts] == [messages.Abort]
             assert result.server.counts == {"skipped_requests": 1}
             del result
-        gc.collect()
-        assert not [o for o in gc.garbage if isinstance(o, AppCall)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
 
 
 def test_early_hints_after_the_call_ended_are_ignored():
