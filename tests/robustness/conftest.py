@@ -75,3 +75,17 @@ def module_server(tmp_path_factory, app: str, *args: str, env: dict[str, str] | 
     server = Gunicorn(app, *args, env={"ROBUST_CALLS": str(calls.path), **(env or {})},
                       worker_class=worker_class)
     return server, calls
+
+
+# The worker configurations every framing case runs on: the asyncio and the uvloop worker
+# (transports differ in half-close and pausing), and "streamed", where every body with a
+# Content-Length goes to its app thread as it arrives (4 threads: one stream slot; no memory
+# limit), so framing is judged on that path too.
+WORKER_CONFIGS = ["gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker", "streamed"]
+
+
+def worker_config(name: str, env: dict[str, str]) -> tuple[str, list[str], dict[str, str]]:
+    """(worker class, extra gunicorn arguments, environment) for one of WORKER_CONFIGS."""
+    if name != "streamed":
+        return name, [], env
+    return "gunicorn_aiowsgi.Worker", ["--threads", "4"], {**env, "AIOWSGI_BODY_MEMORY_LIMIT": "0"}

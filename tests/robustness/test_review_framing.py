@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from server import Conn, Gunicorn, needs, proxy_modes
 
+from robustness.conftest import WORKER_CONFIGS, worker_config
 from robustness.robust_apps import WRAPPED_TEXT
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,15 +52,17 @@ class Served:
         return self.path.read_text(encoding="latin-1").splitlines()
 
 
-@pytest.fixture(scope="module", params=["gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker"])
+@pytest.fixture(scope="module", params=WORKER_CONFIGS)
 def srv(tmp_path_factory, request):
-    """One master per worker class for every framing case (router: /held waits for a file)."""
+    """One master per worker configuration (conftest.WORKER_CONFIGS) for every framing case
+    (router: /held waits for a file)."""
     base = tmp_path_factory.mktemp("framing")
     served, release = Served(base / "calls"), base / "release"
     release.mkdir()
-    server = Gunicorn("robustness.robust_apps:router", "--keep-alive", "30",
-                      env={"ROBUST_CALLS": str(served.path), "ROBUST_RELEASE": str(release)},
-                      worker_class=request.param)
+    worker_class, args, env = worker_config(
+        request.param, {"ROBUST_CALLS": str(served.path), "ROBUST_RELEASE": str(release)})
+    server = Gunicorn("robustness.robust_apps:router", "--keep-alive", "30", *args, env=env,
+                      worker_class=worker_class)
     yield server, served, release
     server.stop()
     assert "Traceback" not in server.log(), server.log()

@@ -13,7 +13,7 @@ import json
 import pytest
 from server import Conn, has_setting
 
-from robustness.conftest import check_log, module_server
+from robustness.conftest import WORKER_CONFIGS, check_log, module_server, worker_config
 from robustness.helpers import replay
 
 pytestmark = pytest.mark.timeout(60)
@@ -111,12 +111,12 @@ FOLLOWED = {
 }
 
 
-@pytest.fixture(scope="module", params=["gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker"])
+@pytest.fixture(scope="module", params=WORKER_CONFIGS)
 def srv(tmp_path_factory, request):
-    """The asyncio and the uvloop worker: transports differ in half-close and pausing."""
+    """Every worker configuration (conftest.WORKER_CONFIGS)."""
+    worker_class, args, env = worker_config(request.param, {"AIOWSGI_BODY_TIMEOUT": "30"})
     server, calls = module_server(tmp_path_factory, "robustness.robust_apps:echo",
-                                  "--keep-alive", "30", env={"AIOWSGI_BODY_TIMEOUT": "30"},
-                                  worker_class=request.param)
+                                  "--keep-alive", "30", *args, env=env, worker_class=worker_class)
     yield server, calls
     server.stop()
     assert "Traceback" not in server.log(), server.log()
