@@ -144,7 +144,7 @@ class Harness:
         self.ctx = Context(self.settings, self.loop, self.log, pool, app,
                            base_environ(self.settings, None, FileWrapper), self.worker,
                            Monitor(pool, self, self.log, 0), self.spools)
-        self.conns: list[Connection] = []
+        self.clients: list[Client] = []     # further connections on the same worker (connect)
         self.transport = FakeTransport()
         self.conn = Connection(self.ctx)
         self.conn.connection_made(self.transport)
@@ -177,8 +177,15 @@ class Harness:
             assert self.loop.time() < deadline, f"timed out waiting for {what}"
             self.wait(0.002)
 
+    def connect(self) -> "Client":
+        """Another client's connection on the same worker context (shared pool, slots, budget)."""
+        client = Client(self, 40001 + len(self.clients))
+        self.clients.append(client)
+        return client
+
     def close(self) -> None:
-        self.conn.connection_lost(None)
+        for conn in [self.conn, *(client.conn for client in self.clients)]:
+            conn.connection_lost(None)
         self.spools.shutdown(timeout=1)
         self.loop.close()
 
@@ -198,6 +205,21 @@ class Harness:
             out.append((status, rest[:length]))
             data = rest[length:]
         return out
+
+
+class Client:
+    """One more connection on a Harness's worker (Harness.connect), with a transport of its own."""
+
+    def __init__(self, harness: Harness, port: int) -> None:
+        self.harness = harness
+        self.transport = FakeTransport(("127.0.0.1", port))
+        self.conn = Connection(harness.ctx)
+        self.conn.connection_made(self.transport)
+
+    def feed(self, data: bytes) -> None:
+        """Deliver one read, then let the loop run its callbacks."""
+        self.conn.data_received(data)
+        self.harness.settle()
 
 
 # -- requests as bytes, and reads of them ------------------------------------------------------

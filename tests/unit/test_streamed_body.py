@@ -14,7 +14,6 @@ from memory import Harness, get, post, splits
 from gunicorn_aiowsgi.body import STREAM_BACKLOG, streamed
 from gunicorn_aiowsgi.boundary import ConnState
 from gunicorn_aiowsgi.bridge import ThreadPool
-from gunicorn_aiowsgi.protocol import Connection
 from gunicorn_aiowsgi.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -121,13 +120,13 @@ def test_a_second_large_body_spools_while_the_only_slot_is_taken():
     h = harness(app, threads=3)
     h.feed(post("/one", BODY)[:-1])
     h.until(app.started.is_set, "the first app call")
-    other = FakeConnection(h)
+    other = h.connect()
     other.feed(post("/two", BODY))
     h.until(lambda: len(app.kinds) == 2, "the second app call")
     assert app.kinds == ["BodyFeed", "SpooledInput"]
     h.feed(BODY[-1:])
     assert h.ctx.streams == 0
-    third = FakeConnection(h)
+    third = h.connect()
     third.feed(post("/three", BODY)[:-1])
     h.until(lambda: len(app.kinds) == 3, "the third app call")
     assert app.kinds[2] == "BodyFeed" and h.ctx.streams == 1
@@ -136,21 +135,6 @@ def test_a_second_large_body_spools_while_the_only_slot_is_taken():
     h.until(lambda: len(h.responses()) == 1 and other.transport.written and third.transport.written,
             "every answer")
     assert h.ctx.streams == 0
-
-
-class FakeConnection:
-    """A second connection on the harness's worker context."""
-
-    def __init__(self, h: Harness) -> None:
-        from memory import FakeTransport
-        self.h, self.transport = h, FakeTransport(("127.0.0.1", 40001))
-        self.conn = Connection(h.ctx)
-        self.conn.connection_made(self.transport)
-        h.conns.append(self.conn)
-
-    def feed(self, data: bytes) -> None:
-        self.conn.data_received(data)
-        self.h.settle()
 
 
 @pytest.mark.parametrize("end", ["half-close", "body-timeout"])
@@ -213,8 +197,8 @@ def test_queue_full_at_dispatch_answers_503_and_frees_the_slot():
     h = harness(app, threads=1, queue_limit=1)
     h.feed(get("/busy"))  # takes the only thread
     h.until(app.started.is_set, "the busy call")
-    FakeConnection(h).feed(get("/queued"))  # waits for the thread: the queue is full
-    streaming = FakeConnection(h)
+    h.connect().feed(get("/queued"))  # waits for the thread: the queue is full
+    streaming = h.connect()
     streaming.feed(post("/up", BODY))
     assert bytes(streaming.transport.written).startswith(b"HTTP/1.1 503")
     assert h.ctx.streams == 0
