@@ -198,8 +198,8 @@ class Channel(Gated):
     """Carries one response from an app thread to the loop, with credit-based backpressure.
 
     The app thread may have at most `limit` bytes in flight (produced but not yet taken by the
-    transport); past that it waits, so a fast generator to a slow reader holds a bounded
-    buffer and the thread, not the loop, does the waiting. Counters have one writer each
+    transport); past that it waits till half are taken, so a fast generator to a slow reader holds
+    a bounded buffer and the thread, not the loop, does the waiting. Counters have one writer each
     (`_produced`: the thread, `_consumed`: the loop); the thread only takes a lock and a gate
     when it must actually wait.
     """
@@ -222,7 +222,9 @@ class Channel(Gated):
     def put(self, item: Message, wait: bool = True) -> None:
         """Queue a message for the loop; raises ClientDisconnected once the loop closed the channel."""
         while wait and not self._closed and self._produced - self._consumed >= self._limit:
-            self._wait_below(self._limit)
+            # Woken at half, not at the limit: a stream's thread then wakes once per half-buffer,
+            # not once per chunk (each wake costs futex calls and GIL hand-offs).
+            self._wait_below(self._limit // 2 + 1)
         if self._closed:
             raise ClientDisconnected()
         self._produced += item.size

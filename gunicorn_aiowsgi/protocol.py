@@ -65,8 +65,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport  # its socket's options are set on accept (listener.py)
         # asyncio pauses writers at 64 KiB; large streamed chunks would then stall on every
-        # one. Let the transport hold up to write_buffer before the relay waits.
-        high = self.ctx.settings.write_buffer
+        # one. A quarter of write_buffer (the app thread's credit) may wait in the transport.
+        high = self.ctx.settings.write_buffer // 4
         transport.set_write_buffer_limits(high=high, low=high // 4)
         self.peer = make_peer(self.ctx.settings, transport.get_extra_info("peername"),
                               transport.get_extra_info("sockname"))

@@ -27,7 +27,7 @@ ENV_SETTINGS: dict[str, tuple[str, str, Any]] = {
     "AIOWSGI_STREAMED_BODIES": ("streamed_bodies", "count", -1),
     "AIOWSGI_HEADER_TIMEOUT": ("header_timeout", "seconds", 30.0),
     "AIOWSGI_BODY_TIMEOUT": ("body_timeout", "seconds", 60.0),
-    "AIOWSGI_WRITE_BUFFER": ("write_buffer", "bytes", 2 * MIB),
+    "AIOWSGI_WRITE_BUFFER": ("write_buffer", "bytes", 8 * MIB),
     "AIOWSGI_QUEUE_LIMIT": ("queue_limit", "count", -1),
     "AIOWSGI_HEALTH_PATH": ("health_path", "path", ""),
     "AIOWSGI_HEALTH_QUEUE_FULL": ("health_queue_full", "bool", False),
@@ -77,7 +77,7 @@ class Settings:
     streamed_bodies: int = -1              # per worker at once (count); -1 = threads // 4, 0 = always spool
     header_timeout: float = 30.0           # time to receive a complete request head (seconds)
     body_timeout: float = 60.0             # longest pause between request body reads (seconds)
-    write_buffer: int = 2 * MIB            # response bytes in flight before the app thread waits (bytes)
+    write_buffer: int = 8 * MIB            # response bytes in flight before the app thread waits (bytes)
     queue_limit: int = -1                  # requests waiting for a thread (count); -1 = max(64, 16 x threads), 0 = no limit
     health_path: str = ""                  # answered on the loop, 200/503 (path); "" = off
     health_queue_full: bool = False        # health path says 503 while the queue is full (flag)

@@ -161,7 +161,9 @@ def test_producer_waits_at_limit_bytes_in_flight(loop, limit, sizes, blocks_at, 
     producer.finish()
 
 
-def test_producer_resumes_only_when_inflight_falls_below_limit(loop):
+def test_producer_resumes_only_when_half_the_limit_is_left_in_flight(loop):
+    """Woken at half the limit, not at the first byte under it: a stream's thread wakes once per
+    half-buffer instead of once per chunk."""
     channel = Channel(Inbox(loop), loop, 10)
     producer = Producer(channel, [4, 4, 4, 4])
     producer.start()
@@ -169,18 +171,20 @@ def test_producer_resumes_only_when_inflight_falls_below_limit(loop):
 
     async def loop_side() -> list:
         batch = await channel.get()
-        channel.release(2)  # 10 in flight: still not below the limit
-        still = waiting(channel)
-        channel.release(1)  # 9 in flight: the gate opens now, on the loop thread
-        return [batch, still, waiting(channel)]
+        channel.release(3)  # 9 in flight: below the limit, above half of it
+        below_limit = waiting(channel)
+        channel.release(3)  # 6 in flight: one byte above half
+        above_half = waiting(channel)
+        channel.release(1)  # 5 in flight: half the limit; the gate opens now, on the loop thread
+        return [batch, below_limit, above_half, waiting(channel)]
 
-    batch, still_waiting, after = run(loop, loop_side())
+    batch, below_limit, above_half, after = run(loop, loop_side())
     assert batch == [("item", 0), ("item", 1), ("item", 2)]
-    assert still_waiting, "released below the needed room: the producer must still wait"
-    assert not after, "inflight below the limit: the gate must open on release()"
+    assert below_limit and above_half, "more than half the limit in flight: still waiting"
+    assert not after, "half the limit in flight: the gate must open on release()"
     producer.finish()
     assert producer.returned == [0, 1, 2, 3] and producer.error is None
-    assert channel.inflight == 16 - 3
+    assert channel.inflight == 16 - 7
 
 
 def test_bounded_in_flight_under_a_slow_consumer(loop):
