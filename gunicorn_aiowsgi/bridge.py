@@ -248,7 +248,6 @@ class Channel(Gated):
         return self._closed or self._produced - self._consumed < self._room
 
     # -- loop side -------------------------------------------------------------------------
-
     def take(self) -> list[Message]:
         """Everything queued so far (maybe nothing); a later put wakes the listener again."""
         self._wake_pending = False  # cleared before looking: a put we miss posts a new wake
@@ -266,8 +265,7 @@ class Channel(Gated):
 
     def close(self) -> None:
         """The client is gone (or the worker is exiting): the app thread's next put raises."""
-        self._closed = True
-        self._listener = None
+        self._closed, self._listener = True, None
         if self._gate is not None:
             self._open_gate()
 
@@ -297,11 +295,13 @@ class BodyFeed(Gated, io.RawIOBase):
         self._listener: Callable[[], None] | None = listener
 
     # -- loop side -------------------------------------------------------------------------
-    def put(self, data: bytes) -> bool:
-        """Queue body bytes; False: stop reading the socket until the listener runs."""
+    def put(self, data: bytes, more: bool = False) -> bool:
+        """Queue body bytes; False: stop reading the socket until the listener runs. `more`: the
+        socket holds more already, so a waiting reader is woken at a quarter of `limit` unread
+        (a wake per batch, not per read); else at once (the client may wait for an answer)."""
         self._chunks.append(data)
         self.received += len(data)
-        if self._gate is not None:
+        if self._gate is not None and (not more or self.received - self._taken >= self._limit // 4):
             self._open_gate()
         if self.received - self._taken >= self._limit:
             self._full = True  # set, then look again: the thread sees the flag or we see its read

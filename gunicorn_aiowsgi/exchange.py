@@ -15,6 +15,7 @@ from .context import Context
 from .diagnostics import describe, thread_stack
 from .environ import build_environ
 from .errors import BadRequest, BodyCutShort, GatewayTimeout, HTTPError
+from .listener import unread_bytes
 from .messages import Abort, Data, End, Fail, Hints, JobState, SendFile, Start
 from .output import Output
 from .parser import Request
@@ -114,8 +115,11 @@ class Exchange:
         """Body bytes from the parser. While the disk (or the app) is behind, the socket is not read."""
         feed = self.feed
         if feed is not None:
-            if not feed.put(data):
-                self.conn.pause_reading()
+            # More in the socket: the reading thread need not be woken for this read alone. Not
+            # judged under TLS (fd -1): bytes there may be a record that carries no body.
+            conn = self.conn
+            if not feed.put(data, conn.fd >= 0 and unread_bytes(conn.transport) > 0):
+                conn.pause_reading()
             if self.call is None and feed.received >= self.ctx.settings.body_memory_limit:
                 # Buffered for reading: readline() on the raw feed would take a byte at a time.
                 self.environ["wsgi.input"] = BufferedReader(feed, READ_BUFFER)

@@ -95,6 +95,25 @@ def body_read(environ, start_response):
     return [body]
 
 
+def duplex(environ, start_response):
+    """Answers each ?part= bytes of the body as they are read: a client may wait for the answer
+    to one part before it sends the next (the body is not all in when the response begins)."""
+    part, stream = int(_query(environ).get("part", "65536")), environ["wsgi.input"]
+    left = int(environ.get("CONTENT_LENGTH") or 0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def answers():
+        nonlocal left
+        while left > 0:
+            data = stream.read(min(part, left))
+            if not data:
+                return
+            left -= len(data)
+            yield b"%d\n" % len(data)
+
+    return answers()
+
+
 def stream(environ, start_response):
     """?n= events, ?gap= seconds apart, each yielded on its own (server-sent events)."""
     q = _query(environ)
@@ -251,7 +270,7 @@ def router(environ, start_response):
     return app(environ, start_response)
 
 
-ROUTES = {"hello": hello, "environ": environ_json, "body": body_read, "stream": stream,
+ROUTES = {"hello": hello, "environ": environ_json, "body": body_read, "duplex": duplex, "stream": stream,
           "big": big, "tracked": tracked, "framing": framing, "bad_header": bad_header,
           "fail": fail, "files": files, "status": status, "slow": slow,
           "digest": digest}

@@ -246,6 +246,27 @@ def test_stalled_uploads_hold_no_more_threads_than_the_stream_slots(tmp_path, wo
         wait_until(lambda: open_files(pid, where) == [], 10, "every spool file closed")
 
 
+@pytest.mark.parametrize("worker_class", ["gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker"])
+def test_a_streamed_body_read_as_it_comes_answers_a_client_that_waits_for_each_answer(worker_class):
+    """A duplex client sends a part of the body, then waits for the app's answer to it before
+    it sends the next. The reading thread is woken for bytes that are in, even when far fewer
+    than a batch: nothing more is in the socket, so none is coming until the client hears back."""
+    part, parts = 256 * 1024, 4
+    with Gunicorn("apps:router", "--threads", "4", worker_class=worker_class,
+                  env={"AIOWSGI_BODY_MEMORY_LIMIT": str(64 * 1024)}) as g:
+        with Conn.to(g, timeout=10) as conn:
+            conn.send(b"POST /duplex?part=%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+                      % (part, part * parts))
+            seen = b""
+            for number in range(1, parts + 1):
+                conn.send(os.urandom(part))
+                while seen.count(b"%d\n" % part) < number:  # the answer to this part, chunked
+                    data = conn.sock.recv(65536)
+                    assert data, f"closed before the answer to part {number}: {seen!r}"
+                    seen += data
+            assert seen.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in seen
+
+
 @pytest.mark.parametrize("how", ["close", "half-close"])
 def test_a_streamed_upload_cut_short_is_the_clients_doing_and_the_worker_serves_on(tmp_path, how):
     """The app's read raises (an OSError, as gunicorn's NoMoreData); uncaught, it is logged as a

@@ -59,17 +59,18 @@ def test_readline_read_all_and_iteration(loop):
 
 
 class Reader(threading.Thread):
-    """An app thread reading the feed to its end (or its error)."""
+    """An app thread reading the feed to its end (or its error); `raw`: straight from the feed,
+    each read returning what has arrived (a BufferedReader's read(n) waits for all n)."""
 
-    def __init__(self, feed: BodyFeed, size: int = 5) -> None:
+    def __init__(self, feed: BodyFeed, size: int = 5, raw: bool = False) -> None:
         super().__init__(daemon=True)
-        self.feed, self.size = feed, size
+        self.feed, self.size, self.raw = feed, size, raw
         self.data = bytearray()
         self.error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
-        reader = io.BufferedReader(self.feed, 64 * 1024)
+        reader = self.feed if self.raw else io.BufferedReader(self.feed, 64 * 1024)
         try:
             while piece := reader.read(self.size):
                 self.data += piece
@@ -92,6 +93,29 @@ def test_a_waiting_reader_wakes_for_each_put_and_for_the_end(loop):
     reader.join(5)
     assert not reader.is_alive() and reader.error is None
     assert reader.data == b"abcde"
+
+
+def test_a_waiting_reader_is_woken_per_batch_while_more_is_in_the_socket_and_at_once_when_not(loop):
+    """put(more=True): the socket holds more of the body, so the reader waits for a quarter of the
+    limit unread (one wake per batch, not per read); more=False (the client paused, maybe for an
+    answer to what it sent) wakes it at once, whatever is unread."""
+    feed = feed_of(loop, [], limit=40, end=False)
+    reader = Reader(feed, size=100, raw=True)
+    wait_until(lambda: parked(feed), 5, "the reader waiting for the first bytes")
+    feed.put(b"a" * 4, more=True)
+    feed.put(b"b" * 5, more=True)              # 9 unread: under a quarter of 40
+    assert parked(feed) and reader.data == b""
+    feed.put(b"c", more=True)                  # 10 unread: a quarter, the reader is woken
+    wait_until(lambda: len(reader.data) == 10 and parked(feed), 5, "the reader to take the batch")
+    feed.put(b"d" * 3, more=True)
+    assert parked(feed)
+    feed.put(b"e", more=False)                 # 4 unread, and nothing more in the socket
+    wait_until(lambda: len(reader.data) == 14 and parked(feed), 5, "the reader to take the rest")
+    feed.put(b"f", more=True)
+    feed.end()                                 # the end wakes it whatever is unread
+    reader.join(5)
+    assert not reader.is_alive() and reader.error is None
+    assert bytes(reader.data) == b"aaaabbbbbc" + b"ddde" + b"f"
 
 
 def test_end_with_an_error_wakes_the_reader_with_it_even_with_bytes_queued(loop):
