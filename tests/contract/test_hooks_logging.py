@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +70,9 @@ def run_script(worker_class: str, tmp: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, dict[str, Any]]:
-    tmp = Path(tempfile.mkdtemp(prefix="contract-hooks-"))
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    # pytest's own temporary tree: it keeps the last few runs and removes the older ones.
+    tmp = tmp_path_factory.mktemp("contract-hooks")
     (tmp / "gthread").mkdir()
     (tmp / "aiowsgi").mkdir()
     return {"aiowsgi": run_script("gunicorn_aiowsgi.Worker", tmp / "aiowsgi"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -34,7 +35,9 @@ from server import ROOT, TESTS, Gunicorn
 WORKER = os.environ.get("AIOWSGI_FOREIGN_WORKER", "gunicorn_aiowsgi.Worker")
 SDIST = Path(os.environ.get("AIOWSGI_FOREIGN_SDIST", "."))
 _servers: dict[tuple[str, bool], Gunicorn] = {}
-_sockets = Path(tempfile.mkdtemp(prefix="aiowsgi-waitress-"))
+# Made when the first unix-socket master is (gunicorn imports this module too, for the app
+# factory below) and removed at the end of the run.
+_sockets: list[Path] = []
 ADD_HOST = os.environ.get("AIOWSGI_FOREIGN_RAW") != "1"
 REQUEST_LINE = re.compile(rb"(?:^|(?<=\r\n))[A-Z]+ \S+ HTTP/1\.1\r\n")
 CLIENT_TIMEOUT = 2.0  # a test waiting longer for the server fails rather than hangs
@@ -87,6 +90,12 @@ def with_remote_host(spec: str):
     return wrapped
 
 
+def _socket_dir() -> Path:
+    if not _sockets:
+        _sockets.append(Path(tempfile.mkdtemp(prefix="aiowsgi-waitress-")))
+    return _sockets[0]
+
+
 def _serve(app: str, unix: bool, kw: dict) -> Gunicorn:
     if app in ECHO_APPS:
         app = f"robustness.foreign_waitress:with_remote_host({app!r})"
@@ -95,7 +104,7 @@ def _serve(app: str, unix: bool, kw: dict) -> Gunicorn:
         env = {"PYTHONPATH": os.pathsep.join([str(SDIST), str(SDIST / "src"), str(ROOT), str(TESTS)])}
         if "max_request_body_size" in kw:  # waitress's limit, as our worker spells it
             env["AIOWSGI_MAX_BODY_SIZE"] = str(kw["max_request_body_size"])
-        bind = f"unix:{_sockets / f'{len(_servers)}.sock'}" if unix else "127.0.0.1:0"
+        bind = f"unix:{_socket_dir() / f'{len(_servers)}.sock'}" if unix else "127.0.0.1:0"
         _servers[key] = Gunicorn(app, "--threads", "4", "--keep-alive", "1", worker_class=WORKER,
                                  bind=bind, env=env, wait_ready=WORKER != "gthread",
                                  access_log=False)
@@ -128,3 +137,5 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 def pytest_sessionfinish(session, exitstatus) -> None:
     for server in _servers.values():
         server.stop()
+    for path in _sockets:
+        shutil.rmtree(path, ignore_errors=True)
