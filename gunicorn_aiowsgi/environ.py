@@ -151,15 +151,21 @@ def split_target(method: str, target: str) -> tuple[str, str, str]:
     if (uri == "*" and method != "OPTIONS") or (
             method != "CONNECT" and uri != "*" and not uri.startswith("/") and "://" not in uri):
         raise BadRequest(f"Invalid Request Line '{uri}'")
-    if uri.startswith("/") and not uri.startswith("//"):
-        path, _, query = uri.partition("?")
-        return uri, path.partition("#")[0], query.partition("#")[0]
     try:
-        parts = urllib.parse.urlsplit("." + uri if uri.startswith("//") else uri)
+        parts = split_uri(uri)
     except ValueError:
         raise BadRequest(f"Invalid Request Line '{uri}'") from None
-    path = parts.path[1:] if uri.startswith("//") else parts.path
-    return uri, path or "", parts.query or ""
+    return uri, parts.path, parts.query
+
+
+def split_uri(uri: str) -> urllib.parse.SplitResult:
+    """gunicorn's split_request_uri: RFC 3986's parts of a request-target, a fragment cut off
+    before the query is looked for ("/a#b?c" has no query), and a target starting with "//"
+    read as a path (RFC 9112 section 3.2.1), not as a network-path reference."""
+    if uri.startswith("//"):
+        parts = urllib.parse.urlsplit("." + uri)
+        return parts._replace(path=parts.path[1:])
+    return urllib.parse.urlsplit(uri)
 
 
 def _header_name(name: str, settings: Settings, trusted: bool) -> str | None:

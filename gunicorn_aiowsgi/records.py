@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .environ import split_uri
+
 
 class RequestRecord:
     """What gunicorn's http.Request carries and hooks commonly read (pre_request, post_request)."""
@@ -17,12 +19,12 @@ class RequestRecord:
         uri: str = environ["RAW_URI"]
         self.uri = uri
         self.query: str = environ["QUERY_STRING"]
-        if "?" in uri or "#" in uri:
-            self.path: str = uri.partition("?")[0].partition("#")[0]
-            self.fragment: str = uri.partition("#")[2]
-        else:  # a bare path (most requests): nothing to cut off
-            self.path = uri
-            self.fragment = ""
+        if uri[:1] == "/" and uri[1:2] != "/" and "?" not in uri and "#" not in uri:
+            self.path: str = uri  # a bare path (most requests): nothing to cut off
+            self.fragment: str = ""
+        else:  # as gunicorn's Request: absolute-form "http://h/x" has the path "/x"
+            parts = split_uri(uri)  # the target passed split_target: it splits
+            self.path, self.fragment = parts.path, parts.fragment
         self.version = version                  # (1, 1)
         self._raw = raw_headers                 # aiohttp's ((b"Host", b"example.com"), ...)
         self._headers: list[tuple[str, str]] | None = None

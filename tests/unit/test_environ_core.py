@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from gunicorn.util import split_request_uri
 
 from gunicorn_aiowsgi.environ import Peer, build_environ, make_peer, split_target
 from gunicorn_aiowsgi.errors import BadRequest, ExpectationFailed, HTTPError
@@ -40,6 +41,8 @@ def test_host_rule(version, headers, refused):
     ("GET", b"/a/b?x=1&y", "/a/b?x=1&y", "/a/b", "x=1&y"),
     ("GET", b"/a#frag", "/a#frag", "/a", ""),
     ("GET", b"/a?q#frag", "/a?q#frag", "/a", "q"),
+    ("GET", b"/a#frag?q", "/a#frag?q", "/a", ""),  # RFC 3986 3.5: all after "#" is the fragment
+    ("GET", b"/a#?", "/a#?", "/a", ""),
     ("GET", b"//double/slash?q", "//double/slash?q", "//double/slash", "q"),
     ("GET", b"http://example.com/abs?q=1", "http://example.com/abs?q=1", "/abs", "q=1"),
     ("OPTIONS", b"*", "*", "*", ""),
@@ -48,6 +51,18 @@ def test_host_rule(version, headers, refused):
 ])
 def test_split_target(method, target, raw, path, query):
     assert split_target(method, target.decode("utf-8", "surrogateescape")) == (raw, path, query)
+
+
+# Targets whose parts are easy to get wrong: gunicorn's own split must agree on each.
+TRICKY_TARGETS = ["/", "/a?b", "/a#b?c", "/a?b#c?d", "/a#", "/a?", "//x/y?z#w", "/%41?%42#%43",
+                  "http://h/p?q#f", "http://h", "https://h:8443/p;x?y", "*"]
+
+
+@pytest.mark.parametrize("target", TRICKY_TARGETS)
+def test_split_target_agrees_with_gunicorn(target):
+    parts = split_request_uri(target)
+    method = "OPTIONS" if target == "*" else "GET"
+    assert split_target(method, target) == (target, parts.path or "", parts.query or "")
 
 
 @pytest.mark.parametrize("method, target", [

@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from gunicorn.util import split_request_uri
+from test_environ_core import TRICKY_TARGETS
 
 from gunicorn_aiowsgi.environ import Peer
 from gunicorn_aiowsgi.records import RequestRecord
@@ -26,11 +28,21 @@ def record(uri: str = "/", peer: object = TCP) -> RequestRecord:
     ("/a#frag", "/a", "frag"),
     ("/a?q#frag", "/a", "frag"),
     ("*", "*", ""),
-    ("http://example.com/x?y", "http://example.com/x", ""),
+    ("/a#frag?not-a-query", "/a", "frag?not-a-query"),
+    ("//a/b?q", "//a/b", ""),
+    ("http://example.com/x?y", "/x", ""),                 # gunicorn's req.path
+    ("http://example.com/x#f", "/x", "f"),
 ])
 def test_path_and_fragment(uri, path, fragment):
     req = record(uri)
     assert (req.uri, req.path, req.fragment) == (uri, path, fragment)
+
+
+@pytest.mark.parametrize("uri", TRICKY_TARGETS)
+def test_path_and_fragment_agree_with_gunicorn(uri):
+    parts = split_request_uri(uri)
+    req = record(uri)
+    assert (req.path, req.fragment) == (parts.path or "", parts.fragment or "")
 
 
 @pytest.mark.parametrize("peer, peer_addr", [
