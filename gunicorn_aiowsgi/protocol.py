@@ -228,6 +228,10 @@ class Connection(asyncio.Protocol):
             self.ctx.loop.call_soon(self._resume_held)
         elif self.eof:
             self.close()
+        elif not self.reading:
+            # Paused by the body's backlog (exchange.py) on the read that completed it: the
+            # next request must still be read (RFC 9112 section 9.3).
+            self.resume_reading()
 
     def _resume_held(self) -> None:
         """Parse the bytes held while the last request was answered; they start at its end."""

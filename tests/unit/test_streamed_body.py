@@ -192,6 +192,22 @@ def test_reading_pauses_while_the_app_is_behind_and_resumes_as_it_reads():
     assert h.responses() == [(200, f"{size} {hashlib.sha256(data).hexdigest()}".encode())]
 
 
+def test_a_body_whose_last_read_paused_reading_leaves_the_connection_reading_for_the_next():
+    """The read that completes a body can also pause reading (the app is behind): once the
+    response is complete, the kept-alive connection reads again (RFC 9112 section 9.3)."""
+    app = Gate()
+    h = harness(app)
+    data = b"x" * (STREAM_BACKLOG + 64 * 1024)
+    h.feed(post("/up", data))  # one read: it completes the body and passes the backlog limit
+    assert h.conn.state is ConnState.APP and not h.transport.reading
+    app.go.set()
+    h.until(lambda: len(h.responses()) == 1, "the answer")
+    h.until(lambda: h.transport.reading, "reading again")
+    h.feed(post("/next", BODY))
+    h.until(lambda: len(h.responses()) == 2, "the next request's answer")
+    assert h.responses()[1] == (200, f"40 {hashlib.sha256(BODY).hexdigest()}".encode())
+
+
 def test_queue_full_at_dispatch_answers_503_and_frees_the_slot():
     app = Gate()
     h = harness(app, threads=1, queue_limit=1)
