@@ -205,7 +205,7 @@ class AppCall(StartResponse):
             self.server.log.debug("Client went away during %s %s", self.method, self.req.uri)
             if self.resp is not None:
                 self.resp.status = self.resp.status or "499 Client Closed Request"
-        except Exception as exc:
+        except BaseException as exc:  # noqa: B036 - SystemExit, CancelledError too: see _fail
             self._fail(exc)
         finally:
             self._finish(worker, req)
@@ -237,8 +237,16 @@ class AppCall(StartResponse):
     def _fail(self, exc: BaseException) -> None:
         """The app (or a hook) raised: a 500 page if nothing was sent yet, else the connection
         closes (Abort). A head already on the wire can only be followed by its own body (RFC 9112
-        section 6.3); a second response would be read as body bytes."""
-        self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
+        section 6.3); a second response would be read as body bytes.
+
+        Any exception, not only Exception's: an app thread is no place for SystemExit or an
+        asyncio.CancelledError to end anything but this request, and the client must get its
+        answer (or its close) whatever the app raised.
+        """
+        try:
+            self.server.log.exception("Error handling request %s %s", self.method, self.req.uri)
+        except Exception:  # the record of an environ the app broke: still answer below
+            self.server.log.exception("Error handling request %s", self.method)
         try:
             if self.phase is SENT:
                 self.channel.put(Abort(), wait=False)

@@ -7,6 +7,7 @@ holds; `describe` is the one place that knows the shape of the bridge's messages
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import io
@@ -463,6 +464,10 @@ CASES = {
         raising(HTTPError("unavailable", 503)), [("error", 503)]),
     "app-http-error-4xx-is-500-not-blamed-on-client": Case(
         raising(BadRequest("app's own 400")), ERROR_500),
+    # Not Exception subclasses, but the app's failure all the same: answered, never left hanging
+    "app-raising-cancelled-error-is-500": Case(raising(asyncio.CancelledError()), ERROR_500),
+    "app-raising-system-exit-is-500": Case(raising(SystemExit(1)), ERROR_500),
+    "app-raising-keyboard-interrupt-is-500": Case(raising(KeyboardInterrupt()), ERROR_500),
     # exc_info (PEP 3333 "the start_response() Callable")
     "exc-info-before-head-replaces-status-and-headers": Case(
         exc_info_replaces, [("head", "500 Internal Server Error", "chunked", chunk(b"replaced body")), END_CHUNKED]),
@@ -470,6 +475,8 @@ CASES = {
     "lazy-start-response-in-first-iteration-works": Case(
         lazy_start("201 Created", cl(2), [b"ok"]), [("head", "201 Created", "content-length", b"ok"), END_OK]),
     # Errors after the head: the connection is closed, never a second response
+    "generator-raising-system-exit-after-head-aborts": Case(
+        respond(gen(b"first chunk", then=SystemExit(1))), [(*HEAD_CHUNKED, chunk(b"first chunk")), ("abort",)]),
     "generator-raises-after-head-aborts": Case(
         respond(gen(b"first chunk", then=RuntimeError("boom after headers"))),
         [(*HEAD_CHUNKED, chunk(b"first chunk")), ("abort",)]),
