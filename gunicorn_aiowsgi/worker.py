@@ -102,6 +102,10 @@ class WSGIErrors(io.RawIOBase):
             stream.flush()
 
 
+def _do_nothing(_signum: int, _frame: Any) -> None:
+    pass
+
+
 class WorkerPhase(enum.Enum):
     """The worker's life after boot."""
 
@@ -113,8 +117,14 @@ class WorkerPhase(enum.Enum):
 class Worker(base.Worker):
     """`gunicorn -k gunicorn_aiowsgi.Worker`: one asyncio loop, aiohttp's C request parser, a thread pool."""
 
-    # The signals the master handles; the child resets them so it does not inherit them.
-    RESET = ("HUP", "USR2", "TTIN", "TTOU", "CHLD")
+    # The signals the master handles; the child resets them so it does not inherit them, as
+    # gunicorn's base worker does.
+    RESET = ("HUP", "USR2", "CHLD")
+    # The master's too (one worker more or less), but their default action stops a process:
+    # one sent to every process (`systemctl kill -s TTIN`, `pkill -TTIN -f gunicorn`) would
+    # freeze the worker until the master killed it for a missed heartbeat. gunicorn's workers
+    # keep the master's handler for them; ours does nothing.
+    IGNORED = ("TTIN", "TTOU")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -151,6 +161,10 @@ class Worker(base.Worker):
             signal.signal(sig, signal.SIG_DFL)
         for name in self.RESET:
             signal.signal(getattr(signal, f"SIG{name}"), signal.SIG_DFL)
+        for name in self.IGNORED:
+            # A handler, not SIG_IGN: a program the app runs gets the default back at exec.
+            signal.signal(getattr(signal, f"SIG{name}"), _do_nothing)
+            signal.siginterrupt(getattr(signal, f"SIG{name}"), False)
         self._on_loop = {
             signal.SIGTERM: self.on_term,
             signal.SIGQUIT: self.on_quit,

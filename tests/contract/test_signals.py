@@ -5,17 +5,30 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from server import Conn, gone, signal_mask, start_request, wait_until
+from server import (
+    NO_CONTROL_SOCKET,
+    ROOT,
+    TESTS,
+    Conn,
+    Gunicorn,
+    gone,
+    signal_mask,
+    start_request,
+    wait_until,
+)
+from sysinfo import children
 
-from .helpers import clean_exit, in_app, marks, serve
+from .helpers import APP, clean_exit, in_app, marks, serve
 
 CAUGHT = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGUSR1, signal.SIGABRT,
           signal.SIGWINCH}
-RESET = {signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD}
+RESET = {signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD}
+HARMLESS = {signal.SIGTTIN, signal.SIGTTOU}  # the master's, but their default stops a process
 # Signals are taken by the loop's own machinery: asyncio's selector loop, and uvloop's.
 WORKER_CLASSES = ("gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker")
 
@@ -197,10 +210,41 @@ def test_winch_is_ignored() -> None:
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_master_only_signals_are_reset_in_the_worker(worker_class: str) -> None:
-    """HUP, USR2, TTIN, TTOU and CHLD are the master's: a worker must not inherit its handlers."""
+    """HUP, USR2 and CHLD are the master's: a worker must not inherit its handlers. TTIN and
+    TTOU are too, but a handler that does nothing takes them (not SIG_IGN, which a program the
+    app runs would inherit)."""
     with serve(worker_class=worker_class) as g:
         worker, master = g.worker_pid(), g.pid
         caught, ignored = signal_mask(worker, "SigCgt"), signal_mask(worker, "SigIgn")
-        assert CAUGHT <= caught
-        assert not RESET & (caught | ignored)
-        assert RESET <= signal_mask(master, "SigCgt")  # they were the master's
+        assert CAUGHT | HARMLESS <= caught
+        assert not RESET & (caught | ignored) and not HARMLESS & ignored
+        assert RESET | HARMLESS <= signal_mask(master, "SigCgt")  # they were the master's
+
+
+# Runs a command as a job of its own, as an interactive shell does: its process group is then
+# not orphaned, and the kernel delivers TTIN and TTOU to it (to a master started in a new
+# session, as Gunicorn() starts them, it discards them). TERM goes on to the job.
+IN_A_JOB = ("import os, signal, subprocess, sys\n"
+            "job = subprocess.Popen(sys.argv[1:], preexec_fn=os.setpgrp)\n"
+            "signal.signal(signal.SIGTERM, lambda *_: job.terminate())\n"
+            "sys.exit(job.wait())\n")
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_ttin_and_ttou_sent_to_the_worker_neither_stop_nor_kill_it(worker_class: str) -> None:
+    """As to `pkill -TTIN -f gunicorn` from a shell: gthread's workers serve on."""
+    g = Gunicorn.launch(
+        [sys.executable, "-c", IN_A_JOB, sys.executable, "-m", "gunicorn", "-k", worker_class,
+         "--bind", "127.0.0.1:0", "--error-logfile", "{error_log}", "--timeout", "5",
+         *NO_CONTROL_SOCKET, APP],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])},
+        workers=1, cwd=TESTS)
+    with g:
+        (pid,) = children(g.master_pid())
+        for sig in (signal.SIGTTIN, signal.SIGTTOU):
+            os.kill(pid, sig)
+        time.sleep(0.3)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state != "T"  # stopped: the default action of both
+        status, _headers, body = start_request(g, "/pid").response()
+        assert (status, body.split()[0]) == (200, str(pid).encode())
