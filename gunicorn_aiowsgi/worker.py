@@ -83,15 +83,22 @@ class WSGIErrors(io.RawIOBase):
     not part of gunicorn's documented API, so a release may move or change it."""
 
     def __init__(self, cfg: Any) -> None:
+        self.to_stderr = cfg.errorlog == "-"
+
+    @property
+    def streams(self) -> list[Any]:
+        """The handlers' streams now, not at start: USR1 (log rotation) replaces them, and
+        gunicorn builds its wrapper per request for that reason."""
         handlers = logging.getLogger("gunicorn.error").handlers
-        self.streams: list[Any] = []
-        if cfg.errorlog == "-":
+        streams: list[Any] = []
+        if self.to_stderr:
             # gunicorn's first handler then writes to stderr already: not twice.
-            self.streams.append(sys.stderr)
+            streams.append(sys.stderr)
             handlers = handlers[1:]
         for handler in handlers:
             if hasattr(handler, "stream"):
-                self.streams.append(handler.stream)
+                streams.append(handler.stream)
+        return streams
 
     def write(self, data: Any) -> None:
         for stream in self.streams:

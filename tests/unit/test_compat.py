@@ -154,6 +154,25 @@ def test_wsgi_errors_writes_to_the_error_log_streams(monkeypatch):
     assert stream.getvalue() == "app says\none\ntwo\n"
 
 
+def test_wsgi_errors_writes_to_the_stream_a_log_reopen_put_in_place(monkeypatch, tmp_path):
+    """USR1 (log rotation): gunicorn's reopen_files closes each handler's stream and opens a new
+    one; an app writing to wsgi.errors afterwards must reach the new file, not fail."""
+    from gunicorn.glogging import Logger
+    for name in ("gunicorn.error", "gunicorn.access"):  # put back as they were afterwards
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+    cfg = config(errorlog=str(tmp_path / "error.log"))
+    log = Logger(cfg)
+    errors = worker_mod.WSGIErrors(cfg)
+    errors.write("before\n")
+    (tmp_path / "error.log").rename(tmp_path / "error.log.1")
+    log.reopen_files()
+    errors.write("after\n")
+    for handler in logging.getLogger("gunicorn.error").handlers:
+        handler.close()
+    assert (tmp_path / "error.log.1").read_text().endswith("before\n")
+    assert (tmp_path / "error.log").read_text() == "after\n"
+
+
 def test_wsgi_errors_to_stderr_is_not_written_twice(monkeypatch, capsys):
     # errorlog "-": gunicorn's first handler is the stderr one, so it is skipped.
     monkeypatch.setattr(logging.getLogger("gunicorn.error"), "handlers",
