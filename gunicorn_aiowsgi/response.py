@@ -15,9 +15,11 @@ FIELD_VALUE = re.compile(r"[ \t\x21-\x7e\x80-\xff]*")
 # RFC 9112 section 4 and PEP 3333: "NNN reason", reason may be empty.
 STATUS = re.compile(r"[0-9]{3}(?: [ \t\x21-\x7e\x80-\xff]*)?")
 # RFC 9110 section 7.6.1: hop-by-hop fields are the server's to send, never the app's (PEP 3333).
+# Server and Date too: render_head always sends its own, and a second of either would repeat a
+# singleton field (RFC 9110 section 5.3); gunicorn drops the app's (its util.hop_headers).
 HOP_BY_HOP = frozenset((
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "te", "trailers", "trailer", "transfer-encoding", "upgrade",
+    "te", "trailers", "trailer", "transfer-encoding", "upgrade", "server", "date",
 ))
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 
 import pytest
+from gunicorn.util import hop_headers
 
 from gunicorn_aiowsgi.errors import AppError
 from gunicorn_aiowsgi.response import (
+    HOP_BY_HOP,
     BodyFramer,
     Framing,
     Head,
@@ -40,6 +42,10 @@ def test_bad_status(status):
     ([("Keep-Alive", "timeout=5"), ("Upgrade", "h2c")], [], None, False),
     ([("X-Pad", "  v  ")], [("X-Pad", "v")], None, False),
     ([("Content-Length", "3"), ("Content-Length", "3")], [], 3, False),
+    # the server sends its own (render_head): a second copy would repeat a singleton field
+    ([("Server", "upstream/1.0"), ("Date", "Mon, 01 Jan 2001 00:00:00 GMT"), ("X", "1")],
+     [("X", "1")], None, False),
+    ([("server", "a"), ("DATE", "b")], [], None, False),
 ])
 def test_check_headers(headers, kept, length, close):
     assert check_headers(headers) == (kept, length, close)
@@ -175,3 +181,7 @@ def test_render_head_status_line_for_any_version(version, start):
     head = Head("200 OK", 200, [], None, False)
     assert render_head(version, head, Framing.NONE, True, "s", "d") == (
         start + b"200 OK\r\nServer: s\r\nDate: d\r\nConnection: keep-alive\r\n\r\n")
+
+
+def test_every_field_gunicorn_drops_from_an_apps_headers_is_dropped():
+    assert hop_headers <= HOP_BY_HOP
