@@ -66,7 +66,11 @@ def file_kind(filelike: Any) -> FileKind:
     after the head (where only closing the connection is left).
     """
     mode = getattr(filelike, "mode", None)
-    if isinstance(filelike, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
+    # A mode without "b" means text only outside io's binary classes: a zip member (a
+    # BufferedIOBase) says "r", and reads bytes.
+    if isinstance(filelike, io.TextIOBase) or (
+            isinstance(mode, str) and "b" not in mode
+            and not isinstance(filelike, (io.BufferedIOBase, io.RawIOBase))):
         raise AppError(f"wsgi.file_wrapper got a file in text mode ({mode!r}): PEP 3333 bodies are bytes")
     if not callable(getattr(filelike, "read", None)):
         raise AppError(f"wsgi.file_wrapper got a {type(filelike).__name__} without read()")

@@ -21,6 +21,7 @@ import os
 import tempfile
 import threading
 import time
+import zipfile
 from wsgiref.validate import validator
 
 CHUNK = 65536
@@ -282,6 +283,11 @@ def _wrapped_file(path: str):
             return os.fdopen(read, "rb")
         if path == "/bytesio":
             return io.BytesIO(WRAPPED_TEXT)
+        if path == "/zip":  # a zip member: binary, but its mode is "r" (as Flask's send_file gets)
+            archive = io.BytesIO()
+            with zipfile.ZipFile(archive, "w") as out:
+                out.writestr("member.txt", WRAPPED_TEXT)
+            return zipfile.ZipFile(archive).open("member.txt")
         if path == "/after-read":  # the app read ahead of the body it sends (buffered)
             started = open(name, "rb")
             started.read(10)
@@ -292,7 +298,7 @@ def _wrapped_file(path: str):
 
 
 def wrapped(environ, start_response):
-    """/text, /write-only, /gzip, /loop-fails, /pipe, /bytesio, anything else a binary file:
+    """/text, /write-only, /gzip, /loop-fails, /pipe, /bytesio, /zip, anything else a binary file:
     WRAPPED_TEXT through wsgi.file_wrapper, with no Content-Length (/after-read: from byte 10)."""
     record(environ)
     filelike = _wrapped_file(environ.get("PATH_INFO", "/"))

@@ -164,7 +164,7 @@ def test_file_that_cannot_be_sent_is_one_clean_500(files, path, reason):
     assert raw_get(files, "/binary").endswith(WRAPPED_TEXT)   # the worker goes on
 
 
-@pytest.mark.parametrize("path", ["/gzip", "/bytesio", "/pipe", "/binary"])
+@pytest.mark.parametrize("path", ["/gzip", "/bytesio", "/pipe", "/zip", "/binary"])
 def test_binary_file_objects_are_sent_as_read_gives_them(files, path):
     with Conn.to(files) as conn:
         conn.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())

@@ -13,14 +13,15 @@ import gc
 import io
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pytest
 
 from gunicorn_aiowsgi import messages
-from gunicorn_aiowsgi.application import AppCall, FileWrapper
-from gunicorn_aiowsgi.errors import BadRequest, ClientDisconnected, HTTPError
+from gunicorn_aiowsgi.application import AppCall, FileKind, FileWrapper, file_kind
+from gunicorn_aiowsgi.errors import AppError, BadRequest, ClientDisconnected, HTTPError
 from gunicorn_aiowsgi.messages import JobState
 from gunicorn_aiowsgi.response import ResponsePhase
 
@@ -773,3 +774,41 @@ def test_early_hints_after_the_call_ended_are_ignored():
     sent = list(result.sent)
     result.environ["wsgi.early_hints"]([("Link", "</a.css>; rel=preload")])  # as gunicorn: ignored
     assert result.sent == sent
+
+
+class _OldStyleTextFile:
+    """A file-like object outside io's classes, saying it is in text mode."""
+    mode = "r"
+
+    def read(self, size: int = -1) -> str:
+        return "text"
+
+
+def _zip_member() -> Any:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("m", b"bytes")
+    return zipfile.ZipFile(archive).open("m")
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda path: open(path, "rb"), FileKind.SENDFILE),
+    (lambda path: io.FileIO(path, "rb"), FileKind.SENDFILE),
+    (lambda path: io.BytesIO(b"x"), FileKind.ITERATE),
+    (lambda path: _zip_member(), FileKind.ITERATE),          # mode "r", yet binary
+    (lambda path: open(path, encoding="ascii"), "text mode"),
+    (lambda path: _OldStyleTextFile(), "text mode"),
+    (lambda path: open(path, "ab"), "not open for reading"),
+])
+def test_file_kind(tmp_path, make, kind):
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    filelike = make(path)
+    try:
+        if isinstance(kind, FileKind):
+            assert file_kind(filelike) is kind
+        else:
+            with pytest.raises(AppError, match=kind):
+                file_kind(filelike)
+    finally:
+        getattr(filelike, "close", lambda: None)()
