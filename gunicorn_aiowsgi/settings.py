@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -121,7 +122,7 @@ def _parse_env(name: str, kind: str, raw: str) -> Any:
                 raise ValueError
         elif kind == "seconds":
             value = float(raw)
-            if value < 0:
+            if not math.isfinite(value) or value < 0:  # "nan" compares False with everything
                 raise ValueError
         elif kind == "bool":
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
@@ -216,6 +217,8 @@ def from_cfg(cfg: Any, environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.header_timeout == 0 or settings.body_timeout == 0:
         raise SettingsError("AIOWSGI_HEADER_TIMEOUT and AIOWSGI_BODY_TIMEOUT must be > 0")
+    if settings.write_buffer == 0:  # not "no limit": a thread streaming would wait for ever
+        raise SettingsError("AIOWSGI_WRITE_BUFFER must be > 0")
     if settings.tmp_upload_dir and not os.path.isdir(settings.tmp_upload_dir):
         raise SettingsError(f"tmp_upload_dir {settings.tmp_upload_dir!r} is not a directory")
     return settings

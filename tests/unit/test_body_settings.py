@@ -48,6 +48,10 @@ def test_from_env(name, raw, field, value):
     ("AIOWSGI_MAX_BODY_SIZE", "-5"), ("AIOWSGI_MAX_BODY_SIZE", "1M"), ("AIOWSGI_HEADER_TIMEOUT", "soon"),
     ("AIOWSGI_SPOOL_BUDGET", "-1"), ("AIOWSGI_SPOOL_BUDGET", "1G"), ("AIOWSGI_STREAMED_BODIES", "-2"),
     ("AIOWSGI_HEADER_TIMEOUT", "0"), ("AIOWSGI_HEALTH_PATH", "healthz"), ("AIOWSGI_HEALTH_QUEUE_FULL", "maybe"),
+    # float() takes these, and "nan" passes every comparison by failing it
+    ("AIOWSGI_HEADER_TIMEOUT", "nan"), ("AIOWSGI_BODY_TIMEOUT", "NaN"), ("AIOWSGI_REQUEST_TIMEOUT", "nan"),
+    ("AIOWSGI_REQUEST_TIMEOUT", "inf"), ("AIOWSGI_BODY_TIMEOUT", "-inf"),
+    ("AIOWSGI_WRITE_BUFFER", "0"),  # not "no limit": every streamed response would spin
 ])
 def test_bad_env_values(name, raw):
     with pytest.raises(SettingsError) as info:
