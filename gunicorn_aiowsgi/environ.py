@@ -9,7 +9,13 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .errors import BadRequest, ExpectationFailed, HeaderFieldsTooLarge, HTTPError
+from .errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeaderFieldsTooLarge,
+    HTTPError,
+    NotImplementedCoding,
+)
 from .settings import Settings
 
 SERVER_SOFTWARE = "gunicorn/aiowsgi"
@@ -266,9 +272,11 @@ def _careful_field(environ: dict[str, Any], settings: Settings, peer: Peer, vers
             raise BadRequest(f"Invalid HTTP Header: '{name}'")
         environ[key] = value
         return expect
-    if kind is FieldKind.FRAMING and version < (1, 1):
-        # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
-        raise BadRequest(f"Invalid HTTP Header: '{name}'")
+    if kind is FieldKind.FRAMING:
+        if version < (1, 1):
+            # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            raise BadRequest(f"Invalid HTTP Header: '{name}'")
+        _check_codings(value)
     if kind is FieldKind.EXPECT:
         # RFC 9110 section 10.1.1: an HTTP/1.0 client's 100-continue is ignored.
         if value.lower() != "100-continue":
@@ -284,6 +292,20 @@ def _careful_field(environ: dict[str, Any], settings: Settings, peer: Peer, vers
     else:
         environ[key] = value
     return expect
+
+
+# The transfer codings gunicorn knows (RFC 9112 section 7); the parser has checked that the
+# last is chunked. gunicorn passes the others to the app undecoded, and so do we.
+KNOWN_CODINGS = frozenset(("chunked", "identity", "gzip", "deflate", "compress"))
+
+
+def _check_codings(value: str) -> None:
+    """RFC 9112 section 6.1: a transfer coding the server does not understand is a 501, as
+    gunicorn answers it; aiohttp's parser looks only at the last coding (chunked or not)."""
+    for coding in value.split(","):
+        coding = coding.strip(" \t").lower()
+        if coding and coding not in KNOWN_CODINGS:  # RFC 9110 section 5.6.1: empty items ignored
+            raise NotImplementedCoding(f"Unsupported transfer coding: '{coding}'")
 
 
 def _server_from_host(host: str | None, scheme: str) -> tuple[str, str]:

@@ -71,7 +71,8 @@ class Exchange:
             environ, expect = build_environ(
                 ctx.base, settings, conn.peer, method, req.target, req.version, req.raw_headers)
             self.environ = environ
-            if method == "CONNECT" and (req.chunked or environ.get("CONTENT_LENGTH", "0") != "0"):
+            if method == "CONNECT" and (req.chunked or environ.get("CONTENT_LENGTH", "0") != "0"
+                                        or "HTTP_TRANSFER_ENCODING" in environ):
                 # RFC 9110 section 9.3.6: a CONNECT request has no content (aiohttp's parser
                 # would hand its bytes on as a tunnel's); refused, never given a length that
                 # wsgi.input does not hold.

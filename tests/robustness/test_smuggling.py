@@ -71,6 +71,17 @@ REFUSED = {
     "space-in-header-name": b"GET / HTTP/1.1\r\nHost: t\r\nX Y: a\r\n\r\n",
     "forbidden-trailer-cl": post("Transfer-Encoding: chunked\r\n",
                                  b"5\r\nhello\r\n0\r\nContent-Length: 40\r\n\r\n" + SMUGGLED),
+    # llhttp skips its Transfer-Encoding checks for CONNECT; RFC 9110 section 9.3.6 still holds.
+    "connect-with-te-identity": (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n"
+                                 b"Transfer-Encoding: identity\r\n\r\n" + SMUGGLED),
+}
+
+# RFC 9112 section 6.1: a transfer coding the server does not understand, before chunked (the
+# parser frames the body by the last coding alone): 501, as gunicorn answers, and closed.
+NOT_IMPLEMENTED = {
+    "te-unknown-then-chunked": post("Transfer-Encoding: foo, chunked\r\n", b"0\r\n\r\n" + SMUGGLED),
+    "te-unknown-then-gzip-then-chunked": post("Transfer-Encoding: gzip, x-custom , chunked\r\n",
+                                              b"0\r\n\r\n" + SMUGGLED),
 }
 
 # (request, the app calls it makes, in order): served exactly once, then the canary.
@@ -130,6 +141,17 @@ def test_ambiguous_framing_is_refused_and_nothing_after_it_served(srv, name, sen
     calls.reset()
     responses, _client = replay(server, REFUSED[name] + CANARY, sender)
     assert [r[0] for r in responses] == [400], (name, responses)
+    assert responses[0][1]["connection"] == "close"
+    assert calls.lines() == []
+
+
+@pytest.mark.parametrize("sender", ["whole", "pieces"])
+@pytest.mark.parametrize("name", sorted(NOT_IMPLEMENTED))
+def test_unknown_transfer_coding_is_501_and_nothing_after_it_served(srv, name, sender):
+    server, calls = srv
+    calls.reset()
+    responses, _client = replay(server, NOT_IMPLEMENTED[name] + CANARY, sender)
+    assert [r[0] for r in responses] == [501], (name, responses)
     assert responses[0][1]["connection"] == "close"
     assert calls.lines() == []
 

@@ -53,6 +53,21 @@ def test_split_target(method, target, raw, path, query):
     assert split_target(method, target.decode("utf-8", "surrogateescape")) == (raw, path, query)
 
 
+@pytest.mark.parametrize("codings, known", [
+    ("chunked", True), ("Chunked", True), ("gzip, chunked", True), ("identity,chunked", True),
+    (", chunked", True),                                  # RFC 9110 5.6.1: empty items ignored
+    ("foo, chunked", False), ("gzip, x-gzip, chunked", False), ("chunked2", False),
+])
+def test_transfer_codings_gunicorn_does_not_know_are_501(codings, known):
+    headers = [("Host", "h"), ("Transfer-Encoding", codings)]
+    if known:
+        assert env(headers=headers, version=(1, 1))[0]["HTTP_TRANSFER_ENCODING"] == codings
+    else:
+        with pytest.raises(HTTPError) as info:
+            env(headers=headers, version=(1, 1))
+        assert info.value.status == 501
+
+
 # Targets whose parts are easy to get wrong: gunicorn's own split must agree on each.
 TRICKY_TARGETS = ["/", "/a?b", "/a#b?c", "/a?b#c?d", "/a#", "/a?", "//x/y?z#w", "/%41?%42#%43",
                   "http://h/p?q#f", "http://h", "https://h:8443/p;x?y", "*"]
