@@ -160,6 +160,12 @@ class Parser:
             self.upgraded = True
         return [Request(message, payload) for message, payload in messages], tail or b""
 
+    def feed_body(self, data: bytes) -> None:
+        """Body bytes, never past the message's end: nothing after it may come out parsed."""
+        requests, tail = self.feed(data, line_done=True)
+        if requests or tail:
+            raise BadRequest("Invalid request framing")
+
     def error(self, exc: BaseException, line_done: bool) -> HTTPError:
         """aiohttp's parser errors as the statuses gunicorn gives (414, 431, 501, 400).
 

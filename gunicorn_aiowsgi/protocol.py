@@ -147,6 +147,8 @@ class Connection(asyncio.Protocol):
         """Feed head bytes, up to and including the blank line that ends the head."""
         bound, parser = self.bound, self.parser
         assert bound is not None and parser is not None  # built on entering HEAD (_open)
+        if data[0] in b"\r\n":  # empty lines before a request line: dropped in one pass
+            data = bound.skip_empty_lines(data)
         end = bound.blank_line(data)
         chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
         bound.check_line(chunk)
@@ -184,14 +186,12 @@ class Connection(asyncio.Protocol):
             cut = self.body_left
             chunk, rest = (data, b"") if cut >= len(data) else (data[:cut], data[cut:])
             self.body_left -= len(chunk)
+            parser.feed_body(chunk)
         else:
             assert self.bound is not None  # a chunked body ends with a blank line (RFC 9112 7.1)
-            end = self.bound.blank_line(data)
-            chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
-        requests, tail = parser.feed(chunk, line_done=True)
-        if requests or tail:
-            raise BadRequest("Invalid request framing")
-        body = request.take_body()
+            end = self.bound.chunked_end(data, self._chunk)
+            rest = data[end:] if end < len(data) else b""
+        body = request.take_body()  # all this read gave: one piece for the body's store
         if body:
             exchange.body(body)
             if self.state is not BODY:  # refused on the way in (413, 503, 507)
@@ -201,6 +201,11 @@ class Connection(asyncio.Protocol):
             self.state = APP
             exchange.body_end()
         return rest
+
+    def _chunk(self, data: bytes) -> bool:
+        """A chunked body's bytes, up to a blank line at most: is the body complete?"""
+        self.parser.feed_body(data)  # type: ignore[union-attr]  # set while in BODY (_begin)
+        return self.request.body_done()  # type: ignore[union-attr]
 
     # -- bytes out (called by the exchange) ----------------------------------------------
     def write(self, data: bytes) -> None:
@@ -228,9 +233,7 @@ class Connection(asyncio.Protocol):
             self.ctx.loop.call_soon(self._resume_held)
         elif self.eof:
             self.close()
-        elif not self.reading:
-            # Paused by the body's backlog (exchange.py) on the read that completed it: the
-            # next request must still be read (RFC 9112 section 9.3).
+        elif not self.reading:  # paused by the body's backlog on its last read: read on
             self.resume_reading()
 
     def _resume_held(self) -> None:
@@ -293,8 +296,7 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def body_caught_up(self) -> None:
-        """The body's spool wrote its backlog (or the app thread read it): read again; the wait
-        was not the client's idling."""
+        """The body's backlog is written or read: read again (the wait was not the client's)."""
         if self.state is BODY:
             self.since = self.ctx.clock()
             self.resume_reading()
@@ -332,9 +334,6 @@ class Connection(asyncio.Protocol):
         self.since = self.ctx.clock()
         self._arm()
 
-    def _deadline(self) -> float | None:
-        return deadline(self.state, self.since, self.requests, self.ctx.settings)
-
     def _arm(self) -> None:
         when = deadline(self.state, self.since, self.requests, self.ctx.settings)
         if when is None:
@@ -349,11 +348,11 @@ class Connection(asyncio.Protocol):
 
     def _expire(self) -> None:
         self.timer = None
-        deadline = self._deadline()
-        if deadline is None or self.transport is None:
+        when = deadline(self.state, self.since, self.requests, self.ctx.settings)
+        if when is None or self.transport is None:
             return
-        if self.ctx.clock() < deadline:  # the state moved on since: check again later
-            self.timer = self.ctx.call_at(deadline, self._expire)
+        if self.ctx.clock() < when:  # the state moved on since: check again later
+            self.timer = self.ctx.call_at(when, self._expire)
             return
         if self.state is IDLE and unread_bytes(self.transport):
             # The next request is in the socket, not read yet: a head has begun, never close.

@@ -40,6 +40,59 @@ def test_blank_line_across_reads(reads, ends):
     assert [bound.blank_line(data) for data in reads] == ends
 
 
+@pytest.mark.parametrize("data, start, end", [
+    (b"ab\r\n\r\ncd\r\n\r\n", 0, 6),
+    (b"ab\r\n\r\ncd\r\n\r\n", 6, 12),      # from an offset: the next one
+    (b"ab\r\n\r\ncd", 6, -1),
+])
+def test_blank_line_from_an_offset(data, start, end):
+    assert Boundary().blank_line(data, start) == end
+
+
+def pieces_fed(reads: list[bytes], done_after: int | None = None) -> tuple[list[bytes], list[int]]:
+    """chunked_end over `reads`, its feed recording each piece (the body done after that many)."""
+    bound, fed, ends = Boundary(), [], []
+
+    def feed(piece: bytes) -> bool:
+        fed.append(piece)
+        return done_after is not None and len(fed) >= done_after
+
+    for data in reads:
+        ends.append(bound.chunked_end(data, feed))
+    return fed, ends
+
+
+@pytest.mark.parametrize("reads, done_after, fed, ends", [
+    ([b"5\r\nhello\r\n"], None, [b"5\r\nhello\r\n"], [10]),           # no blank line: whole
+    ([b"0\r\n\r\nGET"], 1, [b"0\r\n\r\n"], [5]),                       # ends at the blank line
+    ([b"2\r\n\r\n\r\n\r\n0\r\n\r\n"], 3,                              # cut at each; ends at the third
+     [b"2\r\n\r\n", b"\r\n\r\n", b"0\r\n\r\n"], [14]),
+    ([b"0\r\n\r", b"\n\r\nX"], 2, [b"0\r\n\r", b"\n"], [4, 1]),        # a blank line across reads
+])
+def test_chunked_end_cuts_at_each_blank_line_until_the_body_is_done(reads, done_after, fed, ends):
+    assert pieces_fed(reads, done_after) == (fed, ends)
+
+
+def test_chunked_end_feeds_a_read_of_blank_lines_once_over():
+    """Offsets, not copies of the rest: the pieces are the read, each byte fed once."""
+    data = b"\r\n\r\n" * 10_000
+    fed, ends = pieces_fed([data])
+    assert b"".join(fed) == data and ends == [len(data)]
+    assert len(fed) == 10_000
+
+
+@pytest.mark.parametrize("line, data, left", [
+    (b"", b"\r\n\r\n\r\nGET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\n"),
+    (b"", b"\r\n" * 5000, b""),
+    (b"", b"\n\r\n\rGET", b"GET"),        # as llhttp skips CR and LF before a request line
+    (b"GE", b"\r\n", b"\r\n"),              # a request line has begun: nothing to skip
+])
+def test_skip_empty_lines(line, data, left):
+    bound = Boundary()
+    bound.line = line
+    assert bound.skip_empty_lines(data) == left
+
+
 @pytest.mark.parametrize("reads, refused", [
     ([b"GET / HTTP/1.1\r\nHost: x\r\n"], False),
     ([b"GET / HT", b"TP/1.1\r\n"], False),

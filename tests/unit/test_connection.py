@@ -9,7 +9,7 @@ import socket
 import pytest
 from memory import Harness, chunked, get, post, splits
 
-from gunicorn_aiowsgi.boundary import ConnState, protocol_ok
+from gunicorn_aiowsgi.boundary import ConnState, deadline, protocol_ok
 from gunicorn_aiowsgi.listener import tune
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gunicorn_aiowsgi"
@@ -56,6 +56,27 @@ def test_body_split_anywhere(reads):
                          ids=lambda r: f"split-{len(r[0])}")
 def test_chunked_body_split_anywhere_never_leaks_into_the_next_request(reads):
     assert run(*reads).responses() == [(200, b"POST /c abc0\r\n\r\nGET /x HTTP/1.1"), (200, b"GET /n ")]
+
+
+# Blank lines where a lax server would cut: inside chunk data, and before a request line.
+BLANK_LINES = chunked("/c", b"\r\n\r\n" * 4, b"0\r\n\r\n") + b"\r\n" * 6 + get("/n")
+
+
+@pytest.mark.parametrize("reads", splits(BLANK_LINES), ids=lambda r: f"split-{len(r[0])}")
+def test_blank_lines_in_chunk_data_and_before_a_request_split_anywhere(reads):
+    assert run(*reads).responses() == [(200, b"POST /c " + b"\r\n\r\n" * 4 + b"0\r\n\r\n"),
+                                       (200, b"GET /n ")]
+
+
+def test_a_read_of_many_blank_lines_in_chunk_data_reaches_the_app_whole():
+    data = b"\r\n\r\n" * 50_000
+    assert run(chunked("/c", data) + get("/n")).responses() == [(200, b"POST /c " + data),
+                                                                  (200, b"GET /n ")]
+
+
+def test_many_empty_lines_before_a_request_are_skipped():
+    h = run(b"\r\n" * 100_000 + get("/n"))
+    assert h.responses() == [(200, b"GET /n ")]
 
 
 def holds_nothing(h: Harness) -> bool:
@@ -205,6 +226,11 @@ def test_pipelined_bytes_past_the_limit_pause_reading():
     assert not h.transport.reading
 
 
+def deadline_of(conn) -> float | None:
+    """When the connection's current state times out (boundary.deadline), as its timer uses."""
+    return deadline(conn.state, conn.since, conn.requests, conn.ctx.settings)
+
+
 @pytest.mark.parametrize("reads, state, setting", [
     ([], ConnState.IDLE, "header_timeout"),                   # nothing yet: the header timeout
     ([b"GET / HT"], ConnState.HEAD, "header_timeout"),         # a head begun
@@ -214,7 +240,7 @@ def test_pipelined_bytes_past_the_limit_pause_reading():
 def test_every_waiting_state_times_out(reads, state, setting):
     h = run(*reads, header_timeout=0.05, body_timeout=0.05, keepalive=0.05)
     assert h.conn.state is state
-    assert h.conn._deadline() == pytest.approx(h.conn.since + 0.05)
+    assert deadline_of(h.conn) == pytest.approx(h.conn.since + 0.05)
     h.wait(0.12)
     assert h.transport.closed, f"{state} did not time out after {setting}"
 
@@ -229,7 +255,7 @@ def test_proxy_preamble_state_times_out():
 def test_a_request_being_answered_has_no_connection_deadline():
     h = run(header_timeout=0.05)
     h.conn.state = ConnState.APP
-    assert h.conn._deadline() is None
+    assert deadline_of(h.conn) is None
 
 
 def test_error_answer_lingers_then_closes():
