@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import enum
-import io
-import os
-import stat
 import time
 from datetime import timedelta
 from typing import Any, Callable, Iterable
 
 from .bridge import Channel
-from .errors import AppError, ClientDisconnected, HTTPError
+from .errors import AppError, ClientDisconnected, GatewayTimeout, HTTPError, error_page
+from .files import FileKind, FileWrapper, file_kind, file_span
 from .messages import QUEUED, Abort, Data, End, Fail, Hints, JobState, SendFile, Start
 from .records import RequestRecord, ResponseRecord
 from .response import (
@@ -25,77 +22,6 @@ from .response import (
     check_headers,
     framing,
 )
-
-
-class FileWrapper:
-    """wsgi.file_wrapper (PEP 3333): a real file goes out with the loop's sendfile, else iterated."""
-
-    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
-        self.filelike = filelike
-        self.blksize = blksize
-        if hasattr(filelike, "close"):
-            self.close = filelike.close
-
-    def __iter__(self) -> "FileWrapper":
-        return self
-
-    def __next__(self) -> bytes:
-        data = self.filelike.read(self.blksize)
-        if data:
-            return data
-        raise StopIteration
-
-
-class FileKind(enum.Enum):
-    """How a wsgi.file_wrapper body goes out (PEP 3333, "Optional Platform-Specific File Handling")."""
-
-    SENDFILE = "sendfile"  # a file object whose descriptor holds exactly what read() gives
-    ITERATE = "iterate"    # any other binary file object: read(blksize) chunks, in the app thread
-
-
-# File objects whose fileno() holds exactly the bytes read() returns: only these may go out with
-# sendfile. A GzipFile's descriptor is the compressed file, a codecs reader's is undecoded.
-SENDFILE_TYPES = (io.FileIO, io.BufferedReader, io.BufferedRandom)
-
-
-def file_kind(filelike: Any) -> FileKind:
-    """Judge a wrapped file before the head goes out: AppError when it cannot be sent at all.
-
-    PEP 3333: the body is bytes, and file_wrapper's object needs a read() giving them. A text
-    file, a file not open for reading, or a closed one fails here, as a clean 500, instead of
-    after the head (where only closing the connection is left).
-    """
-    mode = getattr(filelike, "mode", None)
-    # A mode without "b" means text only outside io's binary classes: a zip member (a
-    # BufferedIOBase) says "r", and reads bytes.
-    if isinstance(filelike, io.TextIOBase) or (
-            isinstance(mode, str) and "b" not in mode
-            and not isinstance(filelike, (io.BufferedIOBase, io.RawIOBase))):
-        raise AppError(f"wsgi.file_wrapper got a file in text mode ({mode!r}): PEP 3333 bodies are bytes")
-    if not callable(getattr(filelike, "read", None)):
-        raise AppError(f"wsgi.file_wrapper got a {type(filelike).__name__} without read()")
-    readable = getattr(filelike, "readable", None)
-    try:
-        if callable(readable) and not readable():
-            raise AppError(f"wsgi.file_wrapper got a file not open for reading ({mode!r})")
-    except ValueError as exc:  # io's answer for a closed file
-        raise AppError(f"wsgi.file_wrapper got an unusable file: {exc}") from exc
-    return FileKind.SENDFILE if isinstance(filelike, SENDFILE_TYPES) else FileKind.ITERATE
-
-
-def _file_span(wrapper: FileWrapper, length: int | None) -> tuple[int, int, int] | None:
-    """(fd, offset, count) when the wrapped object is a regular file sendfile can take."""
-    try:
-        fd = wrapper.filelike.fileno()
-        info = os.fstat(fd)
-        # The file object's position, not the descriptor's: a buffered reader reads ahead.
-        offset = wrapper.filelike.tell()
-    except (AttributeError, OSError, ValueError):
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        return None
-    available = max(0, info.st_size - offset)
-    return fd, offset, available if length is None else min(length, available)
 
 
 class EarlyHints:
@@ -229,6 +155,11 @@ class AppCall(StartResponse):
                if self.state is JobState.ANSWERED else "went away while it waited for a thread")
         self.server.log.info("Skipped %s %s: its client %s", self.method, self.req.uri, why)
         self.server.monitor.count("skipped_requests")
+        if self.state is JobState.ANSWERED and self.server.access is not None:
+            resp = ResponseRecord()
+            self._answered_by_loop(resp)
+            self.server.access(resp, self.req, self.environ,
+                               timedelta(0, max(0.0, time.time() - self.started)))
         self.body.close()
         self._let_go()
         try:
@@ -269,6 +200,8 @@ class AppCall(StartResponse):
         resp, server = self.resp, self.server
         if resp is not None and self.framer is not None:
             resp.sent = self.framer.sent
+        if resp is not None and self.state is JobState.ANSWERED:
+            self._answered_by_loop(resp)
         # The access log and post_request see every request, failed or cut short.
         if server.access is not None:
             elapsed = max(0.0, time.time() - self.started)
@@ -284,6 +217,14 @@ class AppCall(StartResponse):
         # A spooled body is an unnamed temporary file: close it now rather than whenever the
         # app lets go of its environ (the disk space is freed on close).
         self.body.close()
+
+    def _answered_by_loop(self, resp: ResponseRecord) -> None:
+        """The loop answered 504 (the request timeout) and discarded this call's answer: the
+        access log, statsd and post_request see what the client got, as gunicorn logs the
+        error pages it writes itself."""
+        error = GatewayTimeout()
+        resp.status, resp.status_code = f"{error.status} {error.reason}", error.status
+        resp.sent = 0 if self.method == "HEAD" else len(error_page(error.status, error.reason))
 
     # -- the response --------------------------------------------------------------------
     def _consume(self, result: Iterable[bytes]) -> None:
@@ -365,7 +306,7 @@ class AppCall(StartResponse):
         head = self.head
         if head is None or self.phase is SENT or not self.server.can_sendfile:
             return False
-        span = _file_span(wrapper, head.content_length)
+        span = file_span(wrapper, head.content_length)
         if span is None:
             return False
         _fd, offset, count = span

@@ -222,12 +222,12 @@ class Exchange:
         ctx, call = self.ctx, self.call
         timeout = ctx.settings.request_timeout
         ctx.monitor.count("request_timeouts")
-        ctx.pool.cancel(call, JobState.ANSWERED)  # if still queued, it will never run
-        if call.state is JobState.RUNNING:
+        if ctx.pool.cancel(call, JobState.ANSWERED):  # still queued: it will never run
+            stack = "  (still queued: no thread took it, and none will)\n"
+        else:
             stack = next((thread_stack(ident) for ident, job in ctx.pool.jobs() if job is call),
                          "  (its thread has just finished it)\n")
-        else:
-            stack = "  (still queued: no thread took it, and none will)\n"
+            call.state = JobState.ANSWERED  # its thread logs the 504, not its own late answer
         ctx.log.error("Request timed out after %ss: %s; its app thread is at:\n%s",
                       timeout, describe(call, wall_time()), stack)
         self.stop()

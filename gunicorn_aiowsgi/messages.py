@@ -91,7 +91,9 @@ class JobState(enum.Enum):
 
     QUEUED = "queued"
     RUNNING = "running"     # a thread took it: it runs to its end (threads cannot be stopped)
-    ANSWERED = "answered"   # cancelled: its client already got an answer (the request timeout's 504)
+    # Its client got the loop's answer (the request timeout's 504): cancelled if it was queued;
+    # if it was running, it runs on and its own answer is discarded (and not logged as sent).
+    ANSWERED = "answered"
     GONE = "gone"           # cancelled: its client disconnected while it waited
 
 

@@ -6,13 +6,13 @@ import asyncio
 import os
 from typing import Any, Callable
 
-from .application import FileWrapper
 from .body import SpoolStore
 from .boundary import ConnState
 from .bridge import ThreadPool
 from .context import Context
 from .diagnostics import Monitor
 from .environ import base_environ
+from .files import FileWrapper
 from .listener import unread_bytes
 from .protocol import Connection
 from .settings import Settings

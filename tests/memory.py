@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from gunicorn_aiowsgi.application import FileWrapper
 from gunicorn_aiowsgi.body import SpoolStore
 from gunicorn_aiowsgi.context import Context
 from gunicorn_aiowsgi.diagnostics import Monitor
 from gunicorn_aiowsgi.environ import base_environ
+from gunicorn_aiowsgi.files import FileWrapper
 from gunicorn_aiowsgi.protocol import Connection
 from gunicorn_aiowsgi.settings import Settings
 

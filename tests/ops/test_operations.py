@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from server import Conn, Gunicorn, get, read_mark
+from server import Conn, Gunicorn, get, read_mark, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -117,6 +117,22 @@ def test_request_timeout_gives_504_logs_stack_and_keeps_serving():
         assert "in slow" in log and "time.sleep" in log  # the thread's stack, at the app's frame
         assert get(srv, "/hello")[0] == 200
         assert get(srv, "/slow?s=0.1")[0] == 200  # fast requests are untouched
+
+
+def test_a_timed_out_request_is_logged_as_the_504_its_client_got():
+    """Running when the 504 went out (its late 200 is discarded), or still queued (skipped):
+    the access log and statsd see the 504, as gunicorn logs the error pages it writes."""
+    env = {"AIOWSGI_REQUEST_TIMEOUT": "1"}
+    with Gunicorn("apps:router", "--threads", "1", env=env) as srv:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            running = pool.submit(get, srv, "/slow?s=2.5")
+            time.sleep(0.3)
+            queued = pool.submit(get, srv, "/slow?s=0.1")
+            assert [running.result(timeout=10)[0], queued.result(timeout=10)[0]] == [504, 504]
+        lines = wait_until(lambda: [line for line in srv.access().splitlines() if "/slow" in line]
+                           if srv.access().count("/slow") == 2 else None, 10, "two access lines")
+        assert all('" 504 ' in line for line in lines), lines
+        assert get(srv, "/hello")[0] == 200
 
 
 def test_stack_dump_on_sigurg(tmp_path):

@@ -20,8 +20,9 @@ from typing import Any, Callable
 import pytest
 
 from gunicorn_aiowsgi import messages
-from gunicorn_aiowsgi.application import AppCall, FileKind, FileWrapper, file_kind
+from gunicorn_aiowsgi.application import AppCall
 from gunicorn_aiowsgi.errors import AppError, BadRequest, ClientDisconnected, HTTPError
+from gunicorn_aiowsgi.files import FileKind, FileWrapper, file_kind
 from gunicorn_aiowsgi.messages import JobState
 from gunicorn_aiowsgi.response import ResponsePhase
 
