@@ -13,6 +13,7 @@ from .errors import HTTPError, InsufficientStorage, PayloadTooLarge
 from .settings import MIB, Settings
 from .spool_disk import (
     SpoolFile,
+    call,
     close_file,
     measure_free,
     open_file,
@@ -36,7 +37,7 @@ STREAM_BACKLOG = 4 * MIB
 RETRY_AFTER = "1"
 
 # The writer thread's jobs (bridge.SpoolWriter kinds).
-OPEN, WRITE, REWIND, CLOSE, MEASURE = 1, 2, 3, 4, 5
+OPEN, WRITE, REWIND, CLOSE, MEASURE, CALL = 1, 2, 3, 4, 5, 6
 
 
 def check_length(settings: Settings, length: int | None) -> None:
@@ -88,7 +89,7 @@ class SpoolStore:
         self.promised = 0
         self.free: int | None = None
         self.writer = SpoolWriter(loop, {OPEN: open_file, WRITE: write_file, REWIND: rewind_file,
-                                         CLOSE: close_file, MEASURE: measure_free})
+                                         CLOSE: close_file, MEASURE: measure_free, CALL: call})
         self._measure()
 
     def _measure(self) -> None:
@@ -126,6 +127,10 @@ class SpoolStore:
     def _closed(self, charged: int, free: int | None, _error: BaseException | None) -> None:
         self.used -= charged
         self._measured(free, None)
+
+    def off_loop(self, function: Callable[..., Any], *arguments: Any) -> None:
+        """Run a blocking call (a log line's write) on the writer thread, not on the loop."""
+        self.writer.submit(CALL, function, arguments)
 
     def shutdown(self, timeout: float = 0.0) -> None:
         self.writer.shutdown(timeout)

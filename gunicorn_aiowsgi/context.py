@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from datetime import timedelta
 from typing import Any, Callable
 
 from gunicorn.glogging import Logger
@@ -13,6 +14,7 @@ from gunicorn.glogging import Logger
 from .bridge import Inbox, ThreadPool
 from .diagnostics import Monitor
 from .parser import Limits
+from .records import RequestRecord, ResponseRecord
 from .replies import HttpDate
 from .settings import Settings
 
@@ -88,6 +90,20 @@ class Context:
     def queued(self) -> int:
         """App calls waiting for a thread (count), those not yet handed over included."""
         return self.pool.queued + len(self.pending)
+
+    def log_answer(self, exchange: Any, status: str) -> None:
+        """The access log (and statsd) line of an answer the loop gave instead of the app (a
+        503, 413, 507), as gunicorn logs the error pages it writes; written off the loop."""
+        environ = exchange.environ
+        if self.access is None or not environ:  # refused before its environ: not logged
+            return
+        resp = ResponseRecord()
+        resp.status, resp.status_code = status, int(status[:3])
+        request = exchange.request
+        req = RequestRecord(environ, request.version, request.raw_headers, exchange.conn.peer,
+                            exchange.number)
+        elapsed = timedelta(0, max(0.0, time.time() - exchange.started))
+        self.spools.off_loop(self.access, resp, req, environ, elapsed)
 
     def log_client_error(self, peer: Any, error: Any) -> None:
         """gunicorn's handle_error: the client's fault is a warning with its address, ours an error."""

@@ -111,6 +111,7 @@ class Exchange:
             self.ctx.monitor.count("spool_full_503")
             self.ctx.log.warning("Spool budget full: %s; answering 503", error)
         self.conn.refuse(error, self.request.method, logged=full)
+        self.ctx.log_answer(self, f"{error.status} {error.reason}")
 
     def body(self, data: bytes) -> None:
         """Body bytes from the parser. While the disk (or the app) is behind, the socket is not read."""
@@ -166,6 +167,7 @@ class Exchange:
             self.stop()  # a streamed body's slot is free again
             ctx.monitor.overloaded(queued, limit)
             self.answer(503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
+            ctx.log_answer(self, "503 Service Unavailable")
             return
         # Counted before it is answered, so the request reaching max_requests gets
         # Connection: close; only requests the app serves count (not health checks, not 503s).

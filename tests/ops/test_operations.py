@@ -135,6 +135,25 @@ def test_a_timed_out_request_is_logged_as_the_504_its_client_got():
         assert get(srv, "/hello")[0] == 200
 
 
+def test_answers_the_loop_gives_instead_of_the_app_are_in_the_access_log():
+    """A 413 (body over AIOWSGI_MAX_BODY_SIZE) and an overload 503, as gunicorn logs the error
+    pages it writes once it has a request (statsd counts them through the same call)."""
+    env = {"AIOWSGI_MAX_BODY_SIZE": "10", "AIOWSGI_QUEUE_LIMIT": "1"}
+    with Gunicorn("apps:router", "--threads", "1", env=env) as srv:
+        assert get(srv, "/body", method="POST", body=b"x" * 100)[0] == 413
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            busy = pool.submit(get, srv, "/slow?s=1.5")      # the only thread
+            time.sleep(0.3)
+            queued = pool.submit(get, srv, "/slow?s=0.1")    # the queue's one place
+            time.sleep(0.3)
+            assert get(srv, "/slow?s=0.2")[0] == 503
+            assert [busy.result(timeout=10)[0], queued.result(timeout=10)[0]] == [200, 200]
+        lines = wait_until(lambda: srv.access().splitlines() if srv.access().count("\n") >= 4
+                           else None, 10, "four access lines")
+        assert any('POST /body HTTP/1.1" 413 ' in line for line in lines), lines
+        assert any('GET /slow?s=0.2 HTTP/1.1" 503 ' in line for line in lines), lines
+
+
 def test_stack_dump_on_sigurg(tmp_path):
     with Gunicorn("apps:router", "--threads", "2", env={"AIOWSGI_TEST_MARKS": str(tmp_path)}) as srv:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
