@@ -9,6 +9,7 @@ import fcntl
 import os
 import socket
 import termios
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,59 @@ FD_EXHAUSTED_PAUSE = 0.5
 TLS_HANDSHAKE_TIMEOUT = 60.0
 
 
+# How often new TLS connections look at the certificate and key files (seconds).
+TLS_RELOAD_CHECK = 1.0
+
+
+class TlsContexts:
+    """The TLS context new connections get, rebuilt when the certificate or key file changes.
+
+    gthread builds a context (gunicorn's ssl_context, the hook included) for every connection,
+    so a renewed certificate (certbot) serves the next connection without a restart. Building
+    one per handshake costs the loop a file read and a key parse; this one is rebuilt only
+    when a file's size, time or inode changed, looked at once a second at most. A file caught
+    half-written is tried again at the next look; the old context serves meanwhile.
+    """
+
+    def __init__(self, build: Callable[[], Any], paths: list[str], log: Any) -> None:
+        self.build, self.paths, self.log = build, [p for p in paths if p], log
+        self.stamp = self._stamp()
+        self.context = build()
+        self.checked = time.monotonic()
+        self.failed: tuple[Any, ...] | None = None  # the stamp a rebuild failed on (logged once)
+
+    def _stamp(self) -> tuple[Any, ...]:
+        stamps: list[tuple[int, int, int] | None] = []
+        for path in self.paths:
+            try:
+                info = os.stat(path)
+                stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    def current(self) -> Any:
+        now = time.monotonic()
+        if now - self.checked >= TLS_RELOAD_CHECK:
+            self.checked = now
+            stamp = self._stamp()
+            if stamp != self.stamp:
+                self._rebuild(stamp)
+        return self.context
+
+    def _rebuild(self, stamp: tuple[Any, ...]) -> None:
+        try:
+            context = self.build()
+        except Exception:  # noqa: BLE001 - a file being replaced: keep serving with the old one
+            if stamp != self.failed:
+                self.failed = stamp
+                self.log.exception("TLS certificate or key changed but cannot be loaded yet; "
+                                   "still serving the previous one")
+            return
+        self.context, self.stamp, self.failed = context, stamp, None
+        self.log.info("TLS certificate or key changed: new connections use the new one")
+
+
 class Listener:
     """Our own accept loop instead of loop.create_server, for two reasons gunicorn users see:
 
@@ -31,11 +85,12 @@ class Listener:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[Any],
-                 factory: Callable[[int], asyncio.BaseProtocol], ssl_context: Any, limit: int, log: Any) -> None:
+                 factory: Callable[[int], asyncio.BaseProtocol], tls: TlsContexts | None, limit: int,
+                 log: Any) -> None:
         self.loop = loop
         self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
         self.factory = factory
-        self.ssl = ssl_context
+        self.ssl = tls
         self.limit = limit
         self.log = log
         self.open = 0                # accepted connections not yet closed (count)
@@ -119,7 +174,7 @@ class Listener:
         factory, fd = self.factory, -1 if self.ssl else conn.fileno()
         try:
             await self.loop.connect_accepted_socket(
-                lambda: factory(fd), conn, ssl=self.ssl,
+                lambda: factory(fd), conn, ssl=self.ssl.current() if self.ssl else None,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self.ssl else None)
         except Exception as exc:
             # No protocol saw this connection (a failed TLS handshake, say): count it closed here.

@@ -18,7 +18,7 @@ from gunicorn.workers import base
 from . import diagnostics
 from . import settings as settings_mod
 from .bridge import ThreadPool
-from .listener import Listener
+from .listener import Listener, TlsContexts
 from .server import Server
 
 # Heartbeat period (seconds): at most this, and at most half of the master's timeout.
@@ -280,8 +280,9 @@ class Worker(base.Worker):
         self.pool = ThreadPool(self.settings.threads)
         self.server = Server(self, self.settings, self.wsgi, self.pool, self.loop, self.log,
                              WSGIErrors(self.cfg))
-        ssl_context = self.ssl_context() if self.cfg.is_ssl else None
-        self.listener = Listener(self.loop, self.sockets, self.server, ssl_context,
+        tls = (TlsContexts(self.ssl_context, [self.cfg.certfile, self.cfg.keyfile], self.log)
+               if self.cfg.is_ssl else None)
+        self.listener = Listener(self.loop, self.sockets, self.server, tls,
                                  self.settings.worker_connections, self.log)
         self.server.on_close = self.on_connection_closed
         if self.phase is WorkerPhase.SERVING:  # a TERM during boot: never take a connection

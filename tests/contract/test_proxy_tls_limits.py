@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trustme
 from gunicorn.config import Config
-from server import Conn, listen_queue, needs
+from server import Conn, listen_queue, needs, wait_until
 from server import request as send_raw
 
 from .helpers import marks, serve
@@ -241,6 +241,33 @@ def test_tls_ssl_context_hook(pki: dict, tmp_path: Path) -> None:
             tls12 = client_context(pki, max_version=ssl.TLSVersion.TLSv1_2)
             exchange(g, request(), wrap=tls_wrap(tls12))
         assert g.worker_pid() in [m["pid"] for m in marks(marks_path, "ssl_context")]
+
+
+def served_serial(g: Any, pki: dict) -> int:
+    """The serial number of the certificate a new TLS connection gets (after a 200 on it)."""
+    sock = client_context(pki).wrap_socket(socket.create_connection((g.host, g.port), timeout=10),
+                                           server_hostname="127.0.0.1")
+    serial = int(sock.getpeercert()["serialNumber"], 16)
+    with Conn(sock) as conn:
+        conn.send(request("/pid"))
+        assert conn.response()[0] == 200
+    return serial
+
+
+def test_tls_a_renewed_certificate_serves_new_connections_without_a_restart(pki: dict,
+                                                                            tmp_path: Path) -> None:
+    """As certbot renews: the files are replaced, no signal is sent. gthread builds a context
+    for every connection; ours is rebuilt when the files change (looked at once a second)."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(Path(pki["cert"]).read_bytes())
+    key.write_bytes(Path(pki["key"]).read_bytes())
+    with tls_serve("--certfile", str(cert), "--keyfile", str(key)) as g:
+        worker, first = g.worker_pid(), served_serial(g, pki)
+        renewed = pki["ca"].issue_cert("127.0.0.1", "localhost")
+        renewed.private_key_pem.write_to_path(str(key))
+        renewed.cert_chain_pems[0].write_to_path(str(cert))
+        wait_until(lambda: served_serial(g, pki) != first, 10, "the renewed certificate")
+        assert g.worker_pid() == worker  # no restart
 
 
 # -- limits -------------------------------------------------------------------------------
