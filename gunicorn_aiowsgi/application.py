@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 from .bridge import Channel
 from .errors import AppError, ClientDisconnected, GatewayTimeout, HTTPError, error_page
 from .files import FileKind, FileWrapper, file_kind, file_span
-from .messages import QUEUED, Abort, Data, End, Fail, Hints, JobState, SendFile, Start
+from .messages import ANSWERED, QUEUED, Abort, Data, End, Fail, Hints, JobState, SendFile, Start
 from .records import RequestRecord, ResponseRecord
 from .response import (
     CHUNKED,
@@ -200,7 +200,7 @@ class AppCall(StartResponse):
         resp, server = self.resp, self.server
         if resp is not None and self.framer is not None:
             resp.sent = self.framer.sent
-        if resp is not None and self.state is JobState.ANSWERED:
+        if resp is not None and self.state is ANSWERED:
             self._answered_by_loop(resp)
         # The access log and post_request see every request, failed or cut short.
         if server.access is not None:

@@ -97,4 +97,4 @@ class JobState(enum.Enum):
     GONE = "gone"           # cancelled: its client disconnected while it waited
 
 
-QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING  # globals for the per-job paths: see response.py
+QUEUED, RUNNING, ANSWERED = JobState.QUEUED, JobState.RUNNING, JobState.ANSWERED  # globals: see response.py
