@@ -17,7 +17,7 @@ worker_class = "gunicorn_aiowsgi.Worker"  # or "gunicorn_aiowsgi.UVLoopWorker" (
 # --- Where to listen ------------------------------------------------------------------------
 # Containers / Kubernetes: all interfaces on $PORT (8000 by default; kubernetes.yaml's
 # containerPort). Behind nginx on the same machine, prefer a unix socket:
-#     gunicorn -c deploy/gunicorn.conf.py --bind unix:/run/gunicorn/gunicorn.sock ...
+#     gunicorn -c deploy/gunicorn.conf.py --bind unix:/run/gunicorn.sock ...   (nginx.conf's upstream)
 # Under systemd socket activation (gunicorn.socket) this is ignored: gunicorn uses the
 # socket systemd passes in (LISTEN_FDS).
 bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]

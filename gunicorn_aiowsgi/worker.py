@@ -21,7 +21,8 @@ from .bridge import ThreadPool
 from .listener import Listener, TlsContexts
 from .server import Server
 
-# Heartbeat period (seconds): at most this, and at most half of the master's timeout.
+# Heartbeat period (seconds): at most this, and at most a quarter of gunicorn's --timeout
+# (self.timeout, as gunicorn gives it to a worker, is half of it).
 HEARTBEAT = 1.0
 # The master SIGKILLs a worker graceful_timeout after its TERM. A drain ends this much earlier,
 # so closing connections, cancelling tasks and the worker_exit hook run before that: at least
