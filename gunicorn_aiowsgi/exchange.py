@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from io import BufferedReader, BytesIO
 from time import time as wall_time
@@ -121,8 +122,9 @@ class Exchange:
             # judged under TLS (fd -1): bytes there may be a record that carries no body.
             conn = self.conn
             if not feed.put(data, conn.fd >= 0 and unread_bytes(conn.transport) > 0):
-                conn.pause_reading()
-            if self.call is None and feed.received >= self.ctx.settings.body_memory_limit:
+                conn.pause_reading()  # the app must be reading it, or nothing ever will (below)
+            if self.call is None and (not conn.reading
+                                      or feed.received >= self.ctx.settings.body_memory_limit):
                 # Buffered for reading: readline() on the raw feed would take a byte at a time.
                 self.environ["wsgi.input"] = BufferedReader(feed, READ_BUFFER)
                 self.dispatch()
@@ -377,10 +379,8 @@ class Exchange:
                            self.request.method, self.request.target, exc_info=exc)
         if not self.head_sent:
             self.head_sent = True
-            try:
+            with contextlib.suppress(ConnectionError):
                 self.conn.write(error_reply(HTTPError("internal error"), self.request.method))
-            except ConnectionError:
-                pass
         self.conn.close()
 
     async def sendfile(self, item: SendFile) -> None:

@@ -208,6 +208,24 @@ def test_a_body_whose_last_read_paused_reading_leaves_the_connection_reading_for
     assert h.responses()[1] == (200, f"40 {hashlib.sha256(BODY).hexdigest()}".encode())
 
 
+def test_a_memory_limit_above_the_backlog_starts_the_app_when_the_feed_is_full():
+    """AIOWSGI_BODY_MEMORY_LIMIT over STREAM_BACKLOG: reading pauses at the backlog before that
+    much is in, so the app must start then (it alone can read it), or nothing ever would."""
+    app = Gate()
+    app.go.set()
+    h = harness(app, body_memory_limit=2 * STREAM_BACKLOG)
+    data = bytes(range(256)) * (3 * STREAM_BACKLOG // 256)
+    request = post("/up", data)
+    step, sent = 64 * 1024, 0
+    while sent < len(request):
+        h.until(lambda: h.transport.reading, "reading")
+        h.feed(request[sent:sent + step])
+        sent += step
+    h.until(lambda: len(h.responses()) == 1, "the answer")
+    assert h.responses() == [(200, f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())]
+    assert app.kinds == ["BodyFeed"] and h.ctx.streams == 0
+
+
 def test_queue_full_at_dispatch_answers_503_and_frees_the_slot():
     app = Gate()
     h = harness(app, threads=1, queue_limit=1)
