@@ -92,11 +92,13 @@ class InsufficientStorage(HTTPError):
     status = 507
 
 
-class ClientDisconnected(Exception):
-    """The client went away; nothing can be answered. Not an HTTPError on purpose."""
+class ClientDisconnected(ConnectionResetError):
+    """The client went away; nothing can be answered. Not an HTTPError on purpose. To the app
+    (start_response's write, a streamed body's read) an OSError, as a write to a closed socket
+    is under gthread, so an app catching OSError around its writes still does."""
 
 
-class BodyCutShort(ClientDisconnected, ConnectionResetError):
+class BodyCutShort(ClientDisconnected):
     """A body the app reads as it arrives ended early (the client left or stalled): to the app an
     OSError, as gunicorn's NoMoreData is an IOError; to the worker, the client's doing."""
 

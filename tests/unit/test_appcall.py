@@ -813,3 +813,21 @@ def test_file_kind(tmp_path, make, kind):
                 file_kind(filelike)
     finally:
         getattr(filelike, "close", lambda: None)()
+
+
+def test_write_after_the_client_left_raises_an_oserror_the_app_may_catch():
+    """As a write to a closed socket under gthread (ConnectionResetError): an app catching
+    OSError around its writes sees it, and its own answer is then the end of it."""
+    seen: list[BaseException] = []
+
+    def app(environ: dict, start_response: Callable) -> Any:
+        write = start_response("200 OK", [])
+        try:
+            write(b"data")
+        except OSError as exc:
+            seen.append(exc)
+        return []
+
+    result = call(app, gone_at=0)
+    assert [type(e) for e in seen] == [ClientDisconnected]
+    assert isinstance(seen[0], ConnectionResetError) and result.sent == []
