@@ -9,7 +9,19 @@ from typing import Any, Callable, Iterable
 from .bridge import Channel
 from .errors import AppError, ClientDisconnected, GatewayTimeout, HTTPError, error_page
 from .files import FileKind, FileWrapper, file_kind, file_span
-from .messages import ANSWERED, QUEUED, Abort, Data, End, Fail, Hints, JobState, SendFile, Start
+from .messages import (
+    ANSWERED,
+    MESSAGE_COST,
+    QUEUED,
+    Abort,
+    Data,
+    End,
+    Fail,
+    Hints,
+    JobState,
+    SendFile,
+    Start,
+)
 from .records import RequestRecord, ResponseRecord
 from .response import (
     CHUNKED,
@@ -273,8 +285,7 @@ class AppCall(StartResponse):
             assert self.framer is not None
             pieces = self.framer.pieces(chunk)
             if pieces:
-                size = sum(map(len, pieces))
-                self.channel.put(Data(pieces, size))
+                self.channel.put(Data(pieces, sum(map(len, pieces)) + MESSAGE_COST))
 
     def _end(self) -> None:
         if self.phase is not SENT:

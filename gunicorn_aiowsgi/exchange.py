@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .application import AppCall
 from .body import READ_BUFFER, STREAM_BACKLOG, BodySpool, SpoolFull, check_length, streamed
-from .boundary import BODY
+from .boundary import BODY, CLOSED
 from .bridge import BodyFeed, Channel
 from .context import Context
 from .diagnostics import describe, thread_stack
@@ -216,9 +216,8 @@ class Exchange:
     def timed_out(self) -> None:
         """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
 
-        A call still queued is cancelled: no thread will run it (a retrying client must not
-        write twice). A running thread cannot be killed; the channel closes behind us, so
-        whatever it produces later is discarded.
+        A queued call is cancelled (a retrying client must not write twice); a running thread
+        cannot be killed: the channel closes behind us, and what it produces later is discarded.
         """
         self.timer = None
         if self.head_sent or self.call is None:
@@ -255,7 +254,7 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.channel is not None:
+        if self.channel is not None and not self.sending:  # else at its end: the file is in use
             self.channel.close()
             self.channel = None
 
@@ -371,7 +370,7 @@ class Exchange:
         """An error while writing. Before the head: a 500 page. Once a head is out: close, never a
         second response (its bytes would be read as body, RFC 9112 section 6.3)."""
         self.stop()
-        if isinstance(exc, ConnectionError):
+        if isinstance(exc, ConnectionError) or self.conn.state is CLOSED:
             self.ctx.log.debug("Client went away while sending a response: %r", exc)
             self.conn.abort()
             return
@@ -389,7 +388,8 @@ class Exchange:
             transport = self.conn.transport
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the connection is closed")
-            await self.ctx.loop.sendfile(transport, item.file, item.offset, item.count)
+            if await self.ctx.loop.sendfile(transport, item.file, item.offset, item.count) < item.count:
+                raise OSError("the file shrank while it was sent: short of its Content-Length")
         except Exception as exc:
             self.sending = False
             self.broke(exc)

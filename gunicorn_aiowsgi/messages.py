@@ -23,8 +23,15 @@ class Start:
         self.end = end
 
 
+# The Python objects of one Data message beside its bytes (the message, its tuple, a chunk-size
+# line, the deque's slot; bytes, measured): counted in its credit, so that a stalled reader of
+# small chunks (an event stream) holds about AIOWSGI_WRITE_BUFFER, not ten times it.
+MESSAGE_COST = 160
+
+
 class Data:
-    """Framed body bytes, as pieces so that large chunks are never copied to frame them."""
+    """Framed body bytes, as pieces so that large chunks are never copied to frame them; its
+    `size` (the credit it holds) is their length plus MESSAGE_COST."""
 
     __slots__ = ("pieces", "size")
 

@@ -151,7 +151,8 @@ class Tracked:
 
     def __iter__(self):
         for _ in range(self.chunks):
-            time.sleep(self.gap)
+            if self.gap:
+                time.sleep(self.gap)
             self.sent += 1
             if self.progress:
                 _mark(self.name + ".progress", str(self.sent))
@@ -203,8 +204,11 @@ def fail(environ, start_response):
 
 
 def files(environ, start_response):
-    """?kind=real|bytesio, ?size=, ?declared=, ?offset=: wsgi.file_wrapper."""
+    """?kind=real|bytesio, ?size=, ?declared=, ?offset=: wsgi.file_wrapper; ?shrink=N cuts the
+    real file to N bytes half a second later (while a slow client is being sent it); ?delay=S
+    sleeps first."""
     q = _query(environ)
+    time.sleep(float(q.get("delay", "0")))
     size = int(q.get("size", str(3 * MIB)))
     data = bytes(range(256)) * (size // 256) + b"e" * (size % 256)
     headers = [("Content-Type", "application/octet-stream")]
@@ -215,6 +219,8 @@ def files(environ, start_response):
         f = tempfile.TemporaryFile()
         f.write(data)
         f.seek(int(q.get("offset", "0")))
+        if "shrink" in q:
+            threading.Timer(0.5, os.ftruncate, (f.fileno(), int(q["shrink"]))).start()
     else:
         import io
         f = io.BytesIO(data)

@@ -246,6 +246,33 @@ def test_write_buffer_bounds_how_far_the_app_runs_ahead_of_a_stalled_reader(guni
     assert ahead[large] >= large, ahead
 
 
+def test_a_stalled_reader_of_small_chunks_holds_about_the_write_buffer(gunicorn):
+    """An event stream's small chunks to a client that reads nothing: each queued message's
+    objects count in its credit, so the worker holds about AIOWSGI_WRITE_BUFFER (1.25 times it,
+    said the README), not the ten times its bytes alone would let pile up."""
+    kernel = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2]) + 2 * 65536
+    write_buffer = 2 * MIB
+    srv = gunicorn("apps:router", env={"AIOWSGI_WRITE_BUFFER": str(write_buffer)})
+    pid = srv.worker_pid()
+    assert get(srv, "/tracked?chunks=1000&size=16&gap=0")[0] == 200  # warm: first-use memory
+    base = rss_kib(pid)
+    chunks = (kernel + 20 * write_buffer) // 16
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((srv.host, srv.port))
+        sock.sendall(b"GET /tracked?chunks=%d&size=16&gap=0 HTTP/1.1\r\nHost: h\r\n\r\n" % chunks)
+        samples: list[int] = []
+
+        def settled() -> int:  # the app thread waits for the client: memory stops growing
+            samples.append(rss_kib(pid))  # (the kernel's buffers fill first, for a second or so)
+            recent = samples[-6:]
+            return recent[-1] if len(samples) >= 8 and max(recent) - min(recent) < 64 else 0
+
+        grown = wait_until(settled, 90, "the worker's memory to settle", interval=0.5) - base
+    srv.stop()
+    assert grown < 2 * write_buffer // 1024, (grown, write_buffer // 1024)  # and allocator slack
+
+
 def test_large_upload_keeps_memory_bounded(srv):
     pid = srv.worker_pid()
     before = hwm_kib(pid)
@@ -259,3 +286,40 @@ def test_large_upload_keeps_memory_bounded(srv):
     assert status == 200 and b'"len": %d' % size in body
     # The body spooled to disk: memory grew by far less than its size.
     assert hwm_kib(pid) - before < 48 * 1024
+
+
+def test_a_file_that_shrinks_while_it_is_sent_ends_the_connection_not_the_response():
+    """sendfile sends what the file still has: fewer bytes than the Content-Length said. The
+    connection closes (and it is logged); the next response never follows inside that body."""
+    with Gunicorn("apps:router", "--threads", "2") as srv:  # asyncio: the loop's sendfile
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.settimeout(10)
+        sock.connect((srv.host, srv.port))
+        size = 50 * MIB
+        sock.sendall(f"GET /files?size={size}&shrink=10000000 HTTP/1.1\r\nHost: x\r\n\r\n"
+                     "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(1.0)  # not reading: the file is cut (at 0.5 s) while it is being sent
+        data = bytearray()
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+        sock.close()
+        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        assert f"Content-Length: {size}".encode() in head
+        assert len(body) < size and b"HTTP/1.1 " not in body
+        srv.wait_log("the file shrank while it was sent")
+        assert get(srv, "/hello")[0] == 200
+
+
+def test_clients_leaving_before_their_file_is_sent_are_not_errors():
+    """The loop's sendfile meets a closed socket: a client that went away (debug), never an
+    error with a traceback; the app closes its file only once the loop is done with it."""
+    with Gunicorn("apps:router", "--threads", "4") as srv:  # asyncio: the loop's sendfile
+        for _ in range(10):
+            sock = socket.create_connection((srv.host, srv.port))
+            sock.sendall(b"GET /files?size=3145728&delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.close()  # gone while the app still prepares its file
+        time.sleep(1.5)
+        assert get(srv, "/hello")[0] == 200
+        log = srv.log()
+        assert "Error sending the response" not in log and "Traceback" not in log, log

@@ -54,11 +54,12 @@ def describe(item: Any) -> tuple:
 
 
 def credit(described: tuple) -> int:
-    """The bytes a message carries to the socket: what its put() must charge against the limit."""
+    """The bytes a message carries to the socket (and a Data message's own objects, which a
+    stalled reader's backlog holds): what its put() must charge against the limit."""
     if described[0] == "head":
         return len(described[3])
     if described[0] == "data":
-        return len(described[1])
+        return len(described[1]) + messages.MESSAGE_COST
     if described[0] == "file":
         return described[2]
     return 0
