@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any, Callable, Iterable
 
 from .bridge import Channel
-from .errors import AppError, ClientDisconnected, GatewayTimeout, HTTPError, error_page
+from .errors import AppError, ClientDisconnected, GatewayTimeout, HTTPError
 from .files import FileKind, FileWrapper, file_kind, file_span
 from .messages import (
     ANSWERED,
@@ -232,11 +232,10 @@ class AppCall(StartResponse):
 
     def _answered_by_loop(self, resp: ResponseRecord) -> None:
         """The loop answered 504 (the request timeout) and discarded this call's answer: the
-        access log, statsd and post_request see what the client got, as gunicorn logs the
-        error pages it writes itself."""
+        access log, statsd and post_request see that status, logged as gunicorn logs the
+        error pages it writes itself (no body bytes counted), as context.log_answer does."""
         error = GatewayTimeout()
-        resp.status, resp.status_code = f"{error.status} {error.reason}", error.status
-        resp.sent = 0 if self.method == "HEAD" else len(error_page(error.status, error.reason))
+        resp.status, resp.status_code, resp.sent = f"{error.status} {error.reason}", error.status, 0
 
     # -- the response --------------------------------------------------------------------
     def _consume(self, result: Iterable[bytes]) -> None:
