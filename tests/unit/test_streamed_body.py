@@ -171,6 +171,14 @@ def test_an_answer_before_the_body_is_in_says_close_and_no_later_request_is_read
     assert h.conn.state in (ConnState.LINGER, ConnState.CLOSED) and h.ctx.streams == 0
 
 
+def feed_as_read(h: Harness, request: bytes, sent: int = 0, step: int = 64 * 1024) -> None:
+    """Feed the rest of `request` from `sent`, a read at a time, each once reading is on again."""
+    while sent < len(request):
+        h.until(lambda: h.transport.reading, "reading again")
+        h.feed(request[sent:sent + step])
+        sent += step
+
+
 def test_reading_pauses_while_the_app_is_behind_and_resumes_as_it_reads():
     app = Gate()
     h = harness(app)
@@ -184,10 +192,7 @@ def test_reading_pauses_while_the_app_is_behind_and_resumes_as_it_reads():
     assert not h.transport.reading  # held: at most STREAM_BACKLOG and a read unread
     assert sent < STREAM_BACKLOG + 2 * step
     app.go.set()
-    while sent < len(request):
-        h.until(lambda: h.transport.reading, "reading again")
-        h.feed(request[sent:sent + step])
-        sent += step
+    feed_as_read(h, request, sent, step)
     h.until(lambda: len(h.responses()) == 1, "the answer")
     assert h.responses() == [(200, f"{size} {hashlib.sha256(data).hexdigest()}".encode())]
 
@@ -215,12 +220,7 @@ def test_a_memory_limit_above_the_backlog_starts_the_app_when_the_feed_is_full()
     app.go.set()
     h = harness(app, body_memory_limit=2 * STREAM_BACKLOG)
     data = bytes(range(256)) * (3 * STREAM_BACKLOG // 256)
-    request = post("/up", data)
-    step, sent = 64 * 1024, 0
-    while sent < len(request):
-        h.until(lambda: h.transport.reading, "reading")
-        h.feed(request[sent:sent + step])
-        sent += step
+    feed_as_read(h, post("/up", data))
     h.until(lambda: len(h.responses()) == 1, "the answer")
     assert h.responses() == [(200, f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())]
     assert app.kinds == ["BodyFeed"] and h.ctx.streams == 0
