@@ -90,7 +90,7 @@ class Listener:
         self.loop = loop
         self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
         self.factory = factory
-        self.ssl = tls
+        self.tls = tls                # None: plain TCP
         self.limit = limit
         self.log = log
         self.open = 0                # accepted connections not yet closed (count)
@@ -171,11 +171,11 @@ class Listener:
 
     async def _connect(self, conn: socket.socket) -> None:
         # A plain socket's descriptor goes to its protocol, which may write to it directly.
-        factory, fd = self.factory, -1 if self.ssl else conn.fileno()
+        factory, fd = self.factory, -1 if self.tls else conn.fileno()
         try:
             await self.loop.connect_accepted_socket(
-                lambda: factory(fd), conn, ssl=self.ssl.current() if self.ssl else None,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self.ssl else None)
+                lambda: factory(fd), conn, ssl=self.tls.current() if self.tls else None,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self.tls else None)
         except Exception as exc:
             # No protocol saw this connection (a failed TLS handshake, say): count it closed here.
             self.log.debug("Connection setup failed: %r", exc)

@@ -171,8 +171,9 @@ class Worker(base.Worker):
             signal.signal(getattr(signal, f"SIG{name}"), signal.SIG_DFL)
         for name in self.IGNORED:
             # A handler, not SIG_IGN: a program the app runs gets the default back at exec.
-            signal.signal(getattr(signal, f"SIG{name}"), _do_nothing)
-            signal.siginterrupt(getattr(signal, f"SIG{name}"), False)
+            sig = getattr(signal, f"SIG{name}")
+            signal.signal(sig, _do_nothing)
+            signal.siginterrupt(sig, False)
         self._on_loop = {
             signal.SIGTERM: self.on_term,
             signal.SIGQUIT: self.on_quit,
