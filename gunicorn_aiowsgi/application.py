@@ -14,6 +14,7 @@ from .messages import (
     MESSAGE_COST,
     QUEUED,
     Abort,
+    CallDone,
     Data,
     End,
     Fail,
@@ -62,9 +63,10 @@ class EarlyHints:
         call.channel.put(Hints(kept))
 
 
-# Every End is one of these three (framer.finish(): done, done after the chunked terminator, or
-# short), and messages are never changed once put: shared, not made for every response.
-ENDS = {finished: End(*finished) for finished in ((b"", True), (b"", False), (b"0\r\n\r\n", True))}
+# Every End is one of these (framer.finish(): done, done after the chunked terminator, or short;
+# each last or not), and messages are never changed once put: shared, not made per response.
+ENDS = {(*finished, last): End(*finished, last)
+        for finished in ((b"", True), (b"", False), (b"0\r\n\r\n", True)) for last in (True, False)}
 
 
 def _closed_write(data: bytes) -> None:
@@ -79,7 +81,7 @@ class AppCall(StartResponse):
     """
 
     __slots__ = ("app", "environ", "channel", "version", "server", "started", "_parts",
-                 "_req", "framer", "resp", "body", "state", "hints")
+                 "_req", "framer", "resp", "body", "state", "hints", "last")
 
     def __init__(self, app: Callable[..., Any], environ: dict[str, Any], channel: Channel,
                  version: tuple[int, int], server: Any, started: float,
@@ -110,6 +112,9 @@ class AppCall(StartResponse):
         # The pool moves it to RUNNING when a thread takes the call; the loop may cancel it
         # before that (ThreadPool.cancel), and then it is skipped, never run.
         self.state = QUEUED
+        # Nothing the thread does after the response's End must precede the connection's next
+        # request: no post_request hook, and (set in run) an iterable without close().
+        self.last = server.post_request is None
 
     @property
     def req(self) -> RequestRecord:
@@ -137,10 +142,12 @@ class AppCall(StartResponse):
             if type(result) is list:  # the common case; a plain list has no close() to call
                 self._send_all(result)
             else:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    self.last = False  # the next request waits for it, as under gthread
                 try:
                     self._consume(result)
                 finally:
-                    close = getattr(result, "close", None)
                     if close is not None:
                         close()  # PEP 3333: exactly once, however iteration ended
         except ClientDisconnected:
@@ -152,6 +159,15 @@ class AppCall(StartResponse):
         finally:
             self._finish(worker, req)
             self._let_go()
+            if not self.last:
+                self._call_done()
+
+    def _call_done(self) -> None:
+        """The iterable is closed and the hooks ran: the connection may read on (End said wait)."""
+        try:
+            self.channel.put(CallDone(), wait=False)
+        except ClientDisconnected:  # the response ended otherwise (an error, a client gone)
+            pass
 
     def _let_go(self) -> None:
         """start_response's `write` is our bound method, and the environ holds the early hints
@@ -337,8 +353,8 @@ class AppCall(StartResponse):
 
     def _closing(self, framer: BodyFramer) -> End:
         """The body's End, after logging a body longer or shorter than its Content-Length."""
-        finished = framer.finish()
-        end = ENDS.get(finished) or End(*finished)
+        tail, complete = framer.finish()
+        end = ENDS.get((tail, complete, self.last)) or End(tail, complete, self.last)
         if framer.overflow or not end.complete:
             self._report_overflow(framer, end.complete)
         return end

@@ -17,10 +17,10 @@ from .diagnostics import describe, thread_stack
 from .environ import build_environ
 from .errors import BadRequest, BodyCutShort, GatewayTimeout, HTTPError
 from .listener import unread_bytes
-from .messages import Abort, Data, End, Fail, Hints, JobState, SendFile, Start
-from .output import Output
+from .messages import Abort, CallDone, Data, End, Fail, Hints, JobState, SendFile, Start
+from .output import Output, send_file
 from .parser import Request
-from .replies import CONTINUE, SERVER_HEADER, early_hints, error_reply, plain
+from .replies import CONTINUE, SERVER_HEADER, early_hints, error_reply, health_reply, plain
 from .response import CLOSE, COPY_LIMIT, render_head
 
 if TYPE_CHECKING:
@@ -203,15 +203,9 @@ class Exchange:
         self.conn.finish(keep)
 
     def health(self) -> None:
-        """200 while serving; 503 once draining (balancers stop routing first) or, if asked, when full."""
         ctx = self.ctx
-        limit = ctx.queue_limit
-        if ctx.draining:
-            self.answer(503, "Service Unavailable", b"draining\n", [])
-        elif ctx.settings.health_queue_full and limit and ctx.queued >= limit:
-            self.answer(503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
-        else:
-            self.answer(200, "OK", b"ok\n", [])
+        full = ctx.settings.health_queue_full and ctx.queue_limit and ctx.queued >= ctx.queue_limit
+        self.answer(*health_reply(ctx.draining, bool(full)))
 
     def timed_out(self) -> None:
         """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
@@ -316,7 +310,7 @@ class Exchange:
         self.keep = keep = self.keep_alive(head.close or mode is CLOSE)
         self.conn.write(b"".join((render_head(self.request.version, head, mode, keep, SERVER_HEADER,
                                               self.ctx.date()), *item.pieces, end.tail)))
-        self.done(keep and end.complete)
+        self.ended(end)
 
     def write(self, item: Any, out: Output) -> bool:
         """One message from the app thread; False once the response is over."""
@@ -334,7 +328,9 @@ class Exchange:
         elif kind is End:
             out.add(item.tail)
             out.flush()
-            self.done(self.keep and item.complete)
+            return self.ended(item)
+        elif kind is CallDone:
+            self.done(True)  # the End kept the connection and waited for this
             return False
         elif kind is SendFile:
             out.flush()
@@ -362,6 +358,14 @@ class Exchange:
             self.timer.cancel()
             self.timer = None
 
+    def ended(self, end: End) -> bool:
+        """The response is out; True while the next request waits for the thread's CallDone
+        (its iterable's close() and post_request run first, as under gthread)."""
+        if end.last or not (self.keep and end.complete):
+            self.done(self.keep and end.complete)
+            return False
+        return True
+
     def done(self, keep: bool) -> None:
         self.stop()
         self.conn.finish(keep)
@@ -383,13 +387,8 @@ class Exchange:
         self.conn.close()
 
     async def sendfile(self, item: SendFile) -> None:
-        """file_wrapper's regular file with the loop's zero-copy sendfile (os.sendfile)."""
         try:
-            transport = self.conn.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("the connection is closed")
-            if await self.ctx.loop.sendfile(transport, item.file, item.offset, item.count) < item.count:
-                raise OSError("the file shrank while it was sent: short of its Content-Length")
+            await send_file(self.ctx.loop, self.conn.transport, item.file, item.offset, item.count)
         except Exception as exc:
             self.sending = False
             self.broke(exc)

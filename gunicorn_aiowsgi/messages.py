@@ -54,14 +54,25 @@ class SendFile:
 
 
 class End:
-    """The body is done; `complete` False (a short Content-Length body) means close."""
+    """The body is done; `complete` False (a short Content-Length body) means close. `last`
+    False: the app thread still has work that must end before the connection's next request
+    (the iterable's close(), post_request), and says so with a CallDone."""
 
-    __slots__ = ("tail",  "complete")
+    __slots__ = ("tail", "complete", "last")
     size = 0
 
-    def __init__(self, tail: bytes, complete: bool) -> None:
+    def __init__(self, tail: bytes, complete: bool, last: bool = True) -> None:
         self.tail = tail
         self.complete = complete
+        self.last = last
+
+
+class CallDone:
+    """The app thread is done with the call (close() and the hooks ran): as under gthread, the
+    connection's next request may begin only now."""
+
+    __slots__ = ()
+    size = 0
 
 
 class Fail:
@@ -91,7 +102,7 @@ class Hints:
         self.headers = headers
 
 
-Message = Start | Data | SendFile | End | Fail | Abort | Hints
+Message = Start | Data | SendFile | End | CallDone | Fail | Abort | Hints
 
 
 class JobState(enum.Enum):

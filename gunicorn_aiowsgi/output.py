@@ -1,8 +1,9 @@
-"""Writing one response's bytes: small pieces gathered into one transport write, large ones as they are."""
+"""Writing one response's bytes: small pieces gathered into one transport write, large ones as they are, a file with sendfile."""
 
 from __future__ import annotations
 
-from typing import Callable
+import asyncio
+from typing import Any, Callable
 
 from .response import COPY_LIMIT
 
@@ -36,3 +37,13 @@ class Output:
             self.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
             self.pieces = []
             self.size = 0
+
+
+async def send_file(loop: asyncio.AbstractEventLoop, transport: Any, file: Any, offset: int,
+                    count: int) -> None:
+    """file_wrapper's regular file with the loop's zero-copy sendfile (os.sendfile); a file that
+    comes up short of `count` raises, and the connection must close (RFC 9112 section 6.3)."""
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the connection is closed")
+    if await loop.sendfile(transport, file, offset, count) < count:
+        raise OSError("the file shrank while it was sent: short of its Content-Length")

@@ -55,3 +55,13 @@ class HttpDate:
         if self._second != now:
             self._second, self._text = now, formatdate(now, usegmt=True)
         return self._text
+
+
+def health_reply(draining: bool, full: bool) -> tuple[int, str, bytes, list[tuple[str, str]]]:
+    """The health check's answer: 200 while serving; 503 once draining (balancers stop routing
+    first) or, if AIOWSGI_HEALTH_QUEUE_FULL, while the queue is full."""
+    if draining:
+        return 503, "Service Unavailable", b"draining\n", []
+    if full:
+        return 503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")]
+    return 200, "OK", b"ok\n", []

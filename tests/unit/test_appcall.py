@@ -34,7 +34,8 @@ SHORT = "fewer bytes than its Content-Length"
 def describe(item: Any) -> tuple:
     """A message the app thread put on the channel, as a plain tuple:
     ("head", status, framing, wire body) / ("data", wire bytes) / ("file", offset, count) /
-    ("end", closing bytes, complete) / ("error", status) / ("abort",) / ("hints", headers)."""
+    ("end", closing bytes, complete) / ("error", status) / ("abort",) / ("hints", headers) /
+    ("call done",)."""
     kind = type(item)
     if kind is messages.Start:
         return ("head", item.head.status, item.mode.value, b"".join(item.pieces))
@@ -50,6 +51,8 @@ def describe(item: Any) -> tuple:
         return ("abort",)
     if kind is messages.Hints:
         return ("hints", item.headers)
+    if kind is messages.CallDone:
+        return ("call done",)
     raise AssertionError(f"unknown message {item!r}")
 
 
@@ -96,7 +99,15 @@ class RecordingChannel:
 
     @property
     def sent(self) -> list[tuple]:
-        return [describe(item) for item, _ in self.puts]
+        """The response's messages (the CallDone after them: test_next_request_waits_for_*)."""
+        return [describe(item) for item, _ in self.puts if type(item) is not messages.CallDone]
+
+    @property
+    def ends(self) -> list[tuple[bool, bool]]:
+        """(End.last, followed by CallDone) of the response, as the loop sees them."""
+        kinds = [type(item) for item, _ in self.puts]
+        last = [item.last for item, _ in self.puts if type(item) is messages.End]
+        return [(flag, kinds[-1] is messages.CallDone) for flag in last]
 
 
 class RecordingLog:
@@ -603,6 +614,44 @@ def test_iterable_close_called_exactly_once(make, opts, kinds):
     assert "yield" not in names[names.index("close"):]
 
 
+def no_post_request(server: FakeServer) -> None:
+    server.post_request = None
+
+
+# What follows a response whose End the loop has written: nothing (End.last: the next request
+# may begin), or, once close() and post_request ran in the thread, a CallDone (gthread reads the
+# connection's next request only after both). (app, hook set) -> (End.last, CallDone last put).
+NEXT_REQUEST = {
+    "list-no-hook": (respond([b"ok"], cl(2)), False, [(True, False)]),
+    "tuple-no-hook": (respond((b"o", b"k"), cl(2)), False, [(True, False)]),
+    "write-then-list-no-hook": (respond([b"k"], cl(2), writes=(b"o",)), False, [(True, False)]),
+    "list-post-request": (respond([b"ok"], cl(2)), True, [(False, True)]),
+    "generator-no-hook": (respond(gen(b"o", b"k"), cl(2)), False, [(False, True)]),
+    "closing-iterable-no-hook": (lambda e, s: closing_app(Closing([b"ok"]))(e, s), False,
+                                 [(False, True)]),
+    "generator-chunked-post-request": (respond(gen(b"o", b"k")), True, [(False, True)]),
+    "file-wrapper-no-hook": (lambda e, s: respond(e["wsgi.file_wrapper"](io.BytesIO(b"ok")), cl(2))(e, s),
+                             False, [(False, True)]),
+}
+
+
+@pytest.mark.parametrize("app, hook, ends", NEXT_REQUEST.values(), ids=NEXT_REQUEST.keys())
+def test_next_request_waits_for_close_and_post_request(app, hook, ends):
+    result = call(app, setup=None if hook else no_post_request)
+    assert result.sent[-1][0] == "end" and result.channel.ends == ends
+    if ends[0][1]:  # the CallDone comes after close() and post_request, never before
+        names = [e[0] for e in result.events]
+        assert names[-1] == "put" and ("post_request" in names) is hook
+
+
+def test_no_call_done_after_an_error_answer():
+    # The loop closes the connection on Fail or Abort; the CallDone's put then finds the channel
+    # closed (the RecordingChannel records it: it never closes), and nothing waits for it.
+    result = call(respond(gen(b"a", then=RuntimeError("late"))), setup=no_post_request)
+    assert [d[0] for d in result.sent] == ["head", "abort"]
+    assert type(result.channel.puts[-1][0]) is messages.CallDone
+
+
 def test_close_called_once_when_start_response_raises_inside_iteration():
     closes = []
 
@@ -684,7 +733,7 @@ def test_each_generator_chunk_reaches_the_channel_before_the_next_is_made():
     call(closing_app(iterable), events=events)
     trace = [e if e[0] == "put" else (e[0],) for e in events if e[0] in ("put", "yield", "close")]
     assert trace == [("yield",), ("put", "head"), ("yield",), ("put", "data"), ("yield",), ("put", "data"),
-                     ("put", "end"), ("close",)]
+                     ("put", "end"), ("close",), ("put", "call done")]
 
 
 # -- exc_info details ------------------------------------------------------------------------------

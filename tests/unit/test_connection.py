@@ -5,11 +5,13 @@ from __future__ import annotations
 import ast
 import pathlib
 import socket
+import threading
 
 import pytest
 from memory import Harness, chunked, get, post, splits
 
 from gunicorn_aiowsgi.boundary import ConnState, deadline, protocol_ok
+from gunicorn_aiowsgi.bridge import ThreadPool
 from gunicorn_aiowsgi.listener import tune
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gunicorn_aiowsgi"
@@ -56,6 +58,49 @@ def test_body_split_anywhere(reads):
                          ids=lambda r: f"split-{len(r[0])}")
 def test_chunked_body_split_anywhere_never_leaks_into_the_next_request(reads):
     assert run(*reads).responses() == [(200, b"POST /c abc0\r\n\r\nGET /x HTTP/1.1"), (200, b"GET /n ")]
+
+
+class SlowClose:
+    """An iterable whose close() (a transaction's commit, a span's end) waits for `release`."""
+
+    def __init__(self, release: threading.Event, seen: list) -> None:
+        self.release, self.seen = release, seen
+
+    def __iter__(self):
+        yield b"ok"
+
+    def close(self) -> None:
+        self.release.wait(5)
+        self.seen.append("closed")
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["after-the-response", "pipelined"])
+def test_the_next_request_on_a_connection_waits_for_the_iterable_close(pipelined):
+    # gthread reads a connection's next request only after close() (and post_request) ran: an
+    # app may rely on it (its teardown done before the same client's next call).
+    release, seen = threading.Event(), []
+
+    def app(environ, start_response):
+        seen.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Length", "2")])
+        return SlowClose(release, seen)
+
+    pool = ThreadPool(2)
+    try:
+        h = Harness(app, pool=pool, threads=2)
+        HARNESSES.append(h)
+        h.feed(get("/one") + get("/two") if pipelined else get("/one"))
+        h.until(lambda: len(h.responses()) == 1, "the first response")
+        if not pipelined:
+            h.feed(get("/two"))
+        h.wait(0.1)  # a free thread could take /two now if the connection read on
+        assert seen == ["/one"] and h.conn.state is ConnState.APP
+        release.set()
+        h.until(lambda: len(h.responses()) == 2, "the second response")
+        assert seen[:3] == ["/one", "closed", "/two"] and h.responses() == [(200, b"ok")] * 2
+    finally:
+        release.set()
+        pool.shutdown(1)
 
 
 # Blank lines where a lax server would cut: inside chunk data, and before a request line.
