@@ -173,7 +173,7 @@ class Parser:
         (431) are told apart even when the whole head came in one read; when both limits are
         equal, `line_done` (the request line had ended) decides.
         """
-        text = getattr(exc, "message", None) or str(exc)
+        text = one_line(getattr(exc, "message", None) or str(exc))
         too_long = LINE_TOO_LONG.search(text)
         if too_long is not None:
             options = self._limits.options
@@ -186,3 +186,10 @@ class Parser:
         if "transfer" in text.lower() and "not supported" in text.lower():
             return NotImplementedCoding(text)
         return BadRequest(text)
+
+
+def one_line(text: str) -> str:
+    """aiohttp's message spans lines (the offending bytes, then a caret under the bad one): one
+    line, for the warning a log shipper reads as one event and for the 400 page, as gunicorn's."""
+    parts = [line.strip() for line in text.splitlines()]
+    return " ".join(part for part in parts if part and part != "^")

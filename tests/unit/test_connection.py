@@ -355,3 +355,27 @@ def test_the_adapter_checks_the_range_pyproject_declares():
     deps = (PACKAGE.parent / "pyproject.toml").read_text()
     assert f'"{parser.SUPPORTED}"' in deps
     assert parser._version("3.13.4") == (3, 13, 4) and parser._version("3.14.0rc1") == (3, 14, 0)
+
+
+# aiohttp's parser names the bad bytes on lines of their own, a caret under them; gunicorn's
+# warning and 400 page say it on one line, which log shippers read as one event.
+PARSER_ERRORS = {
+    "header-without-colon": (b"GET / HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n",
+                             "Invalid header token: b'No colon here'"),
+    "control-char-in-target": (b"GET /\x01 HTTP/1.1\r\nHost: t\r\n\r\n",
+                               "Invalid char in url path: b'GET /\\x01 HTTP/1.1'"),
+    "control-char-in-value": (b"GET / HTTP/1.1\r\nHost: t\r\nX: a\x01b\r\n\r\n",
+                              "Invalid header value char: b'X: a\\x01b'"),
+    "bad-method": (b"G@T / HTTP/1.1\r\n\r\n", "Invalid method encountered: b'G@T / HTTP/1.1'"),
+}
+
+
+@pytest.mark.parametrize("request_bytes, message", PARSER_ERRORS.values(), ids=PARSER_ERRORS.keys())
+def test_a_parser_refusal_is_said_on_one_line(request_bytes, message):
+    h = run(request_bytes + get("/canary"))
+    assert [status for status, _ in h.responses()] == [400]  # the canary behind it: never read
+    assert h.transport.closed or h.conn.state is ConnState.LINGER
+    page = bytes(h.transport.written).decode("latin-1")
+    assert message.replace("'", "&#x27;") in page and "^" not in page
+    warnings = [text for level, text in h.log.lines if level == "warning"]
+    assert warnings == [f"Invalid request from ip=127.0.0.1: {message}"]
