@@ -45,6 +45,7 @@ class Peer:
     server_port: str | None           # listener port as text
     trusted: bool                     # may set forwarding and secure-scheme headers
     proxy: dict[str, str] | None = None  # PROXY_* environ keys when a PROXY preamble was sent
+    socket_path: str = ""             # a unix socket's path: SERVER_NAME when no Host names one
     # The environ keys these addresses give every request of the connection, computed once.
     keys: dict[str, str | None] = field(init=False, compare=False, repr=False)
     # gunicorn's req.peer_addr (accept()'s address, ("127.0.0.1", 51234)), for the request record.
@@ -80,7 +81,8 @@ def make_peer(settings: Settings, peername: Any, sockname: Any) -> Peer:
         return Peer(addr, str(peername[1]), sockname[0], str(sockname[1]),
                     is_trusted(addr, settings.forwarded_allow_ips, settings.forwarded_networks))
     return Peer(peername.decode() if isinstance(peername, bytes) else (peername or ""),
-                None, None, None, True)
+                None, None, None, True,
+                socket_path=sockname.decode() if isinstance(sockname, bytes) else (sockname or ""))
 
 
 def proxied_peer(peer: Peer, info: Any) -> Peer:
@@ -91,7 +93,7 @@ def proxied_peer(peer: Peer, info: Any) -> Peer:
              "REMOTE_PORT": str(info.client_port), "PROXY_ADDR": info.proxy_addr or "",
              "PROXY_PORT": str(info.proxy_port)}
     return Peer(info.client_addr, str(info.client_port), peer.server_name, peer.server_port,
-                peer.trusted, proxy)
+                peer.trusted, proxy, peer.socket_path)
 
 
 def base_environ(settings: Settings, errors: Any, file_wrapper: Any) -> dict[str, Any]:
@@ -308,10 +310,11 @@ def _check_codings(value: str) -> None:
             raise NotImplementedCoding(f"Unsupported transfer coding: '{coding}'")
 
 
-def _server_from_host(host: str | None, scheme: str) -> tuple[str, str]:
-    """On a unix socket, SERVER_NAME/PORT come from Host, as gunicorn does."""
+def _server_from_host(host: str | None, scheme: str, path: str) -> tuple[str, str]:
+    """On a unix socket, SERVER_NAME/PORT come from Host, as gunicorn does; without one, the
+    socket's path and no port (gunicorn's http.wsgi.create)."""
     if not host:
-        return "", ""
+        return path, ""
     name, sep, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
     if not sep:
         return host, "443" if scheme == "https" else "80" if scheme == "http" else ""
@@ -347,7 +350,7 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
     environ["wsgi.url_scheme"] = scheme
     environ.update(peer.keys)
     if peer.server_name is None:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_from_host(host, scheme)
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_from_host(host, scheme, peer.socket_path)
     script_name = environ["SCRIPT_NAME"]
     if script_name:
         if not path.startswith(script_name):

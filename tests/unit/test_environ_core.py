@@ -11,7 +11,7 @@ from gunicorn_aiowsgi.settings import Settings
 
 TCP = Peer("10.0.0.7", "5555", "127.0.0.1", "8000", trusted=False)
 TRUSTED = Peer("127.0.0.1", "5555", "127.0.0.1", "8000", trusted=True)
-UNIX = Peer("", None, None, None, trusted=True)
+UNIX = Peer("", None, None, None, trusted=True, socket_path="/run/app.sock")
 
 
 def env(target=b"/", headers=(), peer=TCP, method="GET", version=(1, 0), settings=None):
@@ -186,7 +186,9 @@ def test_unknown_expectation():
     (TCP, "example.com", "127.0.0.1", "8000"),
     (UNIX, "example.com", "example.com", "80"),
     (UNIX, "example.com:8080", "example.com", "8080"),
-    (UNIX, None, "", ""),
+    (UNIX, "example.com:", "example.com", ""),
+    # No Host (HTTP/1.0): the socket's path, no port, as gunicorn's http.wsgi.create gives.
+    (UNIX, None, "/run/app.sock", ""),
 ])
 def test_server_name_port(peer, host, name, port):
     headers = [("Host", host)] if host else []
@@ -232,6 +234,7 @@ def test_make_peer():
     assert not make_peer(settings, ("10.1.1.1", 4000), ("127.0.0.1", 80)).trusted
     unix = make_peer(settings, "", "/tmp/sock")
     assert unix.remote_addr == "" and unix.trusted and unix.remote_port is None
+    assert unix.socket_path == "/tmp/sock" and make_peer(settings, b"", b"/tmp/b").socket_path == "/tmp/b"
 
 
 def test_peer_keys_are_the_connections_and_a_proxy_preamble_wins():
