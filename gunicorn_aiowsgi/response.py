@@ -108,8 +108,12 @@ def _header_role(name: Any) -> str:
 
 
 def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool]:
-    """Validate the app's headers; returns (kept headers, Content-Length, Connection: close)."""
-    if not isinstance(headers, list):
+    """Validate the app's headers; returns (kept headers, Content-Length, Connection: close).
+
+    PEP 3333 asks for a list of tuples; gunicorn takes any sequence of pairs, and an app that
+    ran under it keeps working: a tuple of them, or pairs as lists, are taken too.
+    """
+    if not isinstance(headers, (list, tuple)):
         raise AppError(f"headers must be a list, not {type(headers).__name__} (PEP 3333)")
     kept = []
     length = None
@@ -117,7 +121,7 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
     names = _NAMES
     for item in headers:
         # `type() is` first: the exact type is the common case, and cheaper than isinstance().
-        if type(item) is not tuple and not isinstance(item, tuple):
+        if type(item) is not tuple and not isinstance(item, (tuple, list)):
             raise AppError(f"header {item!r} is not a (name, value) tuple")
         try:
             name, value = item
