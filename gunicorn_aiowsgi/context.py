@@ -13,6 +13,7 @@ from gunicorn.glogging import Logger
 
 from .bridge import Inbox, ThreadPool
 from .diagnostics import Monitor
+from .environ import refusal_environ
 from .parser import Limits
 from .records import RequestRecord, ResponseRecord
 from .replies import HttpDate
@@ -94,12 +95,15 @@ class Context:
     def log_answer(self, exchange: Any, status: str) -> None:
         """The access log (and statsd) line of an answer the loop gave instead of the app (a
         503, 413, 507), as gunicorn logs the error pages it writes; written off the loop."""
-        environ = exchange.environ
-        if self.access is None or not environ:  # refused before its environ: not logged
+        if self.access is None:
             return
+        request = exchange.request
+        # Refused while its environ was built (a repeated Host, a path outside SCRIPT_NAME):
+        # logged with what gunicorn's handle_error logs such a request with.
+        environ = exchange.environ or refusal_environ(self.base, self.settings, exchange.conn.peer,
+                                                      request.method, request.target, request.version)
         resp = ResponseRecord()
         resp.status, resp.status_code = status, int(status[:3])
-        request = exchange.request
         req = RequestRecord(environ, request.version, request.raw_headers, exchange.conn.peer,
                             exchange.number)
         elapsed = timedelta(0, max(0.0, time.time() - exchange.started))

@@ -362,3 +362,16 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
                             else path)
     return environ, expect
 
+
+def refusal_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: str,
+                    target: str, version: tuple[int, int]) -> dict[str, Any]:
+    """What the access log reads of a request refused after its head was parsed (a repeated
+    Host, a path outside SCRIPT_NAME): gunicorn's default_environ, which its handle_error logs
+    such a refusal with; nothing of it is checked, since it was refused."""
+    path, _, query = target.partition("#")[0].partition("?")
+    environ = base.copy()
+    environ.update(peer.keys)
+    environ.update(REQUEST_METHOD=method, RAW_URI=target, QUERY_STRING=query, PATH_INFO=path,
+                   SERVER_PROTOCOL="HTTP/%d.%d" % version, SCRIPT_NAME=settings.script_name)
+    environ["wsgi.url_scheme"] = "https" if settings.is_ssl else "http"
+    return environ

@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from server import Conn, Gunicorn, get, read_mark, wait_until
+from server import Conn, Gunicorn, get, read_mark, request, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -152,6 +152,25 @@ def test_answers_the_loop_gives_instead_of_the_app_are_in_the_access_log():
                            else None, 10, "four access lines")
         assert any('POST /body HTTP/1.1" 413 ' in line for line in lines), lines
         assert any('GET /slow?s=0.2 HTTP/1.1" 503 ' in line for line in lines), lines
+
+
+def test_requests_refused_after_their_head_was_parsed_are_in_the_access_log():
+    """Refused once the head is parsed (contradictory scheme headers: 400; an Expect it cannot meet: 417;
+    a path outside SCRIPT_NAME: 500): logged, and counted by statsd, as gunicorn's handle_error
+    logs a refusal it has a request for. One the parser refuses has none, as with gunicorn."""
+    with Gunicorn("apps:router", "--threads", "1", env={"SCRIPT_NAME": "/app"}) as srv:
+        assert request(srv, b"GET /app/s HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n"
+                            b"X-Forwarded-Ssl: off\r\n\r\n")[0] == 400
+        assert request(srv, b"GET /app/e HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n")[0] == 417
+        assert request(srv, b"GET /other?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")[0] == 500
+        assert request(srv, b"G@T /app/bad HTTP/1.1\r\nHost: a\r\n\r\n")[0] == 400
+        assert get(srv, "/app/hello")[0] == 200
+        lines = wait_until(lambda: srv.access().splitlines() if srv.access().count("\n") >= 4
+                           else None, 10, "four access lines")
+    for logged in ('"GET /app/s HTTP/1.1" 400 ', '"GET /app/e HTTP/1.1" 417 ',
+                   '"GET /other?x=1 HTTP/1.1" 500 ', '"GET /app/hello HTTP/1.1" 200 '):
+        assert any(logged in line for line in lines), (logged, lines)
+    assert not any("/app/bad" in line for line in lines), lines
 
 
 def test_stack_dump_on_sigurg(tmp_path):

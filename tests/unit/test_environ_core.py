@@ -332,3 +332,15 @@ def test_target_cache_is_bounded(monkeypatch):
     env(b"/" + b"a" * core.TARGET_CACHE_LENGTH)
     assert len(core._TARGETS) == core.TARGET_CACHE_SIZE
     assert env(b"/999?x")[0]["PATH_INFO"] == "/999"  # past the bound: split, not kept
+
+
+@pytest.mark.parametrize("target, path, query", [
+    ("/a/b?x=1", "/a/b", "x=1"), ("/a#f?x", "/a", ""), ("/a?x=1#f", "/a", "x=1"), ("*", "*", ""),
+])
+def test_refusal_environ_is_what_gunicorn_logs_a_refused_request_with(target, path, query):
+    from gunicorn_aiowsgi.environ import base_environ, refusal_environ
+    environ = refusal_environ(base_environ(Settings(), None, None), Settings(), TCP, "GET", target,
+                              (1, 0))
+    assert (environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"]) == (target, path, query)
+    assert environ["REQUEST_METHOD"] == "GET" and environ["SERVER_PROTOCOL"] == "HTTP/1.0"
+    assert environ["REMOTE_ADDR"] == "10.0.0.7" and environ["wsgi.url_scheme"] == "http"
