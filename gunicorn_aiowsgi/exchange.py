@@ -184,12 +184,12 @@ class Exchange:
 
     # -- answers the loop gives itself ----------------------------------------------------------
     def keep_alive(self, close: bool = False) -> bool:
-        """Keep the connection for another request? A client that half-closed still gets the
-        answers to every request it completed (the connection closes after the last one); an
-        answer begun before its streamed body is in closes it (what follows cannot be trusted)."""
-        conn = self.conn
-        return (not close and not self.request.close and self.ctx.settings.keepalive > 0
-                and not self.ctx.draining and not self.request.upgrade
+        """Keep the connection? Not past a half-close's last answer, an answer begun before its
+        streamed body was in (what follows cannot be trusted), or a CONNECT (a tunnel's bytes
+        follow: gunicorn's should_close). An Upgrade offer is declined by answering (RFC 9110 7.8)."""
+        conn, req = self.conn, self.request
+        return (not close and not req.close and self.ctx.settings.keepalive > 0
+                and not self.ctx.draining and req.method != "CONNECT"
                 and not (conn.eof and not conn.held) and conn.state is not BODY)
 
     def answer(self, code: int, reason: str, body: bytes, headers: list[tuple[str, str]]) -> None:

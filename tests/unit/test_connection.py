@@ -103,6 +103,34 @@ def test_the_next_request_on_a_connection_waits_for_the_iterable_close(pipelined
         pool.shutdown(1)
 
 
+# An Upgrade offer the app answers is declined (RFC 9110 section 7.8): the connection stays, and
+# its next request starts after the offer's body, whatever that body's framing.
+UPGRADE_OFFERS = {
+    "h2c": (b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n", b"GET /a "),
+    "websocket": (b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                  b"GET /a "),
+    "with-length": (b"POST /a HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: x\r\n"
+                    b"Content-Length: 13\r\n\r\nGET /x HTTP/1", b"POST /a GET /x HTTP/1"),
+    "chunked": (b"POST /a HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: x\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: y\r\n\r\n", b"POST /a abc"),
+}
+
+
+@pytest.mark.parametrize("offer, answer", UPGRADE_OFFERS.values(), ids=UPGRADE_OFFERS.keys())
+def test_an_upgrade_offer_is_answered_and_the_connection_kept_split_anywhere(offer, answer):
+    for reads in splits(offer + get("/canary")):
+        h = run(*reads)
+        assert h.responses() == [(200, answer), (200, b"GET /canary ")], reads
+        assert not h.transport.closed and b"Connection: close" not in bytes(h.transport.written)
+
+
+def test_after_a_connect_nothing_is_read_as_a_request():
+    h = run(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n" + get("/canary"))
+    assert [status for status, _ in h.responses()] == [200]
+    assert h.transport.closed or h.conn.state is ConnState.LINGER
+
+
 # Blank lines where a lax server would cut: inside chunk data, and before a request line.
 BLANK_LINES = chunked("/c", b"\r\n\r\n" * 4, b"0\r\n\r\n") + b"\r\n" * 6 + get("/n")
 
