@@ -87,6 +87,10 @@ def check_status(status: Any) -> int:
     if not STATUS.fullmatch(status):
         raise AppError(f"invalid status {status!r}")
     code = int(status[:3])
+    if code < 200:
+        # RFC 9110 section 15.2: a 1xx is interim, never the final answer; sent as one, the
+        # client would read the connection's next response as this request's (103: early hints).
+        raise AppError(f"status {status!r} cannot be a final response")
     if type(status) is str and len(_STATUSES) < CHECKED_CACHE_SIZE:
         _STATUSES[status] = code
     return code
@@ -145,7 +149,9 @@ def check_headers(headers: Any) -> tuple[list[tuple[str, str]], int | None, bool
                 raise AppError(f"invalid Content-Length {value!r}")
             length = int(value)  # rendered once by render_head, after the others
         else:  # hop-by-hop
-            close = close or (role == "connection" and "close" in value.lower())
+            # RFC 9110 section 7.6.1: a list of options; "close" is one of them, not a substring.
+            close = close or (role == "connection" and any(
+                option.strip(" \t").lower() == "close" for option in value.split(",")))
     return kept, length, close
 
 

@@ -28,7 +28,10 @@ def test_good_status(status, code):
     assert check_status(status) == code
 
 
-@pytest.mark.parametrize("status", ["20 OK", "2000 OK", "OK", b"200 OK", "200 OK\r\nX: y", "200\tOK", 200])
+@pytest.mark.parametrize("status", ["20 OK", "2000 OK", "OK", b"200 OK", "200 OK\r\nX: y", "200\tOK", 200,
+                                    # interim statuses are never a final answer (RFC 9110 15.2)
+                                    "100 Continue", "101 Switching Protocols", "103 Early Hints",
+                                    "099 Odd", "000 X"])
 def test_bad_status(status):
     with pytest.raises(AppError):
         check_status(status)
@@ -38,6 +41,8 @@ def test_bad_status(status):
     ([("Content-Type", "text/plain")], [("Content-Type", "text/plain")], None, False),
     ([("Content-Length", "12")], [], 12, False),
     ([("Connection", "close"), ("X", "1")], [("X", "1")], None, True),
+    ([("Connection", "keep-alive, Close")], [], None, True),
+    ([("Connection", "x-closed-loop"), ("Connection", "enclosed")], [], None, False),
     ([("Transfer-Encoding", "chunked")], [], None, False),
     ([("Keep-Alive", "timeout=5"), ("Upgrade", "h2c")], [], None, False),
     ([("X-Pad", "  v  ")], [("X-Pad", "v")], None, False),
