@@ -69,6 +69,10 @@ REFUSED = {
     "nul-in-target": b"GET /a\x00b HTTP/1.1\r\nHost: t\r\n\r\n",
     "two-hosts": b"GET / HTTP/1.1\r\nHost: t\r\nHost: evil\r\n\r\n",
     "space-in-header-name": b"GET / HTTP/1.1\r\nHost: t\r\nX Y: a\r\n\r\n",
+    # RFC 9112 section 3: one space between the request line's parts (llhttp takes runs).
+    "two-spaces-before-target": b"GET  /x HTTP/1.1\r\nHost: t\r\n\r\n",
+    "two-spaces-before-version": b"GET /x  HTTP/1.1\r\nHost: t\r\n\r\n",
+    "space-before-method": b" GET /x HTTP/1.1\r\nHost: t\r\n\r\n",
     "forbidden-trailer-cl": post("Transfer-Encoding: chunked\r\n",
                                  b"5\r\nhello\r\n0\r\nContent-Length: 40\r\n\r\n" + SMUGGLED),
     # llhttp skips its Transfer-Encoding checks for CONNECT; RFC 9110 section 9.3.6 still holds.

@@ -100,6 +100,12 @@ def test_skip_empty_lines(line, data, left):
     ([b"GET / RTSP/1.0\r\n"], True),
     ([b"GET / RT", b"SP/1.0\r\nHost: x\r\n"], True),
     ([b"SOURCE / ICE/1.0\r\n"], True),
+    # RFC 9112 section 3: single spaces between method, target and version
+    ([b"GET  / HTTP/1.1\r\n"], True),
+    ([b"GET / ", b" HTTP/1.1\r\n"], True),
+    ([b" GET / HTTP/1.1\r\n"], True),
+    ([b"\r\n GET / HTTP/1.1\r\n"], True),
+    ([b"GET /a%20b HTTP/1.1\r\nX:  two spaces in a field\r\n"], False),
 ])
 def test_request_line_protocol_is_checked_once_complete(reads, refused):
     check_lines(Boundary(), reads, BadRequest if refused else None)
