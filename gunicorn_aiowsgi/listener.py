@@ -6,6 +6,7 @@ import array
 import asyncio
 import errno
 import fcntl
+import inspect
 import os
 import socket
 import termios
@@ -20,6 +21,9 @@ ACCEPT_BATCH = 64
 FD_EXHAUSTED_PAUSE = 0.5
 # Time a client has to finish the TLS handshake (seconds); asyncio's default.
 TLS_HANDSHAKE_TIMEOUT = 60.0
+# Time a closing TLS connection waits for the client's close_notify (seconds): asyncio waits 30
+# (a client that never answers held the fd that long); gthread does not wait at all.
+TLS_SHUTDOWN_TIMEOUT = 5.0
 
 
 # How often new TLS connections look at the certificate and key files (seconds).
@@ -91,6 +95,7 @@ class Listener:
         self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
         self.factory = factory
         self.tls = tls                # None: plain TCP
+        self.tls_options = shutdown_option(loop) if tls else {}
         self.limit = limit
         self.log = log
         self.open = 0                # accepted connections not yet closed (count)
@@ -173,14 +178,27 @@ class Listener:
         # A plain socket's descriptor goes to its protocol, which may write to it directly.
         factory, fd = self.factory, -1 if self.tls else conn.fileno()
         try:
-            await self.loop.connect_accepted_socket(
-                lambda: factory(fd), conn, ssl=self.tls.current() if self.tls else None,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self.tls else None)
+            if self.tls:
+                await self.loop.connect_accepted_socket(
+                    lambda: factory(fd), conn, ssl=self.tls.current(),
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT, **self.tls_options)
+            else:
+                await self.loop.connect_accepted_socket(lambda: factory(fd), conn)
         except Exception as exc:
             # No protocol saw this connection (a failed TLS handshake, say): count it closed here.
             self.log.debug("Connection setup failed: %r", exc)
             conn.close()
             self.closed_one()
+
+
+def shutdown_option(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
+    """TLS_SHUTDOWN_TIMEOUT for a loop whose connect_accepted_socket takes it (asyncio on Python
+    3.11+; uvloop 0.17+); others keep their own."""
+    try:
+        parameters = inspect.signature(loop.connect_accepted_socket).parameters
+    except (TypeError, ValueError):  # a compiled method without a signature
+        return {}
+    return {"ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT} if "ssl_shutdown_timeout" in parameters else {}
 
 
 def tune(sock: socket.socket) -> None:

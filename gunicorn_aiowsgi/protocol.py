@@ -286,8 +286,11 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.state = CLOSED
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            if not transport.get_write_buffer_size():  # all sent: TLS may await close_notify
+                self.ctx.closed(self)  # no longer open to the drain and worker_connections
 
     def abort(self) -> None:
         """Close at once: a response broke off and nothing more may be written."""

@@ -73,10 +73,17 @@ class Server:
         for conn in list(self.conns):
             if conn.state is not ConnState.IDLE and conn.state is not ConnState.PREAMBLE:
                 continue
-            if (not conn.requests and now - conn.since < FRESH_GRACE) or unread_bytes(conn.transport):
-                continue
+            if ((not conn.requests and now - conn.since < FRESH_GRACE) or conn.held
+                    or unread_bytes(conn.transport)):
+                continue  # the next request is read already (held) or waiting in the socket
             conn.close()
 
     def close_all(self) -> None:
         for conn in list(self.conns):
+            exchange = conn.exchange
+            if exchange is not None:
+                # Now, not in connection_lost, which a transport with bytes to send (or TLS,
+                # awaiting close_notify) calls later or never: a queued call must never run.
+                conn.exchange = None
+                exchange.abandon()
             conn.close()

@@ -23,6 +23,7 @@ class FakeTransport:
         self.aborted = False
         self.eof_written = False
         self.reading = True
+        self.buffered = 0
         self.peer = peer
         self.sock: Any = None  # a test may give a real socket: what the loop has not read yet
 
@@ -36,6 +37,10 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
         self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered  # what a test says the kernel has not taken yet
+
 
     def is_closing(self) -> bool:
         return self.closed

@@ -1,0 +1,132 @@
+"""The worker's connection registry (server.Server) in memory: what a drain and a quick stop close."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from typing import Any
+
+import pytest
+from memory import FakeTransport, FakeWorker, InlinePool, Log, echo_app, get
+
+from gunicorn_aiowsgi import listener
+from gunicorn_aiowsgi.boundary import ConnState
+from gunicorn_aiowsgi.bridge import ThreadPool
+from gunicorn_aiowsgi.protocol import Connection
+from gunicorn_aiowsgi.server import Server
+from gunicorn_aiowsgi.settings import Settings
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def serve(loop: asyncio.AbstractEventLoop, app: Any = echo_app, pool: Any = None) -> Server:
+    server = Server(FakeWorker(), Settings(), app, pool or InlinePool(), loop, Log(), None)
+    return server
+
+
+def connect(server: Server, port: int = 40000) -> tuple[Connection, FakeTransport]:
+    conn, transport = server(), FakeTransport(("127.0.0.1", port))
+    conn.connection_made(transport)
+    return conn, transport
+
+
+def turn(loop: asyncio.AbstractEventLoop) -> None:
+    """One pass of the loop: callbacks scheduled during it wait for the next."""
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def test_a_drain_spares_a_connection_whose_next_request_is_read_already(loop):
+    # Its next request came in the same read as the last one and waits in `held` for a loop
+    # turn; closing it as idle would drop a request the client has sent.
+    server = serve(loop)
+    conn, transport = connect(server)
+    conn.data_received(get("/a") + get("/b"))
+    for _ in range(5):  # until /a's response is written; reading /b waits for the next turn
+        turn(loop)
+        if conn.state is ConnState.IDLE:
+            break
+    assert conn.state is ConnState.IDLE and conn.held
+    server.draining = True
+    server.close_idle()
+    for _ in range(3):
+        turn(loop)
+    written = bytes(transport.written)
+    assert written.count(b"HTTP/1.1 200 OK") == 2 and b"GET /b " in written
+    assert written.rsplit(b"HTTP/1.1 200 OK", 1)[1].count(b"Connection: close") == 1
+    server.spools.shutdown(timeout=1)
+
+
+def test_a_quick_stop_cancels_a_call_still_queued(loop):
+    # close_all closes transports that may call connection_lost late or never (bytes still to
+    # send, a TLS close_notify awaited); a queued call must not run after the loop is gone.
+    release, seen = threading.Event(), []
+
+    def app(environ, start_response):
+        seen.append(environ["PATH_INFO"])
+        release.wait(5)
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    pool = ThreadPool(1)
+    server = serve(loop, app, pool)
+    try:
+        running, _ = connect(server, 40001)
+        queued, _ = connect(server, 40002)
+        running.data_received(get("/running"))
+        queued.data_received(get("/queued"))
+        for _ in range(50):
+            if seen:
+                break
+            loop.run_until_complete(asyncio.sleep(0.01))
+        assert seen == ["/running"]
+        server.close_all()
+        release.set()
+    finally:
+        release.set()
+        pool.shutdown(timeout=2)
+        server.spools.shutdown(timeout=1)
+    assert seen == ["/running"]
+
+
+@pytest.mark.parametrize("buffered, counted", [(0, False), (100, True)])
+def test_a_closed_connection_leaves_the_registry_once_nothing_is_left_to_send(loop, buffered, counted):
+    # A TLS transport awaits the client's close_notify before connection_lost (asyncio: up to
+    # 30 s): counted till then, it held a drain and a worker_connections slot for nothing.
+    server = serve(loop)
+    conn, transport = connect(server)
+    transport.buffered = buffered
+    conn.close()
+    assert (conn in server.conns) is counted
+    conn.connection_lost(None)
+    assert conn not in server.conns
+    server.spools.shutdown(timeout=1)
+
+
+class Loop311:
+    def connect_accepted_socket(self, protocol_factory, sock, *, ssl=None, ssl_handshake_timeout=None,
+                                ssl_shutdown_timeout=None):
+        pass
+
+
+class Loop310:
+    def connect_accepted_socket(self, protocol_factory, sock, *, ssl=None, ssl_handshake_timeout=None):
+        pass
+
+
+@pytest.mark.parametrize("loop_object, expected", [
+    (Loop311(), {"ssl_shutdown_timeout": listener.TLS_SHUTDOWN_TIMEOUT}),
+    (Loop310(), {}),
+])
+def test_the_tls_shutdown_wait_is_shortened_where_the_loop_takes_it(loop_object, expected):
+    assert listener.shutdown_option(loop_object) == expected
+
+
+def test_asyncio_takes_the_tls_shutdown_wait_from_python_3_11(loop):
+    assert bool(listener.shutdown_option(loop)) is (sys.version_info >= (3, 11))
