@@ -20,6 +20,10 @@ from .settings import Settings
 # A connection accepted less than this long ago (seconds) is not closed as idle when draining:
 # its client has just connected, and its first request is on the way.
 FRESH_GRACE = 1.0
+# On a graceful stop, kept-alive connections stay open this long at most (seconds), as gthread's
+# STOP_KEEPALIVE_LINGER (gunicorn 27): a request a pooling client (a proxy) sends meanwhile is
+# answered, with Connection: close, instead of meeting a connection closed under it (a 502).
+STOP_KEEPALIVE_LINGER = 2.0
 
 
 class Server:
@@ -43,6 +47,7 @@ class Server:
         self.ctx.opened = self._opened
         self.ctx.closed = self._closed
         self.on_close: Callable[[], None] = lambda: None
+        self.linger_end = 0.0  # loop time when a drain closes idle connections (close_idle)
 
     def __call__(self, fd: int = -1) -> Connection:
         return Connection(self.ctx, fd)
@@ -53,6 +58,9 @@ class Server:
 
     @draining.setter
     def draining(self, value: bool) -> None:
+        if value and not self.ctx.draining:
+            self.linger_end = self.loop.time() + STOP_KEEPALIVE_LINGER
+            self.loop.call_at(self.linger_end, self.close_idle)
         self.ctx.draining = value
 
     def _opened(self, conn: Connection) -> None:
@@ -64,12 +72,15 @@ class Server:
             self.on_close()
 
     def close_idle(self) -> None:
-        """Graceful shutdown: idle keep-alive connections go at once; busy ones finish first.
+        """Graceful shutdown: idle keep-alive connections go once STOP_KEEPALIVE_LINGER is over
+        (sooner by their own keep-alive timeout); busy ones finish first.
 
         Spared (answered with Connection: close instead): one whose next request is already in
         the socket, and a new one that has had no chance yet to send its first request.
         """
         now = self.loop.time()
+        if now < self.linger_end:
+            return
         for conn in list(self.conns):
             if conn.state is not ConnState.IDLE and conn.state is not ConnState.PREAMBLE:
                 continue

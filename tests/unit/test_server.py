@@ -11,6 +11,7 @@ import pytest
 from memory import FakeTransport, FakeWorker, InlinePool, Log, echo_app, get
 
 from gunicorn_aiowsgi import listener
+from gunicorn_aiowsgi import server as server_module
 from gunicorn_aiowsgi.boundary import ConnState
 from gunicorn_aiowsgi.bridge import ThreadPool
 from gunicorn_aiowsgi.protocol import Connection
@@ -42,9 +43,10 @@ def turn(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_forever()
 
 
-def test_a_drain_spares_a_connection_whose_next_request_is_read_already(loop):
+def test_a_drain_spares_a_connection_whose_next_request_is_read_already(loop, monkeypatch):
     # Its next request came in the same read as the last one and waits in `held` for a loop
     # turn; closing it as idle would drop a request the client has sent.
+    monkeypatch.setattr(server_module, "STOP_KEEPALIVE_LINGER", 0.0)
     server = serve(loop)
     conn, transport = connect(server)
     conn.data_received(get("/a") + get("/b"))
@@ -60,6 +62,26 @@ def test_a_drain_spares_a_connection_whose_next_request_is_read_already(loop):
     written = bytes(transport.written)
     assert written.count(b"HTTP/1.1 200 OK") == 2 and b"GET /b " in written
     assert written.rsplit(b"HTTP/1.1 200 OK", 1)[1].count(b"Connection: close") == 1
+    server.spools.shutdown(timeout=1)
+
+
+def test_a_drain_keeps_idle_connections_for_the_linger_and_answers_them_with_close(loop, monkeypatch):
+    # gthread (gunicorn 27) keeps kept-alive connections up to STOP_KEEPALIVE_LINGER on a
+    # graceful stop: a proxy's request sent meanwhile gets its answer, and Connection: close.
+    monkeypatch.setattr(server_module, "STOP_KEEPALIVE_LINGER", 0.2)
+    server = serve(loop)
+    asked, _ = connect(server, 40001)
+    silent, silent_transport = connect(server, 40002)
+    for conn in (asked, silent):
+        conn.requests = 1  # kept alive after a first request: no fresh-connection grace
+    server.draining = True
+    server.close_idle()
+    assert not silent_transport.closed
+    asked.data_received(get("/late"))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert b"Connection: close" in bytes(asked.transport.written)  # type: ignore[union-attr]
+    loop.run_until_complete(asyncio.sleep(0.3))  # the linger is over: the silent one goes
+    assert silent_transport.closed
     server.spools.shutdown(timeout=1)
 
 
