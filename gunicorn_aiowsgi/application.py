@@ -65,8 +65,8 @@ class EarlyHints:
 
 # Every End is one of these (framer.finish(): done, done after the chunked terminator, or short;
 # each last or not), and messages are never changed once put: shared, not made per response.
-ENDS = {(*finished, last): End(*finished, last)
-        for finished in ((b"", True), (b"", False), (b"0\r\n\r\n", True)) for last in (True, False)}
+ENDS = {finished: End(*finished) for finished in ((b"", True), (b"", False), (b"0\r\n\r\n", True))}
+WAITING_ENDS = {finished: End(*finished, False) for finished in ENDS}  # a CallDone follows
 
 
 def _closed_write(data: bytes) -> None:
@@ -353,8 +353,8 @@ class AppCall(StartResponse):
 
     def _closing(self, framer: BodyFramer) -> End:
         """The body's End, after logging a body longer or shorter than its Content-Length."""
-        tail, complete = framer.finish()
-        end = ENDS.get((tail, complete, self.last)) or End(tail, complete, self.last)
+        finished = framer.finish()
+        end = (ENDS if self.last else WAITING_ENDS).get(finished) or End(*finished, self.last)
         if framer.overflow or not end.complete:
             self._report_overflow(framer, end.complete)
         return end

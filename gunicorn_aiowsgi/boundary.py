@@ -101,7 +101,7 @@ class Boundary:
         # protocol_ok(line[:end]) without copying the line: the word after its last space.
         if not line.startswith(b"HTTP/", line.rfind(b" ", 0, end) + 1, end):
             raise BadRequest(f"Invalid HTTP version: {line[:end].decode('latin-1')!r}")
-        if line.find(b"  ", 0, end) >= 0 or line[:1] == b" ":
+        if line.find(b"  ", 0, end) >= 0 or line[0] == 32:  # 32: b" "
             # RFC 9112 section 3: single spaces between the parts. llhttp takes runs of them; a
             # proxy that reads the line otherwise would disagree on the target, so gunicorn's 400.
             raise BadRequest(f"Invalid request line: {line[:end].decode('latin-1')!r}")

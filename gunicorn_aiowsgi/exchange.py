@@ -275,10 +275,12 @@ class Exchange:
         try:
             if not self.backlog and self.conn.writable:
                 batch: Sequence[Any] = channel.take()
-                if len(batch) == 1:
+                count = len(batch)
+                if count <= 2:  # a whole response, and maybe its CallDone behind it
                     item = batch[0]
-                    if type(item) is Start and item.end is not None and item.size < COPY_LIMIT:
-                        self.whole(item)
+                    if (type(item) is Start and item.end is not None and item.size < COPY_LIMIT
+                            and (count == 1 or type(batch[1]) is CallDone)):
+                        self.whole(item, count == 2)
                         return
                 self.backlog = batch  # taken, not written yet: the loop below writes it
             out = Output(self.conn.write)
@@ -300,7 +302,7 @@ class Exchange:
         except Exception as exc:
             self.broke(exc)
 
-    def whole(self, item: Start) -> None:
+    def whole(self, item: Start, call_done: bool = False) -> None:
         """A small response known in full (a list body): head, body and end in one write."""
         end, head, mode = item.end, item.head, item.mode
         assert end is not None
@@ -310,7 +312,9 @@ class Exchange:
         self.keep = keep = self.keep_alive(head.close or mode is CLOSE)
         self.conn.write(b"".join((render_head(self.request.version, head, mode, keep, SERVER_HEADER,
                                               self.ctx.date()), *item.pieces, end.tail)))
-        self.ended(end)
+        keep = keep and end.complete
+        if end.last or not keep or call_done:  # else the CallDone is still to come (ended)
+            self.done(keep)
 
     def write(self, item: Any, out: Output) -> bool:
         """One message from the app thread; False once the response is over."""
