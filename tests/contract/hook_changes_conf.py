@@ -2,17 +2,7 @@
 (comma-separated: append, strip, assign, path, close), for test_hooks_logging.py to compare with
 gthread. Each request's headers as the hook found them are marked to $CONTRACT_MARKS."""
 
-import json
-import os
-
-
-def _mark(hook, **fields):
-    line = json.dumps({"hook": hook, "pid": os.getpid(), **fields}) + "\n"
-    fd = os.open(os.environ["CONTRACT_MARKS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+from contract.hooks_conf import _mark
 
 
 def pre_request(worker, req):
