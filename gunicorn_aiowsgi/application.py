@@ -125,7 +125,8 @@ class AppCall(StartResponse):
 
     def _record(self) -> RequestRecord:
         raw_headers, peer, number = self._parts
-        return RequestRecord(self.environ, self.version, raw_headers, peer, number)
+        return RequestRecord(self.environ, self.version, raw_headers, peer, number,
+                             self.server.settings)
 
     # -- the job -------------------------------------------------------------------------
     def run(self) -> None:
@@ -136,9 +137,10 @@ class AppCall(StartResponse):
             self._req = req = self._record()  # now: once the app runs, it may change its environ
         try:
             # Inside the try, as gunicorn's workers do: a failing hook is this request's 500.
-            if pre_request is not None:
-                pre_request(worker, req)
-            result = self.app(self.environ, self)
+            if pre_request is None:
+                result = self.app(self.environ, self)
+            else:
+                result = self.app(self.environ, self._pre_request(pre_request, worker))
             if type(result) is list:  # the common case; a plain list has no close() to call
                 self._send_all(result)
             else:
@@ -161,6 +163,25 @@ class AppCall(StartResponse):
             self._let_go()
             if not self.last:
                 self._call_done()
+
+    def _pre_request(self, hook: Callable[..., Any], worker: Any) -> Callable[..., Any]:
+        """Run the hook; what it changed on the request record reaches the environ (gthread
+        builds the environ from the record after this hook). Returns the app's start_response."""
+        req = self.req
+        before = req.snapshot()
+        hook(worker, req)
+        closing = req.update_environ(self.environ, before)
+        self.method = req.method  # as gunicorn's response reads req.method (HEAD: no body)
+        return self._start_closing if closing else self
+
+    def _start_closing(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], None]:
+        """start_response once the hook closed the connection (req.force_close(), or headers
+        that say close): the response says Connection: close, and the connection ends with it."""
+        write = self(status, headers, exc_info)
+        assert self.head is not None
+        self.head.close = True
+        return write
 
     def _call_done(self) -> None:
         """The iterable is closed and the hooks ran: the connection may read on (End said wait)."""

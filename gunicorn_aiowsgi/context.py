@@ -105,7 +105,7 @@ class Context:
         resp = ResponseRecord()
         resp.status, resp.status_code = status, int(status[:3])
         req = RequestRecord(environ, request.version, request.raw_headers, exchange.conn.peer,
-                            exchange.number)
+                            exchange.number, self.settings)
         elapsed = timedelta(0, max(0.0, time.time() - exchange.started))
         self.spools.off_loop(self.access, resp, req, environ, elapsed)
 

@@ -187,6 +187,16 @@ def _header_name(name: str, settings: Settings, trusted: bool) -> str | None:
     raise BadRequest(f"Invalid header name '{name}'")
 
 
+def keeps_field(name: str, settings: Settings, trusted: bool) -> bool:
+    """Whether a field whose name holds "_" stays among the request's headers, as gunicorn's
+    parser decides for req.headers (the request record's filter; add_headers makes the same
+    decision for the environ). A refused one never reaches a record: its request got a 400."""
+    try:
+        return _header_name(name, settings, trusted) is not None
+    except BadRequest:
+        return False
+
+
 class FieldKind(enum.Enum):
     """How a header field name is mapped into the environ; known once per name (the cache below)."""
 
@@ -214,11 +224,16 @@ KINDS = {"HOST": FieldKind.HOST, "CONTENT-TYPE": FieldKind.CONTENT,
 NO_HEADERS: dict[str, str] = {}
 
 
-def _map_name(raw_name: bytes) -> tuple[str, str, FieldKind]:
-    name = raw_name.decode("latin-1").upper()
+def field_key(name: str) -> tuple[str, FieldKind]:
+    """A field name's environ key and kind: CONTENT_TYPE / CONTENT_LENGTH, else HTTP_NAME."""
     kind = KINDS.get(name) or (FieldKind.UNDERSCORE if "_" in name else PLAIN)
     key = name.replace("-", "_") if kind is FieldKind.CONTENT else "HTTP_" + name.replace("-", "_")
-    mapped = (name, key, kind)
+    return key, kind
+
+
+def _map_name(raw_name: bytes) -> tuple[str, str, FieldKind]:
+    name = raw_name.decode("latin-1").upper()
+    mapped = (name, *field_key(name))
     if len(_NAMES) < NAME_CACHE_SIZE:
         _NAMES[raw_name] = mapped
     return mapped
@@ -310,7 +325,18 @@ def _check_codings(value: str) -> None:
             raise NotImplementedCoding(f"Unsupported transfer coding: '{coding}'")
 
 
-def _server_from_host(host: str | None, scheme: str, path: str) -> tuple[str, str]:
+def path_info(path: str, script_name: str) -> str:
+    """PATH_INFO: the path minus SCRIPT_NAME, percent-decoded to latin-1 text (PEP 3333:
+    "/caf%C3%A9" -> "/caf\\xc3\\xa9"); a path outside SCRIPT_NAME is gunicorn's 500."""
+    if script_name:
+        if not path.startswith(script_name):
+            raise ConfigurationProblem(
+                f"Request path {path!r} does not start with SCRIPT_NAME {script_name!r}")
+        path = path[len(script_name):]
+    return urllib.parse.unquote_to_bytes(path).decode("latin-1") if "%" in path else path
+
+
+def server_from_host(host: str | None, scheme: str, path: str) -> tuple[str, str]:
     """On a unix socket, SERVER_NAME/PORT come from Host, as gunicorn does; without one, the
     socket's path and no port (gunicorn's http.wsgi.create)."""
     if not host:
@@ -350,16 +376,10 @@ def build_environ(base: dict[str, Any], settings: Settings, peer: Peer, method: 
     environ["wsgi.url_scheme"] = scheme
     environ.update(peer.keys)
     if peer.server_name is None:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_from_host(host, scheme, peer.socket_path)
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = server_from_host(host, scheme, peer.socket_path)
     script_name = environ["SCRIPT_NAME"]
-    if script_name:
-        if not path.startswith(script_name):
-            raise ConfigurationProblem(
-                f"Request path {path!r} does not start with SCRIPT_NAME {script_name!r}")
-        path = path[len(script_name):]
-    # PEP 3333: PATH_INFO holds the percent-decoded bytes as latin-1 ("/caf%C3%A9" -> "/caf\xc3\xa9").
-    environ["PATH_INFO"] = (urllib.parse.unquote_to_bytes(path).decode("latin-1") if "%" in path
-                            else path)
+    # Nearly every path has neither a SCRIPT_NAME to strip nor a "%": no call for those.
+    environ["PATH_INFO"] = path_info(path, script_name) if script_name or "%" in path else path
     return environ, expect
 
 

@@ -7,15 +7,16 @@ socket of the test); the tests then read what each left behind.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
-from server import Conn, get, wait_until
+from server import Conn, get, has_setting, wait_until
 
-from .helpers import marks, serve
+from .helpers import HERE, marks, serve
 
 FORMAT = ('%(h)s|%(l)s|%(u)s|%(t)s|%(r)s|%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%(b)s|%(f)s|%(a)s|'
           '%(T)s|%(D)s|%(M)s|%(L)s|%(p)s|%({x-custom}i)s|%({x-out}o)s|%({content-type}o)s|'
@@ -131,6 +132,59 @@ def test_post_request_sees_what_gthread_sees(results: dict) -> None:
     # what was sent instead (the 500), which is what a hook wants to log.
     assert (theirs[1]["status"], ours[1]["status"]) == (None, "500 Internal Server Error")
     assert comparable(ours[2]) == comparable(theirs[2])
+
+
+# What a pre_request hook changes on req: one request per change, each on its own connection.
+CHANGES = ["", "append", "strip", "assign", "path", "close", "append,strip,assign,path,close"]
+CHANGE_LOG = "%(s)s|%(U)s|%({x-hook}i)s|%({x-secret}i)s|%({x_under}i)s|%({x-assigned}i)s"
+
+
+def changed_by_hook(worker_class: str, tmp: Path) -> dict[str, Any]:
+    """Each change's (status, Connection, environ, closed after it); the access log; the marks."""
+    answers = []
+    with serve("--access-logformat", CHANGE_LOG, marks=tmp / "marks",
+               config=str(HERE / "hook_changes_conf.py"), worker_class=worker_class,
+               wait_ready=worker_class != "gthread", reference=worker_class == "gthread") as g:
+        for change in CHANGES:
+            with Conn.to(g) as conn:
+                conn.send(b"GET /environ?q=1 HTTP/1.1\r\nHost: test\r\nX-Secret: s\r\n"
+                          b"X_Under: u\r\nX-Change: %s\r\n\r\n" % change.encode())
+                status, headers, body = conn.response()
+                environ = {k: v for k, v in json.loads(body).items()
+                           if k not in ("REMOTE_PORT", "SERVER_PORT")}  # each master's own
+                answers.append((status, headers["connection"], environ, conn.closed_by_peer(0.5)))
+        wait_until(lambda: g.access().count("\n") == len(CHANGES), 10, "the access lines")
+    found = [sorted(map(tuple, m["headers"])) for m in marks(tmp / "marks", "pre_request")]
+    return {"answers": answers, "access": g.access().splitlines(), "found": found}
+
+
+def test_what_pre_request_changes_on_req_reaches_the_app_as_under_gthread(tmp_path: Path) -> None:
+    """gthread builds the environ from req after pre_request: a hook appending a header,
+    stripping one, assigning req.headers, rewriting req.path or calling req.force_close()
+    changes what the app sees, the access log and the connection. header_map=drop's dropped
+    field (X_Under) is in neither worker's req.headers."""
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "gthread").mkdir()
+    ours = changed_by_hook("gunicorn_aiowsgi.Worker", tmp_path / "ours")
+    theirs = changed_by_hook("gthread", tmp_path / "gthread")
+    assert ours == theirs
+    answers = dict(zip(CHANGES, ours["answers"]))
+    assert answers[""][:2] == (200, "keep-alive") and not answers[""][3]
+    # gunicorn 21 has no header_map: it keeps X_Under (and the reference gthread is told to).
+    dropped = has_setting("header_map")
+    assert answers[""][2]["HTTP_X_SECRET"] == "s"
+    assert ("HTTP_X_UNDER" in answers[""][2]) is not dropped
+    assert answers["append"][2]["HTTP_X_HOOK"] == "added"
+    assert "HTTP_X_SECRET" not in answers["strip"][2]
+    assigned = answers["assign"][2]
+    assert assigned["HTTP_X_ASSIGNED"] == "1" and "HTTP_X_CHANGE" not in assigned
+    assert answers["path"][2]["PATH_INFO"] == "/rewritten/environ"
+    assert answers["close"][1::2] == ("close", True)
+    everything = answers[CHANGES[-1]]
+    assert everything[1::2] == ("close", True)
+    assert everything[2]["PATH_INFO"] == "/rewritten/environ"
+    assert all(("X_UNDER" in dict(found)) is not dropped for found in ours["found"])
+    assert ours["access"][-1] == f"200|/rewritten/environ|added|-|{'-' if dropped else 'u'}|1"
 
 
 def test_worker_hooks_run_at_gunicorns_moments(results: dict) -> None:

@@ -25,6 +25,7 @@ from gunicorn_aiowsgi.errors import AppError, BadRequest, ClientDisconnected, HT
 from gunicorn_aiowsgi.files import FileKind, FileWrapper, file_kind
 from gunicorn_aiowsgi.messages import JobState
 from gunicorn_aiowsgi.response import ResponsePhase
+from gunicorn_aiowsgi.settings import Settings
 
 CHUNK_END = b"0\r\n\r\n"
 OVERFLOW = "past its Content-Length"
@@ -170,9 +171,10 @@ class FakeWorker:
 
 
 class FakeServer:
-    """What AppCall reads from the Server: worker (with cfg hooks), log, can_sendfile."""
+    """What AppCall reads from the Server: worker (with cfg hooks), log, can_sendfile, settings."""
 
     def __init__(self, events: list, can_sendfile: bool = False) -> None:
+        self.settings = Settings()
         self.worker = FakeWorker(events)
         self.log = RecordingLog(events)
         self.can_sendfile = can_sendfile
