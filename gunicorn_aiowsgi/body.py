@@ -9,7 +9,7 @@ import tempfile
 from typing import Any, Callable
 
 from .bridge import SpoolWriter
-from .errors import HTTPError, InsufficientStorage, PayloadTooLarge
+from .errors import HTTPError, InsufficientStorage, PayloadTooLarge, Unavailable
 from .settings import MIB, Settings
 from .spool_disk import (
     SpoolFile,
@@ -57,11 +57,12 @@ def streamed(settings: Settings, length: int | None, streams: int, limit: int) -
     return length is not None and length > settings.body_memory_limit and streams < limit
 
 
-class SpoolFull(HTTPError):
+class SpoolFull(Unavailable):
     """The worker's spool budget is taken by other uploads: come back shortly (RFC 9110 section 15.6.4)."""
 
-    status = 503
     retry_after = RETRY_AFTER
+    label = "Spool budget full"
+    metric = "spool_full_503"
 
 
 class SpoolState(enum.Enum):

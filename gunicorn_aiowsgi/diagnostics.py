@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -11,6 +14,10 @@ from typing import Any
 QUEUE_WARNING_EVERY = 10.0
 # Overload 503s are logged at most this often (seconds), with the queue depth.
 OVERLOAD_LOG_EVERY = 1.0
+# After a failed statsd send, the worker's own metrics pause this long (seconds)...
+STATSD_PAUSE = 30.0
+# ...and the failure is logged, one line, at most this often (seconds).
+STATSD_WARN_EVERY = 600.0
 
 
 def describe(call: Any, now: float) -> str:
@@ -35,8 +42,79 @@ def dump_stacks(pool: Any, log: Any, why: str) -> int:
     return len(jobs)
 
 
+class SendWatch(logging.Filter):
+    """On the "gunicorn.error" logger: catches, on the thread making one of our sends only, the
+    warning with a traceback gunicorn's Statsd logger writes for each send that fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        caught = getattr(self.local, "caught", None)
+        if caught is None or not record.exc_info:
+            return True
+        caught.append(record)
+        return False
+
+
+WATCH = SendWatch()
+
+
+class Metrics:
+    """The worker's own statsd metrics, through gunicorn's Statsd logger (only it has `gauge` and
+    `increment`). That logger logs every failed send as a warning with a traceback: with statsd
+    unreachable, per-second gauges would fill the error log. A failed send of ours pauses our
+    metrics for STATSD_PAUSE seconds and is logged once in STATSD_WARN_EVERY, one line."""
+
+    def __init__(self, log: Any, clock: Any = time.monotonic) -> None:
+        self.log = log
+        self.clock = clock
+        self.gauge = getattr(log, "gauge", None)
+        self.increment = getattr(log, "increment", None)
+        self.paused_until = 0.0
+        self.warned_at: float | None = None
+        self.failures = 0
+        if self.gauge is not None:
+            logging.getLogger("gunicorn.error").addFilter(WATCH)  # one filter, however many adds
+
+    def send(self, method: Any, name: str, value: int) -> bool:
+        """Send one metric unless paused; False if it failed (or was not sent)."""
+        now = self.clock()
+        if method is None or now < self.paused_until:
+            return False
+        caught: list[logging.LogRecord] = []
+        WATCH.local.caught = caught
+        try:
+            method(name, value)
+            if caught and self.paused_until:
+                # The first send since a pause: a connected UDP socket reports a refusal at
+                # the next send, so this may be the one of a packet sent before the pause.
+                caught.clear()
+                method(name, value)
+            self.paused_until = 0.0
+            if caught:
+                self.failed(caught[0], now)  # its own warning's statsd count is watched too
+        finally:
+            WATCH.local.caught = None
+        return not caught
+
+    def failed(self, record: logging.LogRecord, now: float) -> None:
+        self.paused_until = now + STATSD_PAUSE
+        self.failures += 1
+        if self.warned_at is not None and now - self.warned_at < STATSD_WARN_EVERY:
+            return
+        self.warned_at = now
+        exc = record.exc_info[1] if record.exc_info else None
+        self.log.warning("Cannot send the worker's metrics to statsd (%s: %s): they pause for "
+                         "%.0f s after each failed send; %d failed so far, said at most every "
+                         "%.0f s", type(exc).__name__, exc, STATSD_PAUSE, self.failures,
+                         STATSD_WARN_EVERY)
+
+
 class Monitor:
-    """Looked at once per heartbeat on the loop: statsd gauges and waitress's queue-depth warning."""
+    """Looked at once per heartbeat on the loop: statsd gauges (at most once a second) and
+    waitress's queue-depth warning."""
 
     def __init__(self, pool: Any, server: Any, log: Any, pid: int) -> None:
         self.pool = pool
@@ -46,16 +124,21 @@ class Monitor:
         self.saturated_since: float | None = None
         self.warned_at = 0.0
         self.overload_logged_at = 0.0
-        self.gauge = getattr(log, "gauge", None)          # only gunicorn's Statsd logger has it
-        self.increment = getattr(log, "increment", None)
+        self.metrics = Metrics(log)
+        self.gauged_second: int | None = None
 
     def tick(self, now: float) -> None:
+        """Each heartbeat; `now` is the loop's clock (seconds)."""
         pool, server = self.pool, self.server
         queued, busy = pool.queued, pool.busy
-        if self.gauge is not None:
-            self.gauge(self.prefix + "busy_threads", busy)
-            self.gauge(self.prefix + "queued_requests", queued)
-            self.gauge(self.prefix + "connections", len(server.conns))
+        second = math.floor(now)  # the gauges: at most once a second, whatever the heartbeat
+        if self.metrics.gauge is not None and second != self.gauged_second:
+            self.gauged_second = second
+            gauge = self.metrics.gauge
+            for name, value in (("busy_threads", busy), ("queued_requests", queued),
+                                ("connections", len(server.conns))):
+                if not self.metrics.send(gauge, self.prefix + name, value):
+                    break  # failed or paused: the rest would fail too
         # Every thread busy and requests still waiting, two ticks in a row (a queue that "stays"
         # deeper than the idle threads). A queue seen while threads are idle is only jobs
         # handed over a moment ago, not yet picked up.
@@ -70,8 +153,7 @@ class Monitor:
             self.saturated_since = None
 
     def count(self, name: str) -> None:
-        if self.increment is not None:
-            self.increment(self.prefix + name, 1)
+        self.metrics.send(self.metrics.increment, self.prefix + name, 1)
 
     def overloaded(self, queued: int, limit: int) -> None:
         self.count("overload_503")

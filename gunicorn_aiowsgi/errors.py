@@ -86,6 +86,24 @@ class GatewayTimeout(HTTPError):
     status = 504
 
 
+class Unavailable(HTTPError):
+    """RFC 9110 section 15.6.4: load, not a fault; the client may come back after Retry-After
+    seconds (section 10.2.3). Logged as a warning without a traceback, and counted (`metric`)."""
+
+    status = 503
+    retry_after = "1"
+    label = "Unavailable"
+    metric = "unavailable_503"
+
+
+class OutOfFiles(Unavailable):
+    """No file descriptor left for a request body's spool file (EMFILE, ENFILE): the worker's
+    connections and spool files took them all; they come back as uploads finish."""
+
+    label = "Out of file descriptors"
+    metric = "no_fd_503"
+
+
 class InsufficientStorage(HTTPError):
     """RFC 4918 section 11.5: the request body could not be spooled to disk."""
 

@@ -9,13 +9,13 @@ from time import time as wall_time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .application import AppCall
-from .body import READ_BUFFER, STREAM_BACKLOG, BodySpool, SpoolFull, check_length, streamed
+from .body import READ_BUFFER, STREAM_BACKLOG, BodySpool, check_length, streamed
 from .boundary import BODY, CLOSED
 from .bridge import BodyFeed, Channel
 from .context import Context
 from .diagnostics import describe, thread_stack
 from .environ import build_environ
-from .errors import BadRequest, BodyCutShort, GatewayTimeout, HTTPError
+from .errors import BadRequest, BodyCutShort, GatewayTimeout, HTTPError, Unavailable
 from .listener import unread_bytes
 from .messages import Abort, CallDone, Data, End, Fail, Hints, JobState, SendFile, Start
 from .output import Output, send_file
@@ -103,15 +103,15 @@ class Exchange:
         self.spool.expect(length)
 
     def refused(self, error: HTTPError) -> None:
-        """The request cannot be taken; a full spool budget is the overload answer (retry soon)."""
+        """The request cannot be taken; load (errors.Unavailable) is answered 503, retry soon."""
         if self.spool is not None:
             self.spool.close()
             self.spool = None
-        full = isinstance(error, SpoolFull)
-        if full:  # load, not a fault: a warning, counted, never an error with a traceback
-            self.ctx.monitor.count("spool_full_503")
-            self.ctx.log.warning("Spool budget full: %s; answering 503", error)
-        self.conn.refuse(error, self.request.method, logged=full)
+        load = isinstance(error, Unavailable)  # a full spool budget, no descriptor for a file
+        if isinstance(error, Unavailable):  # load, not a fault: a warning, counted, no traceback
+            self.ctx.monitor.count(error.metric)
+            self.ctx.log.warning("%s: %s; answering 503", error.label, error)
+        self.conn.refuse(error, self.request.method, logged=load)
         self.ctx.log_answer(self, f"{error.status} {error.reason}")
 
     def body(self, data: bytes) -> None:

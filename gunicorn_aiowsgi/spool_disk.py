@@ -7,7 +7,7 @@ import os
 import tempfile
 from typing import Any, BinaryIO
 
-from .errors import HTTPError, InsufficientStorage
+from .errors import HTTPError, InsufficientStorage, OutOfFiles
 
 # Buffers per writev(2) call, under every system's IOV_MAX (count).
 IOV_BATCH = 512
@@ -89,6 +89,9 @@ def storage_error(exc: BaseException) -> HTTPError:
     # RFC 4918 section 11.5: 507 when the server cannot store the representation.
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorage(f"cannot spool request body: {exc}")
+    # No descriptor for the file: load (connections and other uploads hold them), not a fault.
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        return OutOfFiles(f"cannot spool request body: {exc}")
     return HTTPError(f"cannot spool request body: {exc}")
 
 

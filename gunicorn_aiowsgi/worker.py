@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import gc
-import io
-import logging
 import os
 import signal
 import sys
@@ -15,15 +13,18 @@ from typing import Any
 
 from gunicorn.workers import base
 
-from . import diagnostics
+from . import diagnostics, fdlimit
 from . import settings as settings_mod
 from .bridge import ThreadPool
+from .errorlog import WSGIErrors, loop_exception_handler
 from .listener import Listener, TlsContexts
 from .server import Server
 
 # Heartbeat period (seconds): at most this, and at most a quarter of gunicorn's --timeout
-# (self.timeout, as gunicorn gives it to a worker, is half of it).
+# (self.timeout, as gunicorn gives it to a worker, is half of it); this with --timeout 0.
 HEARTBEAT = 1.0
+# The shortest heartbeat period, whatever --timeout says (seconds).
+HEARTBEAT_MIN = 0.05
 # The master SIGKILLs a worker graceful_timeout after its TERM. A drain ends this much earlier,
 # so closing connections, cancelling tasks and the worker_exit hook run before that: at least
 # EXIT_MARGIN seconds, or EXIT_MARGIN_SHARE of graceful_timeout if longer, never more than half.
@@ -61,6 +62,16 @@ def drain_budget(graceful_timeout: float) -> float:
     return max(0.0, graceful_timeout - min(margin, graceful_timeout / 2))
 
 
+def heartbeat_period(timeout: float) -> float:
+    """Seconds between two notifications of the master, from the worker's self.timeout (half of
+    --timeout). --timeout 0 turns the master's check off (Arbiter.murder_workers returns at
+    once): the loop still looks at its parent and its phase, once per HEARTBEAT, as gthread
+    does."""
+    if timeout <= 0:
+        return HEARTBEAT
+    return min(HEARTBEAT, max(HEARTBEAT_MIN, timeout / 2))
+
+
 def gil_enabled() -> bool:
     """Whether this interpreter runs with the GIL: False only on a free-threaded build (3.13t+)
     that runs with it off. The one probe the start-up check calls (tests replace it)."""
@@ -76,38 +87,6 @@ def refuse_without_gil() -> None:
             "gunicorn_aiowsgi needs the GIL, and this free-threaded Python runs without it: its "
             "thread bridge is not safe there yet. Start gunicorn with the GIL on: PYTHON_GIL=1 "
             "in the environment, or python -X gil=1 -m gunicorn ...")
-
-
-class WSGIErrors(io.RawIOBase):
-    """wsgi.errors (PEP 3333 section "environ Variables"): what apps write goes to the streams of
-    gunicorn's error log. gunicorn's WSGIErrorsWrapper (the same in 21.2 and 27), copied: it is
-    not part of gunicorn's documented API, so a release may move or change it."""
-
-    def __init__(self, cfg: Any) -> None:
-        self.to_stderr = cfg.errorlog == "-"
-
-    @property
-    def streams(self) -> list[Any]:
-        """The handlers' streams now, not at start: USR1 (log rotation) replaces them, and
-        gunicorn builds its wrapper per request for that reason."""
-        handlers = logging.getLogger("gunicorn.error").handlers
-        streams: list[Any] = []
-        if self.to_stderr:
-            # gunicorn's first handler then writes to stderr already: not twice.
-            streams.append(sys.stderr)
-            handlers = handlers[1:]
-        for handler in handlers:
-            if hasattr(handler, "stream"):
-                streams.append(handler.stream)
-        return streams
-
-    def write(self, data: Any) -> None:
-        for stream in self.streams:
-            try:
-                stream.write(data)
-            except UnicodeError:
-                stream.write(data.encode("UTF-8"))
-            stream.flush()
 
 
 def _do_nothing(_signum: int, _frame: Any) -> None:
@@ -153,6 +132,8 @@ class Worker(base.Worker):
     def init_process(self) -> None:
         # After the fork, so preload_app never shares a loop (or a thread) with the master.
         self.loop = self.new_loop()
+        # What asyncio catches (a signal's callback or a hook that raised) goes to the error log.
+        self.loop.set_exception_handler(loop_exception_handler(self.log))
         asyncio.set_event_loop(self.loop)
         super().init_process()
 
@@ -209,17 +190,25 @@ class Worker(base.Worker):
     def on_quit(self) -> None:
         """Quick: exit within a second even with requests in flight (after a TERM too)."""
         self.alive = False
-        if self.phase is not WorkerPhase.QUITTING:
-            self.phase = WorkerPhase.QUITTING
-            self.cfg.worker_int(self)
-        self._poke()
+        try:
+            if self.phase is not WorkerPhase.QUITTING:
+                self.phase = WorkerPhase.QUITTING
+                self.cfg.worker_int(self)
+        except Exception:  # noqa: BLE001 - the hook's error is logged; the worker still quits
+            self.log.exception("Exception in worker_int hook")
+        finally:
+            self._poke()
 
     def on_abort(self) -> None:
         """The master timed us out: say what every app thread was doing, worker_abort, exit."""
         self.alive = False
-        self.dump_stacks("Worker timed out (SIGABRT)")
-        self.cfg.worker_abort(self)
-        sys.exit(1)
+        try:
+            self.dump_stacks("Worker timed out (SIGABRT)")
+            self.cfg.worker_abort(self)
+        except Exception:  # noqa: BLE001 - logged; the exit must happen whatever the hook did
+            self.log.exception("Exception in worker_abort hook")
+        finally:
+            sys.exit(1)
 
     def on_dump(self) -> None:
         """`kill -URG <worker pid>`: log every app thread's stack and request, keep serving."""
@@ -279,6 +268,7 @@ class Worker(base.Worker):
         refuse_without_gil()
         self.settings = settings_mod.from_cfg(self.cfg)
         self.warn_unsupported()
+        fdlimit.ensure(self.settings.worker_connections, self.log)
         self.pool = ThreadPool(self.settings.threads)
         self.server = Server(self, self.settings, self.wsgi, self.pool, self.loop, self.log,
                              WSGIErrors(self.cfg))
@@ -322,8 +312,7 @@ class Worker(base.Worker):
         gc.freeze()
         self.log.info("aiowsgi: serving with %d threads, %d connections max (pid: %s)",
                       self.settings.threads, self.settings.worker_connections, self.pid)
-        # self.timeout is already half the master's --timeout (Arbiter.spawn_worker).
-        period = min(HEARTBEAT, max(0.05, self.timeout / 2))
+        period = heartbeat_period(self.timeout)
         while self.phase is WorkerPhase.SERVING:
             self.notify()
             self.server.monitor.tick(self.loop.time())

@@ -267,6 +267,39 @@ def digest(environ, start_response):
     return [body]
 
 
+def errors_close(environ, start_response):
+    """Writes a line to wsgi.errors; /errors_close/close closes it first (PEP 3333 forbids it,
+    so this route runs outside the validator)."""
+    errors = environ["wsgi.errors"]
+    if environ["PATH_INFO"].endswith("/close"):
+        errors.close()
+    errors.write(f"wsgi.errors line from {environ['PATH_INFO']}\n")
+    errors.writelines(["and another\n"])
+    errors.flush()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+HELD: list[int] = []  # descriptors /descriptors?take=all holds
+
+
+def descriptors(environ, start_response):
+    """?take=all opens /dev/null until the worker has no file descriptor left (EMFILE) and keeps
+    them all; any other query closes them. The body says how many are held."""
+    if _query(environ).get("take") == "all":
+        try:
+            while True:
+                HELD.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+    else:
+        while HELD:
+            os.close(HELD.pop())
+    body = str(len(HELD)).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def router(environ, start_response):
     """One app with every fixture under its path, so one master serves a whole module."""
     name = environ["PATH_INFO"].strip("/").split("/")[0] or "hello"
@@ -279,14 +312,14 @@ def router(environ, start_response):
 ROUTES = {"hello": hello, "environ": environ_json, "body": body_read, "duplex": duplex, "stream": stream,
           "big": big, "tracked": tracked, "framing": framing, "bad_header": bad_header,
           "fail": fail, "files": files, "status": status, "slow": slow,
-          "digest": digest}
+          "digest": digest, "errors_close": errors_close, "descriptors": descriptors}
 
 # The same, inside wsgiref's validator: any PEP 3333 slip by the server fails the request.
 validated = validator(router)
 
 # Fixtures that break PEP 3333 on purpose (or whose file_wrapper must reach the server
 # unwrapped, for sendfile) run bare; every other route runs inside the validator.
-UNCHECKED = {"fail", "bad_header", "files", "framing"}
+UNCHECKED = {"fail", "bad_header", "files", "framing", "errors_close"}
 CHECKED = {name: (app if name in UNCHECKED else validator(app)) for name, app in ROUTES.items()}
 
 

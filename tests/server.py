@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -90,7 +91,8 @@ class Gunicorn:
                  env: dict[str, str] | None = None, bind: str | None = "127.0.0.1:0",
                  workers: int = 1, config: str | None = None, cwd: str | None = None,
                  access_log: bool = True, wait_ready: bool = True, loglevel: str = "info",
-                 python: str = sys.executable, reference: bool = False):
+                 python: str = sys.executable, reference: bool = False,
+                 nofile: tuple[int, int] | None = None):
         # Logs stay readable after stop(); the whole run's directories go at exit.
         self.dir = Path(tempfile.mkdtemp(prefix="gunicorn-", dir=run_dir()))
         self.error_log = self.dir / "error.log"
@@ -113,7 +115,7 @@ class Gunicorn:
         if reference:  # gunicorn REFERENCE_GUNICORN's master, not the installed gunicorn's
             full_env["PYTHONPATH"] = os.pathsep.join([str(reference_tree()), full_env["PYTHONPATH"]])
             cmd[own:own] = ["--no-control-socket", *reference_args()]  # the test's flags win
-        self._start(cmd, full_env, cwd or str(TESTS))
+        self._start(cmd, full_env, cwd or str(TESTS), nofile=nofile)
         self._wait_listening(workers if wait_ready else 0)
 
     @classmethod
@@ -132,12 +134,14 @@ class Gunicorn:
         self._wait_listening(workers, timeout)
         return self
 
-    def _start(self, cmd: list[str], env: dict[str, str], cwd: str, pass_fds: tuple[int, ...] = ()
-               ) -> None:
+    def _start(self, cmd: list[str], env: dict[str, str], cwd: str, pass_fds: tuple[int, ...] = (),
+               nofile: tuple[int, int] | None = None) -> None:
+        """`nofile`: the master's RLIMIT_NOFILE (soft, hard), set in the child before exec."""
         self.cmd = cmd
         self._out = open(self.stdout, "wb")  # noqa: SIM115 - stop() closes it
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile))
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, pass_fds=pass_fds)
+                                     start_new_session=True, pass_fds=pass_fds, preexec_fn=limit)
         self.pid = self.proc.pid
         self.url = ""
         self.host = "127.0.0.1"
@@ -512,6 +516,42 @@ def temp_files(pid: int, directory: str | None = None) -> list[str]:
     """
     return [t for t in sysinfo.fd_targets(pid) if t.startswith("/") and "/wgunicorn-" not in t and
             (t.endswith(" (deleted)") or (directory is not None and t.startswith(directory)))]
+
+
+def open_file_limit(pid: int) -> tuple[int, int]:
+    """(soft, hard) RLIMIT_NOFILE of `pid`, from /proc/<pid>/limits."""
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError(f"no open file limit for {pid}")
+
+
+def wait_heartbeats(pid: int, count: int, timeout: float = 30.0) -> None:
+    """Wait until worker `pid` has notified the master at least `count` times: each notify()
+    changes its heartbeat file's ctime (gunicorn sets the file's times; older releases chmod
+    it). Beats closer together than this looks may count as one: at least, never more."""
+    base = f"/proc/{pid}/fd"
+    path = next(f"{base}/{fd}" for fd in os.listdir(base)
+                if "/wgunicorn-" in _readlink(f"{base}/{fd}"))
+    last, seen = os.stat(path).st_ctime_ns, 0
+
+    def beat() -> bool:
+        nonlocal last, seen
+        now = os.stat(path).st_ctime_ns
+        if now != last:
+            last, seen = now, seen + 1
+        return seen >= count
+
+    wait_until(beat, timeout, f"{count} heartbeats of worker {pid}", interval=0.01)
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
 
 
 def listen_queue(port: int) -> tuple[int, int]:

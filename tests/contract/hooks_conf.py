@@ -39,12 +39,20 @@ def post_request(worker, req, environ, resp):
           sent=getattr(resp, "sent", None), path_info=environ.get("PATH_INFO"), nr=worker.nr)
 
 
+def _raise_if_asked(hook):
+    """$CONTRACT_RAISE names a hook that raises after its mark."""
+    if os.environ.get("CONTRACT_RAISE") == hook:
+        raise RuntimeError(f"{hook} raised on purpose")
+
+
 def worker_int(worker):
     _mark("worker_int")
+    _raise_if_asked("worker_int")
 
 
 def worker_abort(worker):
     _mark("worker_abort")
+    _raise_if_asked("worker_abort")
 
 
 def worker_exit(server, worker):

@@ -56,17 +56,21 @@ PROXY = ["test_proxy_protocol_addresses_every_request_on_the_connection",
 RELOAD = ["test_reload_in_development", "test_reload_engine_and_reload_extra_files"]
 ERRORLOG = ["test_app_and_parse_errors_use_gunicorns_wording", "test_loglevel_info_hides_debug",
             "test_logger_class_syslog_capture_output_and_debug_level"]
-STATSD = ["test_statsd_gets_counters_and_durations", "test_dogstatsd_tags_on_every_metric"]
+STATSD = ["test_statsd_gets_counters_and_durations", "test_dogstatsd_tags_on_every_metric",
+          "test_an_unreachable_statsd_is_one_warning_not_one_per_gauge"]
 TESTED = {
     "threads": ["test_health_path_answered_on_the_loop_while_pool_is_busy",
                 "test_disconnect_mid_stream_closes_iterable_and_frees_thread"],
     "worker_connections": ["test_worker_connections_caps_open_connections",
-                           "test_past_worker_connections_new_clients_wait_in_the_backlog"],
+                           "test_past_worker_connections_new_clients_wait_in_the_backlog",
+                           "test_the_worker_raises_its_soft_open_file_limit_for_worker_connections",
+                           "test_a_hard_limit_too_low_for_worker_connections_is_one_warning"],
     "max_requests": ["test_max_requests_is_counted_exactly",
                      "test_max_requests_recycling_under_load_loses_no_request"],
     "max_requests_jitter": ["test_max_requests_jitter_draws_each_workers_own_limit"],
     "timeout": ["test_a_request_longer_than_timeout_completes_also_while_draining",
-                "test_a_worker_whose_loop_is_blocked_is_killed_by_the_master"],
+                "test_a_worker_whose_loop_is_blocked_is_killed_by_the_master",
+                "test_an_unreachable_statsd_is_one_warning_not_one_per_gauge", "test_heartbeat_period"],
     "graceful_timeout": ["test_term_exits_at_graceful_timeout_by_itself"],
     "keepalive": ["test_keepalive_closes_an_idle_connection_after_that_many_seconds",
                   "test_keepalive_95_holds_an_idle_connection", "test_keepalive_0_disables_keepalive",
@@ -94,13 +98,15 @@ TESTED = {
     "access_log_format": ["test_access_log_line_is_exact", "test_access_log_matches_gthreads"],
     "errorlog": ERRORLOG, "loglevel": ERRORLOG[1:], "capture_output": ERRORLOG[2:],
     "logger_class": ERRORLOG[2:],
-    "statsd_host": STATSD, "statsd_prefix": STATSD[:1], "dogstatsd_tags": STATSD[1:],
+    "statsd_host": STATSD, "statsd_prefix": STATSD[:1], "dogstatsd_tags": STATSD[1:2],
     "post_worker_init": ["test_worker_hooks_run_at_gunicorns_moments"],
     "pre_request": ["test_pre_request_sees_what_gthread_sees",
                     "test_what_pre_request_changes_on_req_reaches_the_app_as_under_gthread"],
     "post_request": ["test_post_request_sees_what_gthread_sees"],
-    "worker_int": ["test_quit_and_int_exit_fast_with_a_request_in_flight"],
-    "worker_abort": ["test_abrt_calls_worker_abort_then_exits"],
+    "worker_int": ["test_quit_and_int_exit_fast_with_a_request_in_flight",
+                   "test_a_hook_that_raises_is_in_the_error_log_and_the_worker_still_exits"],
+    "worker_abort": ["test_abrt_calls_worker_abort_then_exits",
+                     "test_a_hook_that_raises_is_in_the_error_log_and_the_worker_still_exits"],
     "worker_exit": ["test_worker_hooks_run_at_gunicorns_moments"],
 }
 

@@ -140,6 +140,32 @@ def test_quit_and_int_exit_fast_with_a_request_in_flight(tmp_path: Path, sig: in
         assert stuck.closed_by_peer()
 
 
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+@pytest.mark.parametrize("hook, sig", [("worker_int", signal.SIGQUIT),
+                                       ("worker_abort", signal.SIGABRT)])
+def test_a_hook_that_raises_is_in_the_error_log_and_the_worker_still_exits(
+        tmp_path: Path, hook: str, sig: int, worker_class: str) -> None:
+    """gthread logs such a hook's exception, with its traceback, to the error log and exits.
+    Ours ran worker_int as a loop callback: asyncio printed it to stderr (not --error-logfile,
+    not syslog), and the rest of the quit was skipped, so the exit came late."""
+    marks_path = tmp_path / "marks"
+    with serve("--graceful-timeout", "60", marks=marks_path, env={"CONTRACT_RAISE": hook},
+               worker_class=worker_class) as g:
+        pid = g.worker_pid()
+        os.kill(pid, sig)
+        wait_until(lambda: gone(pid), 10, f"the worker to exit after {hook} raised")
+        log = g.wait_log(f"RuntimeError: {hook} raised on purpose")
+        entry = log.split(f"[{pid}] [ERROR] Exception in {hook} hook\n", 1)[1]
+        assert entry.startswith("Traceback (most recent call last):"), log
+        assert "Exception in callback" not in log + g.stdout.read_text()
+        assert [m["pid"] for m in marks(marks_path, hook)] == [pid]
+        g.wait_workers(1, exclude=(pid,))
+        if hook == "worker_int":
+            assert clean_exit(g, pid)  # a quick exit, as without the error
+        else:
+            g.wait_log(f"Worker (pid:{pid}) exited with code 1")  # as without the error
+
+
 def test_quit_after_term_speeds_the_exit_up(tmp_path: Path) -> None:
     marks_path = tmp_path / "marks"
     with serve("--threads", "2", "--graceful-timeout", "60", marks=marks_path) as g:

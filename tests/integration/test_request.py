@@ -209,3 +209,15 @@ def test_truncated_body_never_reaches_app(srv, tmp_path):
     # Never a 200 from the app: at most the server's own 400 for the short body.
     assert data == b"" or data.startswith(b"HTTP/1.1 400 "), data[:100]
     assert b'"len"' not in data
+
+
+def test_an_app_closing_wsgi_errors_leaves_it_working_for_the_next_requests():
+    """PEP 3333 does not let an app close wsgi.errors, but one may: gunicorn gives each request
+    a wrapper of its own, ours is one object per worker, so its close() leaves it open (before,
+    every later request of the worker that wrote to it got a 500)."""
+    with Gunicorn("apps:router", "--threads", "2") as g:
+        paths = ["/errors_close/a", "/errors_close/close", "/errors_close/b", "/errors_close/c"]
+        assert [get(g, path)[0] for path in paths] == [200, 200, 200, 200]
+        log = g.wait_log("wsgi.errors line from /errors_close/c")
+        for path in paths:
+            assert f"wsgi.errors line from {path}\nand another\n" in log

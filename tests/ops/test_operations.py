@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from server import Conn, Gunicorn, get, read_mark, request, wait_until
+from server import Conn, Gunicorn, get, read_mark, request, wait_heartbeats, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -231,3 +231,28 @@ def test_pool_metrics_reach_statsd():
             assert wanted <= seen, seen
     finally:
         udp.close()
+
+
+def closed_udp_port() -> int:
+    """A loopback UDP port nobody listens on: each send there comes back refused (ICMP)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        return udp.getsockname()[1]
+
+
+@pytest.mark.parametrize("timeout", ["30", "0"])
+def test_an_unreachable_statsd_is_one_warning_not_one_per_gauge(timeout):
+    """statsd down: gunicorn's Statsd logger logs each failed send as a warning with a traceback,
+    and the worker's gauges go out every second (20 times a second at --timeout 0 before, where
+    the heartbeat was 0.05 s). An idle gthread worker sends nothing; ours says it once, one line,
+    and its gauges pause. --timeout 0 (no master timeout) keeps a 1 s heartbeat."""
+    port = closed_udp_port()
+    with Gunicorn("apps:hello", "--timeout", timeout, "--statsd-host", f"127.0.0.1:{port}") as srv:
+        pid = srv.worker_pid()
+        srv.wait_log("Cannot send the worker's metrics to statsd (ConnectionRefusedError")
+        wait_heartbeats(pid, 4)  # 4 s at least: a gauge round per second before the fix
+        lines = [line for line in srv.log().splitlines() if f"[{pid}] [" in line]  # the worker's
+        warnings = [line for line in lines if "[WARNING]" in line or "[ERROR]" in line]
+        assert len(warnings) == 1, "\n".join(lines)
+        assert "Error sending message to statsd" not in "\n".join(lines)
+        assert get(srv, "/")[0] == 200
