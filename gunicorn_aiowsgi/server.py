@@ -67,13 +67,15 @@ class Server:
         """Graceful shutdown: idle keep-alive connections go at once; busy ones finish first.
 
         Spared (answered with Connection: close instead): one whose next request is already in
-        the socket, and a new one that has had no chance yet to send its first request.
+        the socket (or read, waiting for the client to take the answers before it), and a new
+        one that has had no chance yet to send its first request.
         """
         now = self.loop.time()
         for conn in list(self.conns):
             if conn.state is not ConnState.IDLE and conn.state is not ConnState.PREAMBLE:
                 continue
-            if (not conn.requests and now - conn.since < FRESH_GRACE) or unread_bytes(conn.transport):
+            if ((not conn.requests and now - conn.since < FRESH_GRACE) or conn.held
+                    or unread_bytes(conn.transport)):
                 continue
             conn.close()
 
