@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Callable
 
-from .errors import BadRequest, URITooLong
+from .errors import BadRequest, HeaderFieldsTooLarge, URITooLong
 from .settings import Settings
 
 # The end of a request head, and of a chunked body (RFC 9112 sections 2.1 and 7.1). aiohttp's C
@@ -66,29 +66,41 @@ def protocol_ok(line: bytes) -> bool:
 
 
 class Boundary:
-    """What one connection has seen of the current message: its request line, the last bytes fed."""
+    """What one connection has seen of the current message: its request line, the last bytes fed,
+    the size of its head (or of a chunked body's trailer section) so far."""
 
-    __slots__ = ("line", "line_done", "carry", "max_target")
+    __slots__ = ("line", "line_done", "carry", "max_target", "max_head", "size")
 
-    def __init__(self, max_target: int = 8190) -> None:
+    def __init__(self, max_target: int = 8190, max_head: int = 64 * 1024) -> None:
         self.line: bytes | None = b""  # a head's first bytes until its request line ends; then None
         # Whether the request line is complete (line is None): a plain attribute, not a property,
         # since the connection reads it on every head read (a property is a Python call on 3.11).
         self.line_done = False
         self.carry = b""               # the last bytes fed, to find a blank line split across reads
         self.max_target = max_target   # limit_request_line, as aiohttp's parser applies it (bytes)
+        self.max_head = max_head       # AIOWSGI_MAX_HEAD_SIZE (bytes)
+        self.size = 0                  # bytes of the head so far, or of a chunked body's tail
 
     def reset(self) -> None:
         """A message boundary: what follows starts a new request."""
         self.line = b""
         self.line_done = False
         self.carry = b""
+        self.size = 0
 
-    def check_line(self, chunk: bytes) -> None:
-        """Keep a head's first bytes until its request line is complete; then check its protocol."""
+    def check_head(self, chunk: bytes) -> None:
+        """A head's next bytes, before the parser keeps them: keep its first bytes until its request
+        line is complete, then check its protocol; count them all against max_head (431 past it:
+        aiohttp's parser keeps each field twice, and gunicorn's limits allow 100 x 8 KiB)."""
+        if self.line is not None:
+            self._check_line(chunk)
+        self.size += len(chunk)
+        if self.size > self.max_head:
+            raise HeaderFieldsTooLarge(f"request head longer than {self.max_head} bytes")
+
+    def _check_line(self, chunk: bytes) -> None:
+        """Keep a head's first bytes until its request line is complete; then check it."""
         line = self.line
-        if line is None:
-            return
         line = line + chunk if line else chunk
         if line[:1] in EMPTY_LINE_START:
             line = line.lstrip(b"\r\n")  # RFC 9112 section 2.2: empty lines may come first
@@ -114,6 +126,21 @@ class Boundary:
                 raise URITooLong(f"request-target longer than {self.max_target} bytes")
         self.line = None
         self.line_done = True
+
+    def check_tail(self, fed: int, body: bool) -> None:
+        """A read of a chunked body fed `fed` bytes, which gave body bytes or not (`body`).
+
+        After the last chunk come trailer fields, which the parser keeps as it keeps a head's:
+        they count against max_head. Where the last chunk ends is the parser's to know, so what
+        counts is every byte since the last read that gave body bytes: the read that brings the
+        last chunk may also bring trailer fields beyond the limit (a read's worth, at most)."""
+        if body:
+            self.size = 0
+            return
+        self.size += fed
+        if self.size > self.max_head:
+            raise HeaderFieldsTooLarge(
+                f"chunked body's trailer section longer than {self.max_head} bytes")
 
     def skip_empty_lines(self, data: bytes) -> bytes:
         """Empty lines before the request line (RFC 9112 section 2.2; the parser skips them

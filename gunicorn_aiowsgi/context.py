@@ -65,9 +65,9 @@ class Context:
         # Safe to share: the loop thread never sets a context variable.
         self.timer_context = contextvars.copy_context()
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> Any:
+    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> Any:
         """A connection timer: loop.call_at in the shared timer context."""
-        return self.loop.call_at(when, callback, context=self.timer_context)
+        return self.loop.call_at(when, callback, *args, context=self.timer_context)
 
     def submit(self, call: Any) -> None:
         """Hand an app call to the pool at the end of this loop turn, with the others parsed in it.

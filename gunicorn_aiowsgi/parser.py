@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from .errors import BadRequest, HeaderFieldsTooLarge, HTTPError, NotImplementedCoding, URITooLong
-from .settings import Settings
+from .settings import MAX_LINE, Settings
 
 SUPPORTED = "aiohttp>=3.13.4,<4"
 
@@ -26,9 +26,10 @@ except ImportError as exc:  # pragma: no cover - an aiohttp too old or too new t
 # Request body bytes the parser's payload buffer may hold before it would ask us to pause reading
 # (it asks at twice this). We empty it after every read, so this is never reached by one read.
 PAYLOAD_BUFFER = 1024 * 1024
-# gunicorn's maxima for its limits: a value of 0 (or above these) means these.
-MAX_LINE = 8190
+# gunicorn's maxima for its limits: a value of 0 (or above these) means these (MAX_LINE: 8190).
 MAX_FIELDS = 32768
+# No limit on a head's total size (AIOWSGI_MAX_HEAD_SIZE=0): gunicorn's own limits alone.
+HEAD_UNLIMITED = 1 << 62
 # aiohttp's LineTooLong says which limit it hit: "Got more than 8190 bytes when reading".
 LINE_TOO_LONG = re.compile(r"Got more than (\d+) bytes")
 
@@ -99,7 +100,7 @@ class Limits:
     Shared by every parser: a dict of them per connection cost each idle connection ~180 bytes.
     """
 
-    __slots__ = ("options",)
+    __slots__ = ("options", "max_head")
 
     def __init__(self, settings: Settings) -> None:
         line = settings.limit_request_line
@@ -112,6 +113,8 @@ class Limits:
             max_headers=MAX_FIELDS if fields <= 0 or fields > MAX_FIELDS else fields,
             auto_decompress=False,
         )
+        # AIOWSGI_MAX_HEAD_SIZE, which the connection counts itself (boundary.Boundary); 0: none.
+        self.max_head = settings.max_head_size or HEAD_UNLIMITED
 
     @property
     def max_line(self) -> int:

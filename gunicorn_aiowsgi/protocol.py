@@ -13,20 +13,21 @@ import asyncio
 from typing import Any
 
 from . import proxy_protocol
-from .boundary import APP, BODY, CLOSED, HEAD, IDLE, LINGER, PREAMBLE, Boundary, ConnState, deadline
+from .boundary import APP, BODY, CLOSED, HEAD, IDLE, LINGER, PREAMBLE, Boundary
 from .context import Context
 from .environ import Peer, is_trusted, make_peer, proxied_peer
 from .errors import BadRequest, Forbidden, HTTPError, IncompleteBody
 from .exchange import Exchange
-from .listener import send, unread_bytes
+from .listener import send
 from .parser import Parser, Request
 from .replies import error_reply
+from .timeouts import Timeouts
 
 # Bytes of later requests kept while one is answered; past this, reading pauses (bytes).
 HELD_LIMIT = 64 * 1024
 
 
-class Connection(asyncio.Protocol):
+class Connection(Timeouts, asyncio.Protocol):
     """The asyncio protocol of one client socket.
 
     A plain protocol: each read arrives as one bytes object of its exact size, which the loop
@@ -35,7 +36,7 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = ("ctx", "transport", "peer", "state", "parser", "exchange", "held", "requests",
-                 "since", "timer", "bound", "request", "body_left", "proxy",
+                 "since", "timer", "stall", "bound", "request", "body_left", "proxy",
                  "reading", "writable", "eof", "fd")
 
     def __init__(self, ctx: Context, fd: int = -1) -> None:
@@ -55,7 +56,8 @@ class Connection(asyncio.Protocol):
         self.held: bytes | bytearray = b""  # bytes after the request, known to start the next
         self.requests = 0           # requests answered on this connection (count)
         self.since = ctx.clock()  # when the current state began, or the last body byte came
-        self.timer: Any = None
+        self.timer: Any = None      # the state's deadline (timeouts.py)
+        self.stall: Any = None      # the send timeout, while output waits for the client
         self.body_left: int | None = None  # Content-Length bytes still to come; None: chunked
         self.reading = True         # the transport is reading (we pause it, never aiohttp)
         self.writable = True        # the transport's buffer is below its high-water mark
@@ -78,18 +80,31 @@ class Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._unwatch_send()
         if self.exchange is not None:
             self.exchange.abandon()
             self.exchange = None
         self.ctx.closed(self)
 
     def pause_writing(self) -> None:
+        """Past the transport's high-water mark: no more output, and no next request parsed
+        (a loop answer would write at once), until the client takes some; send_timeout."""
         self.writable = False
+        self._watch_send()
 
     def resume_writing(self) -> None:
         self.writable = True
+        if self.state is CLOSED:  # closing: the send timeout watches the flush to its end
+            return
+        self._unwatch_send()
         if self.exchange is not None:
             self.exchange.relay()
+        elif self.state is IDLE:  # the answers are taken: keep-alive counts from now
+            self.since = self.ctx.clock()
+            if self.held:  # requests that waited behind them
+                self._resume_held()
+            elif not self.reading:
+                self.resume_reading()
 
     # -- bytes in ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -110,6 +125,8 @@ class Connection(asyncio.Protocol):
             while data:
                 state = self.state
                 if state is IDLE:
+                    if not self.writable:  # the answers before wait for the client: held
+                        break
                     self._open()
                     data = self._head(data)
                 elif state is HEAD:
@@ -122,7 +139,7 @@ class Connection(asyncio.Protocol):
             self.refuse(error)
             return
         state = self.state
-        if data and state is APP:
+        if data and (state is APP or state is IDLE):
             self._hold(data)
         elif state is HEAD or state is BODY:
             self._arm()  # the state this read ends in; those it only passed through need no timer
@@ -140,7 +157,7 @@ class Connection(asyncio.Protocol):
         """A request's first byte: a new parser at the message boundary, nothing carried over."""
         limits = self.ctx.limits
         self.parser = Parser(limits, self.ctx.loop)
-        self.bound = Boundary(limits.max_line)
+        self.bound = Boundary(limits.max_line, limits.max_head)
         self.state, self.since = HEAD, self.ctx.clock()  # armed by _feed or _expire
 
     def _head(self, data: bytes) -> bytes:
@@ -151,7 +168,7 @@ class Connection(asyncio.Protocol):
             data = bound.skip_empty_lines(data)
         end = bound.blank_line(data)
         chunk, rest = (data, b"") if end < 0 or end == len(data) else (data[:end], data[end:])
-        bound.check_line(chunk)
+        bound.check_head(chunk)
         requests, tail = parser.feed(chunk, line_done=bound.line_done)
         if not requests:
             return rest
@@ -187,11 +204,14 @@ class Connection(asyncio.Protocol):
             chunk, rest = (data, b"") if cut >= len(data) else (data[:cut], data[cut:])
             self.body_left -= len(chunk)
             parser.feed_body(chunk)
+            body = request.take_body()  # all this read gave: one piece for the body's store
         else:
-            assert self.bound is not None  # a chunked body ends with a blank line (RFC 9112 7.1)
-            end = self.bound.chunked_end(data, self._chunk)
+            bound = self.bound
+            assert bound is not None  # a chunked body ends with a blank line (RFC 9112 7.1)
+            end = bound.chunked_end(data, self._chunk)
             rest = data[end:] if end < len(data) else b""
-        body = request.take_body()  # all this read gave: one piece for the body's store
+            body = request.take_body()
+            bound.check_tail(end, bool(body))  # trailer fields count as a head's do
         if body:
             exchange.body(body)
             if self.state is not BODY:  # refused on the way in (413, 503, 507)
@@ -233,17 +253,17 @@ class Connection(asyncio.Protocol):
             self.ctx.loop.call_soon(self._resume_held)
         elif self.eof:
             self.close()
-        elif not self.reading:  # paused by the body's backlog on its last read: read on
-            self.resume_reading()
+        elif not self.reading and self.writable:  # paused by the body's backlog: read on
+            self.resume_reading()  # (not writable: resume_writing reads on)
 
     def _resume_held(self) -> None:
         """Parse the bytes held while the last request was answered; they start at its end."""
-        if self.state is not IDLE:
+        if self.state is not IDLE or not self.writable:  # not writable: resume_writing calls again
             return
         data, self.held = bytes(self.held), b""
         self._feed(data)
-        if len(self.held) <= HELD_LIMIT:
-            self.resume_reading()
+        if len(self.held) <= HELD_LIMIT and (self.writable or self.state is not IDLE):
+            self.resume_reading()  # (IDLE and not writable: once resume_writing parses on)
         if self.eof and not self.held:
             self._client_done()
 
@@ -288,9 +308,12 @@ class Connection(asyncio.Protocol):
         self.state = CLOSED
         transport = self.transport
         if transport is not None:
+            pending = transport.get_write_buffer_size()
+            if pending:  # flushed before the socket closes: the send timeout watches it
+                self._watch_send()
             transport.close()
-            if not transport.get_write_buffer_size():  # all sent: TLS may await close_notify
-                self.ctx.closed(self)  # no longer open to the drain and worker_connections
+            if not pending:  # all sent: no longer open to the drain and worker_connections,
+                self.ctx.closed(self)  # though TLS may still await the client's close_notify
 
     def abort(self) -> None:
         """Close at once: a response broke off and nothing more may be written."""
@@ -328,53 +351,6 @@ class Connection(asyncio.Protocol):
             return True  # finish() answers what is complete, then closes
         self._client_done()
         return None
-
-    # -- timeouts ------------------------------------------------------------------------
-    def _enter(self, state: ConnState) -> None:
-        self.state = state
-        if state is APP:
-            return  # no connection deadline while the app answers: a pending timer stands down
-        self.since = self.ctx.clock()
-        self._arm()
-
-    def _arm(self) -> None:
-        when = deadline(self.state, self.since, self.requests, self.ctx.settings)
-        if when is None:
-            return
-        if self.timer is not None:
-            if self.timer.when() <= when:
-                return  # fires first, then re-arms itself for the later deadline
-            # A shorter deadline than the pending one (keepalive 2 s after a 30 s header
-            # timeout, say): the pending timer would close the idle connection far too late.
-            self.timer.cancel()
-        self.timer = self.ctx.call_at(when, self._expire)
-
-    def _expire(self) -> None:
-        self.timer = None
-        when = deadline(self.state, self.since, self.requests, self.ctx.settings)
-        if when is None or self.transport is None:
-            return
-        if self.ctx.clock() < when:  # the state moved on since: check again later
-            self.timer = self.ctx.call_at(when, self._expire)
-            return
-        if self.state is IDLE and unread_bytes(self.transport):
-            # The next request is in the socket, not read yet: a head has begun, never close.
-            self._open()
-            self._arm()
-            return
-        if self.state is BODY and not self.reading:  # waiting for the disk, not the client
-            self.since = self.ctx.clock()
-            self._arm()
-            return
-        if self.state is BODY:
-            self.ctx.log.debug("Closing %s: no request body bytes for %ss", self.peer,
-                               self.ctx.settings.body_timeout)
-            self.abort()
-            return
-        if self.state is not IDLE and self.state is not LINGER:
-            self.ctx.log.debug("Closing %s: request head not received within %ss",
-                               self.peer, self.ctx.settings.header_timeout)
-        self.close()
 
     # -- PROXY protocol ------------------------------------------------------------------
     def _preamble(self, data: bytes) -> bytes:

@@ -76,7 +76,8 @@ class Server:
         (sooner by their own keep-alive timeout); busy ones finish first.
 
         Spared (answered with Connection: close instead): one whose next request is already in
-        the socket, and a new one that has had no chance yet to send its first request.
+        the socket (or read, waiting for the client to take the answers before it), and a new
+        one that has had no chance yet to send its first request.
         """
         now = self.loop.time()
         if now < self.linger_end:

@@ -11,6 +11,11 @@ from typing import Any, Mapping
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
+# gunicorn's largest request line and field line (its limits' maximum, and what 0 means here).
+MAX_LINE = 8190
+# A head's bytes besides its request-target and one field line: method, version, spaces, line
+# ends (the request line's slack beside its target is 64 bytes, boundary.LINE_SLACK).
+HEAD_SLACK = 128
 
 
 class SettingsError(ValueError):
@@ -28,6 +33,8 @@ ENV_SETTINGS: dict[str, tuple[str, str, Any]] = {
     "AIOWSGI_STREAMED_BODIES": ("streamed_bodies", "count", -1),
     "AIOWSGI_HEADER_TIMEOUT": ("header_timeout", "seconds", 30.0),
     "AIOWSGI_BODY_TIMEOUT": ("body_timeout", "seconds", 60.0),
+    "AIOWSGI_SEND_TIMEOUT": ("send_timeout", "seconds", 60.0),
+    "AIOWSGI_MAX_HEAD_SIZE": ("max_head_size", "bytes", 64 * KIB),
     "AIOWSGI_WRITE_BUFFER": ("write_buffer", "bytes", 8 * MIB),
     "AIOWSGI_QUEUE_LIMIT": ("queue_limit", "count", -1),
     "AIOWSGI_HEALTH_PATH": ("health_path", "path", ""),
@@ -78,6 +85,12 @@ class Settings:
     streamed_bodies: int = -1              # per worker at once (count); -1 = threads // 4, 0 = always spool
     header_timeout: float = 30.0           # time to receive a complete request head (seconds)
     body_timeout: float = 60.0             # longest pause between request body reads (seconds)
+    # nginx's send_timeout: a client that takes no response byte for this long while our output
+    # waits for it is cut off, and the app thread writing to it is freed.
+    send_timeout: float = 60.0             # longest wait for the client to take output (seconds)
+    # gunicorn's limits bound each line and the count of fields (100 x 8190 bytes by default),
+    # and aiohttp's parser keeps each field twice: a total bounds what one head can cost.
+    max_head_size: int = 64 * KIB          # a request head, or trailers (bytes); 0 = no limit
     write_buffer: int = 8 * MIB            # response bytes in flight before the app thread waits (bytes)
     queue_limit: int = -1                  # requests waiting for a thread (count); -1 = max(64, 16 x threads), 0 = no limit
     health_path: str = ""                  # answered on the loop, 200/503 (path); "" = off
@@ -100,6 +113,14 @@ class Settings:
         if self.streamed_bodies < 0:
             return self.threads // 4
         return self.streamed_bodies
+
+    @property
+    def min_head_size(self) -> int:
+        """The smallest max_head_size allowed: a request line and one field line at gunicorn's
+        limits (0 means their maximum, 8190) must fit, or those limits would never be reached."""
+        line = self.limit_request_line if 0 < self.limit_request_line <= MAX_LINE else MAX_LINE
+        field = self.limit_request_field_size if self.limit_request_field_size > 0 else MAX_LINE
+        return line + field + HEAD_SLACK
 
 
 def _networks(values: list[str] | tuple[str, ...]) -> tuple[Any, ...]:
@@ -215,8 +236,12 @@ def from_cfg(cfg: Any, environ: Mapping[str, str] | None = None) -> Settings:
     )
     values.update(_from_env(env))
     settings = Settings(**values)
-    if settings.header_timeout == 0 or settings.body_timeout == 0:
-        raise SettingsError("AIOWSGI_HEADER_TIMEOUT and AIOWSGI_BODY_TIMEOUT must be > 0")
+    if settings.header_timeout == 0 or settings.body_timeout == 0 or settings.send_timeout == 0:
+        raise SettingsError("AIOWSGI_HEADER_TIMEOUT, AIOWSGI_BODY_TIMEOUT and AIOWSGI_SEND_TIMEOUT "
+                            "must be > 0")
+    if 0 < settings.max_head_size < settings.min_head_size:
+        raise SettingsError(f"AIOWSGI_MAX_HEAD_SIZE must be 0 or at least {settings.min_head_size} "
+                            "(limit_request_line + limit_request_field_size + 128)")
     if settings.write_buffer == 0:  # not "no limit": a thread streaming would wait for ever
         raise SettingsError("AIOWSGI_WRITE_BUFFER must be > 0")
     if settings.tmp_upload_dir and not os.path.isdir(settings.tmp_upload_dir):

@@ -15,7 +15,12 @@ from gunicorn_aiowsgi.settings import Settings
 
 
 class FakeTransport:
-    """What asyncio's transport offers a protocol, recording what the connection does with it."""
+    """What asyncio's transport offers a protocol, recording what the connection does with it.
+
+    Its client takes every byte at once, unless `slow`: then written bytes wait (`pending`)
+    until the test lets the client take them (`take`), and the protocol is paused and resumed
+    at the write buffer limits the connection set, as asyncio's transports do.
+    """
 
     def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
         self.written = bytearray()
@@ -23,24 +28,40 @@ class FakeTransport:
         self.aborted = False
         self.eof_written = False
         self.reading = True
-        self.buffered = 0
         self.peer = peer
         self.sock: Any = None  # a test may give a real socket: what the loop has not read yet
+        self.protocol: Any = None  # told when writing pauses and resumes
+        self.slow = False
+        self.pending = 0          # bytes written that the client has not taken (when slow)
+        self.high, self.low = 65536, 16384
+        self.paused = False       # the protocol was told to pause writing
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         extra = {"peername": self.peer, "sockname": ("127.0.0.1", 8000), "socket": self.sock}
         return extra.get(name, default)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
+        if high is not None:
+            self.high, self.low = high, high // 4 if low is None else low
+
+    def get_write_buffer_size(self) -> int:
+        return self.pending
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
         self.written += data
+        if self.slow:
+            self.pending += len(data)
+            if self.pending > self.high and not self.paused:
+                self.paused = True
+                self.protocol.pause_writing()
 
-    def get_write_buffer_size(self) -> int:
-        return self.buffered  # what a test says the kernel has not taken yet
-
+    def take(self, size: int | None = None) -> None:
+        """The client reads `size` bytes (all of them if None) of what waits for it."""
+        self.pending -= self.pending if size is None else min(size, self.pending)
+        if self.paused and self.pending <= self.low:
+            self.paused = False
+            self.protocol.resume_writing()
 
     def is_closing(self) -> bool:
         return self.closed
@@ -64,6 +85,18 @@ class FakeTransport:
         self.reading = True
 
 
+class ClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock a test moves forward (Harness.advance): timers fire without
+    waiting for them, and real waits (Harness.wait, until) still work beside them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped = 0.0  # seconds the test moved the clock forward
+
+    def time(self) -> float:
+        return super().time() + self.skipped
+
+
 class InlinePool:
     """Runs each app call at once on the caller's thread: deterministic, no thread needed."""
 
@@ -74,6 +107,9 @@ class InlinePool:
     def submit(self, job: Any) -> None:
         job.run()
 
+    def cancel(self, job: Any, state: Any) -> bool:
+        return False  # run at once: never still queued
+
     def jobs(self) -> list[Any]:
         return []
 
@@ -83,6 +119,7 @@ class Log:
 
     def __init__(self) -> None:
         self.lines: list[tuple[str, str]] = []
+        self.counts: dict[str, int] = {}
 
     def _add(self, level: str, msg: str, *args: Any, **_kw: Any) -> None:
         self.lines.append((level, msg % args if args else msg))
@@ -104,6 +141,11 @@ class Log:
 
     def access(self, *args: Any) -> None:
         pass
+
+    def increment(self, name: str, value: int, *_args: Any) -> None:
+        """A statsd counter (the worker's Monitor counts through it), recorded by its last part."""
+        key = name.rpartition(".")[2]
+        self.counts[key] = self.counts.get(key, 0) + value
 
 
 class Cfg:
@@ -137,8 +179,10 @@ def echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> lis
 class Harness:
     """One Connection on a FakeTransport inside a real (not running) event loop."""
 
-    def __init__(self, app: Callable[..., Any] = echo_app, pool: Any = None, **settings: Any) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, app: Callable[..., Any] = echo_app, pool: Any = None, clock: bool = False,
+                 **settings: Any) -> None:
+        # `clock`: a loop whose clock the test moves (advance), for timeouts without waiting.
+        self.loop = ClockLoop() if clock else asyncio.new_event_loop()
         self.settings = Settings(**settings)
         self.log = Log()
         self.worker = FakeWorker()
@@ -152,6 +196,7 @@ class Harness:
         self.clients: list[Client] = []     # further connections on the same worker (connect)
         self.transport = FakeTransport()
         self.conn = Connection(self.ctx)
+        self.transport.protocol = self.conn
         self.conn.connection_made(self.transport)
 
     def feed(self, *pieces: bytes) -> "Harness":
@@ -171,6 +216,12 @@ class Harness:
     def settle(self, turns: int = 5) -> None:
         for _ in range(turns):
             self.loop.run_until_complete(asyncio.sleep(0))
+
+    def advance(self, seconds: float) -> None:
+        """Move the loop's clock `seconds` forward (Harness(clock=True)); due timers fire."""
+        assert isinstance(self.loop, ClockLoop), "Harness(clock=True) moves its clock"
+        self.loop.skipped += seconds
+        self.settle()
 
     def wait(self, seconds: float) -> None:
         self.loop.run_until_complete(asyncio.sleep(seconds))
@@ -219,6 +270,7 @@ class Client:
         self.harness = harness
         self.transport = FakeTransport(("127.0.0.1", port))
         self.conn = Connection(harness.ctx)
+        self.transport.protocol = self.conn
         self.conn.connection_made(self.transport)
 
     def feed(self, data: bytes) -> None:

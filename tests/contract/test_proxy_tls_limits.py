@@ -325,13 +325,43 @@ def at_most(what: str, size: int) -> bytes:
     ("--limit-request-line", "20000", "--limit-request-fields", "40000"),
 ], ids=["zero", "above-the-maximum"])
 def test_limit_request_zero_or_above_the_maximum_means_the_maximum(args: tuple[str, ...]) -> None:
-    with serve(*args) as g:
+    # 32768 fields make a 300 KiB head: AIOWSGI_MAX_HEAD_SIZE off, gunicorn's limits alone.
+    with serve(*args, env={"AIOWSGI_MAX_HEAD_SIZE": "0"}) as g:
         answers = {(what, size): send_raw(g, at_most(what, size))[0]
                    for what, maximum in (("line", 8190), ("fields", 32768), ("field_size", 8190))
                    for size in (maximum, maximum + 1)}
     assert answers == {("line", 8190): 200, ("line", 8191): 414,
                        ("fields", 32768): 200, ("fields", 32769): 431,
                        ("field_size", 8190): 200, ("field_size", 8191): 431}
+
+
+def head_of(size: int) -> bytes:
+    """A request head of exactly `size` bytes, its fields within gunicorn's default limits."""
+    head = request("/pid")
+    fields, left = "", size - len(head)
+    for i in range(100):
+        if left <= 0:
+            break
+        line = f"X-{i:02}: "
+        take = min(8000, left)
+        fields += line + "v" * (take - len(line) - 2) + "\r\n"
+        left -= take
+    data = request("/pid", fields)
+    assert len(data) == size
+    return data
+
+
+def test_max_head_size_bounds_the_head_gunicorns_limits_allow() -> None:
+    """gunicorn's defaults take 100 fields of 8190 bytes (800 KiB, which aiohttp's parser would
+    keep twice); AIOWSGI_MAX_HEAD_SIZE (64 KiB) refuses a larger head with 431, and the next
+    request on a new connection is served."""
+    with serve() as g:
+        assert send_raw(g, head_of(64 * 1024))[0] == 200
+        assert send_raw(g, head_of(64 * 1024 + 1))[0] == 431
+        assert send_raw(g, head_of(9 * 8000))[0] == 431  # gthread: 200
+        assert send_raw(g, request("/pid"))[0] == 200
+    with serve(env={"AIOWSGI_MAX_HEAD_SIZE": str(80 * 1024)}) as g:
+        assert send_raw(g, head_of(9 * 8000))[0] == 200
 
 
 def test_backlog_is_the_masters(tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ SIGNALS = ["test_term_is_graceful", "test_quit_and_int_exit_fast_with_a_request_
            "test_heroku_style_term_to_every_process"]
 WARNED = ["test_settings_aiohttp_cannot_honour_are_said_at_startup"]
 LIMITS = ["test_limits_answer_like_gthread",
-          "test_limit_request_zero_or_above_the_maximum_means_the_maximum"]
+          "test_limit_request_zero_or_above_the_maximum_means_the_maximum",
+          "test_max_head_size_bounds_the_head_gunicorns_limits_allow"]
 TLS = ["test_tls_serves_https_and_offers_only_http11", "test_tls_client_certificates_and_ciphers"]
 FORWARDED = ["test_forwarded_headers_decide_like_gthread"]
 PROXY = ["test_proxy_protocol_addresses_every_request_on_the_connection",

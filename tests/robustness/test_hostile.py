@@ -206,6 +206,37 @@ def test_slow_reader_of_a_large_response_holds_a_bounded_buffer(traced):
     settle(pid, base)
 
 
+@pytest.mark.parametrize("worker", ["gunicorn_aiowsgi.Worker", "gunicorn_aiowsgi.UVLoopWorker"])
+def test_a_client_that_never_reads_is_cut_off_after_the_send_timeout(start, tmp_path, worker):
+    """One thread, one client that asks for 100 MiB and reads nothing: AIOWSGI_SEND_TIMEOUT
+    after the output stalls, the connection is aborted, the app's iterable closed and the
+    thread serves the next client (gthread's thread would wait for that client for ever)."""
+    env = {"ROBUST_CLOSED": str(tmp_path / "closed"), "AIOWSGI_SEND_TIMEOUT": "1"}
+    server, _calls = start("robustness.robust_apps:router", "--threads", "1", env=env,
+                           worker_class=worker, loglevel="debug")
+    pid = server.worker_pid()
+    assert get(server, "/hello")[0] == 200  # uvloop opens a descriptor on its first request
+    base = Usage.of(pid)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    sock.sendall(b"GET /big?n=104857600 HTTP/1.1\r\nHost: t\r\n\r\n")
+    server.wait_log("no response bytes taken for 1.0s")
+    wait_until(lambda: (tmp_path / "closed").exists(), what="the iterable closed")
+    assert int((tmp_path / "closed").read_text().split()[1]) > 0  # cut off: bytes were left
+    assert get(server, "/hello", timeout=5)[0] == 200  # the only thread is free
+    sock.settimeout(10)
+    received = 0
+    try:  # what the kernel still held, then the end (or a reset)
+        while data := sock.recv(1 << 20):
+            received += len(data)
+    except ConnectionResetError:
+        pass
+    assert received < 104857600
+    sock.close()
+    settle(pid, base)
+
+
 def test_past_worker_connections_new_clients_wait_in_the_backlog(start):
     limit = 10
     server, _calls = start("robustness.robust_apps:router", "--threads", "2",

@@ -39,6 +39,9 @@ def test_from_cfg_defaults():
     ("AIOWSGI_QUEUE_LIMIT", "0", "queue_limit", 0),
     ("AIOWSGI_STREAMED_BODIES", "0", "streamed_bodies", 0),
     ("AIOWSGI_STREAMED_BODIES", "3", "streamed_bodies", 3),
+    ("AIOWSGI_SEND_TIMEOUT", "2.5", "send_timeout", 2.5),
+    ("AIOWSGI_MAX_HEAD_SIZE", "32768", "max_head_size", 32768),
+    ("AIOWSGI_MAX_HEAD_SIZE", "0", "max_head_size", 0),  # gunicorn's per-line limits alone
 ])
 def test_from_env(name, raw, field, value):
     assert getattr(from_cfg(cfg(), environ={name: raw}), field) == value
@@ -52,6 +55,9 @@ def test_from_env(name, raw, field, value):
     ("AIOWSGI_HEADER_TIMEOUT", "nan"), ("AIOWSGI_BODY_TIMEOUT", "NaN"), ("AIOWSGI_REQUEST_TIMEOUT", "nan"),
     ("AIOWSGI_REQUEST_TIMEOUT", "inf"), ("AIOWSGI_BODY_TIMEOUT", "-inf"),
     ("AIOWSGI_WRITE_BUFFER", "0"),  # not "no limit": every streamed response would spin
+    ("AIOWSGI_SEND_TIMEOUT", "0"), ("AIOWSGI_SEND_TIMEOUT", "nan"),  # a client-side timeout
+    ("AIOWSGI_MAX_HEAD_SIZE", "12411"),  # below limit_request_line + limit_request_field_size + 128
+    ("AIOWSGI_MAX_HEAD_SIZE", "64K"),
 ])
 def test_bad_env_values(name, raw):
     with pytest.raises(SettingsError) as info:
@@ -66,6 +72,26 @@ def test_bad_env_values(name, raw):
 def test_streamed_bodies_default_to_a_quarter_of_the_threads(threads, raw, effective):
     env = {} if raw is None else {"AIOWSGI_STREAMED_BODIES": raw}
     assert from_cfg(cfg(threads=threads), environ=env).effective_streamed_bodies == effective
+
+
+def test_from_cfg_defaults_of_our_client_limits():
+    s = from_cfg(cfg(), environ={})
+    assert (s.send_timeout, s.max_head_size) == (60.0, 64 * 1024)
+
+
+@pytest.mark.parametrize("line, field, smallest", [
+    (4094, 8190, 4094 + 8190 + 128),     # gunicorn's defaults
+    (0, 0, 8190 + 8190 + 128),           # 0: their maximum
+    (20000, 100, 8190 + 100 + 128),      # a request line past 8190 means 8190 (aiohttp's)
+    (100, 100, 328),
+])
+def test_the_head_limit_holds_a_request_line_and_a_field_at_gunicorns_limits(line, field, smallest):
+    config = cfg(limit_request_line=line, limit_request_field_size=field)
+    assert from_cfg(config, environ={}).min_head_size == smallest
+    env = {"AIOWSGI_MAX_HEAD_SIZE": str(smallest)}
+    assert from_cfg(config, environ=env).max_head_size == smallest
+    with pytest.raises(SettingsError, match="AIOWSGI_MAX_HEAD_SIZE"):
+        from_cfg(config, environ={"AIOWSGI_MAX_HEAD_SIZE": str(smallest - 1)})
 
 
 def test_tmp_upload_dir_must_exist(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gunicorn_aiowsgi.boundary import LINGER_TIME, Boundary, ConnState, deadline, protocol_ok
-from gunicorn_aiowsgi.errors import BadRequest, URITooLong
+from gunicorn_aiowsgi.errors import BadRequest, HeaderFieldsTooLarge, URITooLong
 from gunicorn_aiowsgi.settings import Settings
 
 SETTINGS = Settings(keepalive=2.0, header_timeout=30.0, body_timeout=60.0)
@@ -108,24 +108,24 @@ def test_skip_empty_lines(line, data, left):
     ([b"GET /a%20b HTTP/1.1\r\nX:  two spaces in a field\r\n"], False),
 ])
 def test_request_line_protocol_is_checked_once_complete(reads, refused):
-    check_lines(Boundary(), reads, BadRequest if refused else None)
+    check_heads(Boundary(), reads, BadRequest if refused else None)
 
 
-def check_lines(bound: Boundary, reads: list[bytes], refusal: type[Exception] | None) -> None:
-    """Feed each read's bytes to check_line: refused with `refusal`, or the line done."""
+def check_heads(bound: Boundary, reads: list[bytes], refusal: type[Exception] | None) -> None:
+    """Feed each read's bytes to check_head: refused with `refusal`, or the line done."""
     if refusal is not None:
         with pytest.raises(refusal):
             for data in reads:
-                bound.check_line(data)
+                bound.check_head(data)
         return
     for data in reads:
-        bound.check_line(data)
+        bound.check_head(data)
     assert bound.line_done
 
 
 def test_reset_starts_a_new_message():
     bound = Boundary()
-    bound.check_line(b"GET / HTTP/1.1\r\n")
+    bound.check_head(b"GET / HTTP/1.1\r\n")
     bound.blank_line(b"x\r\n\r")
     bound.reset()
     assert not bound.line_done and bound.blank_line(b"\n") == -1
@@ -138,7 +138,7 @@ def test_reset_starts_a_new_message():
     ([b"GET /" + b"a" * 300], True),                                  # never ends: refused early
 ])
 def test_request_target_limit_holds_across_reads(reads, refused):
-    check_lines(Boundary(max_target=100), reads, URITooLong if refused else None)
+    check_heads(Boundary(max_target=100), reads, URITooLong if refused else None)
 
 
 @pytest.mark.parametrize("line", [
@@ -146,13 +146,50 @@ def test_request_target_limit_holds_across_reads(reads, refused):
     b"GET /HTTP/1.1\r", b"HTTP/1.1\r", b"GET / RTSP/1.0\r", b"GET / http/1.1\r", b"GET / HTTP\r",
     b"GET /a b HTTP/1.1\r", b"X\r", b"GET / HTTP/\r",
 ])
-def test_check_line_agrees_with_protocol_ok(line):
-    """check_line looks at the line in place; it refuses exactly what protocol_ok refuses."""
+def test_check_head_agrees_with_protocol_ok(line):
+    """check_head looks at the line in place; it refuses exactly what protocol_ok refuses."""
     bound = Boundary()
     if protocol_ok(line):
-        bound.check_line(line + b"\n")
+        bound.check_head(line + b"\n")
         assert bound.line_done
     else:
         with pytest.raises(BadRequest):
-            bound.check_line(line + b"\n")
+            bound.check_head(line + b"\n")
         assert not bound.line_done
+
+
+@pytest.mark.parametrize("reads, refused", [
+    ([b"GET / HTTP/1.1\r\n", b"A: b\r\n" * 10], False),        # 16 + 60 bytes: at the limit
+    ([b"GET / HTTP/1.1\r\n", b"A: b\r\n" * 10, b"\r"], True),  # one past it, in any read
+    ([b"GET / HTTP/1.1\r\nA: b\r\n" + b"A: b\r\n" * 9], False),
+    ([b"G"] * 76, False),                                         # counted a byte at a time
+    ([b"GET /" + b"a" * 80], True),                              # a request line alone
+])
+def test_head_size_counts_across_reads(reads, refused):
+    bound = Boundary(max_target=100, max_head=76)
+    if refused:
+        with pytest.raises(HeaderFieldsTooLarge):
+            for data in reads:
+                bound.check_head(data)
+        return
+    for data in reads:
+        bound.check_head(data)
+    bound.reset()  # a message boundary: the next head counts from 0
+    assert bound.size == 0
+
+
+def test_a_request_line_past_its_limit_is_a_414_before_the_head_size_is_judged():
+    bound = Boundary(max_target=100, max_head=120)
+    with pytest.raises(URITooLong):
+        bound.check_head(b"GET /" + b"a" * 200)
+
+
+def test_trailer_bytes_count_from_the_last_read_that_gave_body_bytes():
+    bound = Boundary(max_head=100)
+    bound.check_tail(500, True)     # body bytes: nothing counts
+    bound.check_tail(60, False)
+    bound.check_tail(40, False)     # 100: at the limit
+    bound.check_tail(1000, True)    # body bytes again: counting starts over
+    bound.check_tail(100, False)
+    with pytest.raises(HeaderFieldsTooLarge):
+        bound.check_tail(1, False)

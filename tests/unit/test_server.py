@@ -123,7 +123,7 @@ def test_a_closed_connection_leaves_the_registry_once_nothing_is_left_to_send(lo
     # 30 s): counted till then, it held a drain and a worker_connections slot for nothing.
     server = serve(loop)
     conn, transport = connect(server)
-    transport.buffered = buffered
+    transport.pending = buffered  # what the client has not taken yet
     conn.close()
     assert (conn in server.conns) is counted
     conn.connection_lost(None)
