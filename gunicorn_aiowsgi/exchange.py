@@ -276,7 +276,7 @@ class Exchange:
             if not self.backlog and self.conn.writable:
                 batch: Sequence[Any] = channel.take()
                 count = len(batch)
-                if count <= 2:  # a whole response, and maybe its CallDone behind it
+                if 0 < count <= 2:  # a whole response, and maybe its CallDone behind it
                     item = batch[0]
                     if (type(item) is Start and item.end is not None and item.size < COPY_LIMIT
                             and (count == 1 or type(batch[1]) is CallDone)):

@@ -131,6 +131,31 @@ def test_after_a_connect_nothing_is_read_as_a_request():
     assert h.transport.closed or h.conn.state is ConnState.LINGER
 
 
+def test_a_relay_with_nothing_queued_leaves_the_response_alone():
+    # resume_writing (the client took bytes) relays whatever is queued: maybe nothing yet.
+    release = threading.Event()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "4")])
+        yield b"ab"
+        release.wait(5)
+        yield b"cd"
+
+    pool = ThreadPool(1)
+    try:
+        h = Harness(app, pool=pool, threads=1)
+        HARNESSES.append(h)
+        h.feed(get("/stream"))
+        h.until(lambda: bytes(h.transport.written).endswith(b"ab"), "the first chunk")
+        h.conn.resume_writing()
+        release.set()
+        h.until(lambda: h.responses() == [(200, b"abcd")], "the whole response")
+        assert not h.transport.closed and not [line for line in h.log.lines if line[0] == "error"]
+    finally:
+        release.set()
+        pool.shutdown(1)
+
+
 # Blank lines where a lax server would cut: inside chunk data, and before a request line.
 BLANK_LINES = chunked("/c", b"\r\n\r\n" * 4, b"0\r\n\r\n") + b"\r\n" * 6 + get("/n")
 
