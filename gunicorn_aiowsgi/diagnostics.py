@@ -51,7 +51,9 @@ class Monitor:
 
     def tick(self, now: float) -> None:
         pool, server = self.pool, self.server
-        queued, busy = pool.queued, pool.busy
+        # Calls waiting for a thread, those whose client left (cancelled, still in the queue
+        # until a thread skips them) not counted, those not yet handed over counted.
+        queued, busy = server.ctx.queued, pool.busy
         if self.gauge is not None:
             self.gauge(self.prefix + "busy_threads", busy)
             self.gauge(self.prefix + "queued_requests", queued)

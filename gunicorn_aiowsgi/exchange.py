@@ -9,7 +9,7 @@ from time import time as wall_time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .application import AppCall
-from .body import READ_BUFFER, STREAM_BACKLOG, BodySpool, SpoolFull, check_length, streamed
+from .body import READ_BUFFER, STREAM_BACKLOG, BodySpool, check_length, streamed
 from .boundary import BODY, CLOSED
 from .bridge import BodyFeed, Channel
 from .context import Context
@@ -22,6 +22,7 @@ from .output import Output, send_file
 from .parser import Request
 from .replies import CONTINUE, SERVER_HEADER, early_hints, error_reply, health_reply, plain
 from .response import CLOSE, COPY_LIMIT, render_head
+from .spool_store import SpoolFull
 
 if TYPE_CHECKING:
     from .protocol import Connection
@@ -47,7 +48,9 @@ class Exchange:
         self.number = number                 # this request's place on its connection (count)
         self.started = wall_time()           # when its head was parsed (time.time)
         self.environ: dict[str, Any] = {}
-        self.spool: BodySpool | None = None  # the body being received, if any
+        # The body being received, if any; kept until the response ends (stop): a body held in
+        # memory holds its share of the worker's memory budget till then.
+        self.spool: BodySpool | None = None
         self.feed: BodyFeed | None = None    # or the body an app thread reads as it arrives
         self.channel: Channel | None = None  # the response, once the app has the request
         self.call: AppCall | None = None
@@ -156,18 +159,15 @@ class Exchange:
         if self.request.chunked:  # a de-chunked body gets its length (gunicorn leaves it unset)
             assert self.spool is not None
             self.environ["CONTENT_LENGTH"] = str(self.spool.size)
-        self.spool = None
         self.dispatch()
 
     def dispatch(self) -> None:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
-        limit = ctx.queue_limit
-        queued = ctx.pool.queued + len(ctx.pending)  # ctx.queued, without a property call
-        if limit and queued >= limit:
+        if ctx.queue_full():
             self.environ["wsgi.input"].close()
             self.stop()  # a streamed body's slot is free again
-            ctx.monitor.overloaded(queued, limit)
+            ctx.monitor.overloaded(ctx.queued, ctx.queue_limit)
             self.answer(503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
             ctx.log_answer(self, "503 Service Unavailable")
             return
@@ -204,8 +204,8 @@ class Exchange:
 
     def health(self) -> None:
         ctx = self.ctx
-        full = ctx.settings.health_queue_full and ctx.queue_limit and ctx.queued >= ctx.queue_limit
-        self.answer(*health_reply(ctx.draining, bool(full)))
+        full = ctx.settings.health_queue_full and ctx.queue_full()
+        self.answer(*health_reply(ctx.draining, full))
 
     def timed_out(self) -> None:
         """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
@@ -220,6 +220,7 @@ class Exchange:
         timeout = ctx.settings.request_timeout
         ctx.monitor.count("request_timeouts")
         if ctx.pool.cancel(call, JobState.ANSWERED):  # still queued: it will never run
+            call.body.close()  # its body's memory or file now, not when a thread skips it
             stack = "  (still queued: no thread took it, and none will)\n"
         else:
             stack = next((thread_stack(ident) for ident, job in ctx.pool.jobs() if job is call),
@@ -248,19 +249,22 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.spool is not None:  # a body held in memory: its share of the budget is back
+            self.spool.close()
+            self.spool = None
         if self.channel is not None and not self.sending:  # else at its end: the file is in use
             self.channel.close()
             self.channel = None
 
     def abandon(self) -> None:
         """The connection ended (or refused the request) before the response was complete."""
-        if self.call is not None:
+        call = self.call
+        if call is not None and self.ctx.pool.cancel(call, JobState.GONE):
             # Still queued: it must never run for a client that is gone (its thread skips it).
-            self.ctx.pool.cancel(self.call, JobState.GONE)
-        self.stop()
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
+            # Its body's memory or file goes now, not when a thread reaches it (the threads may
+            # all be stuck); closing is safe beside the skip's own close, which finds it closed.
+            call.body.close()
+        self.stop()  # and a body still arriving is abandoned (its file closed, budgets back)
 
     # -- the response ---------------------------------------------------------------------------
     def relay(self) -> None:
