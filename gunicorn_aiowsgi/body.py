@@ -1,43 +1,30 @@
-"""Request bodies: in memory up to a limit, then spooled to a temporary file by the worker's writer thread; read as wsgi.input."""
+"""Request bodies: in memory up to a limit (and within the worker's memory budget), else spooled to a temporary file by the worker's writer thread; read as wsgi.input."""
 
 from __future__ import annotations
 
 import enum
 import functools
 import io
-import tempfile
 from typing import Any, Callable
 
-from .bridge import SpoolWriter
-from .errors import HTTPError, InsufficientStorage, PayloadTooLarge, Unavailable
-from .settings import MIB, Settings
-from .spool_disk import (
-    SpoolFile,
-    call,
-    close_file,
-    measure_free,
-    open_file,
-    rewind_file,
-    storage_error,
-    write_file,
-)
+from .errors import HTTPError, PayloadTooLarge
+from .settings import KIB, MIB, Settings
+from .spool_disk import SpoolFile, storage_error
+from .spool_store import OPEN, REWIND, WRITE, SpoolStore
 
 # Read buffer of a spooled wsgi.input (bytes).
 READ_BUFFER = 64 * 1024
 # Once spooling, body bytes are held until this many, then handed to the writer in one job (bytes).
 SPILL_BATCH = 1 * MIB
+# A read shorter than this is copied onto the piece held before it while that stays within this
+# size; a longer one is held as the bytes object it came in (bytes). See Gather.
+PIECE = 64 * KIB
 # Bytes of one body received but not yet on disk, past which the connection stops reading
 # until the writer catches up (bytes): with body_memory_limit, the memory bound of an upload.
 SPOOL_BACKLOG = 4 * MIB
 # Unread bytes of a body an app thread reads while it arrives, past which the connection stops
 # reading until the thread catches up (bytes): the memory bound of a streamed upload.
 STREAM_BACKLOG = 4 * MIB
-# Seconds a client refused for a full spool budget is told to wait (Retry-After, RFC 9110
-# section 10.2.3), as for the loop's queue-full 503.
-RETRY_AFTER = "1"
-
-# The writer thread's jobs (bridge.SpoolWriter kinds).
-OPEN, WRITE, REWIND, CLOSE, MEASURE, CALL = 1, 2, 3, 4, 5, 6
 
 
 def check_length(settings: Settings, length: int | None) -> None:
@@ -57,16 +44,9 @@ def streamed(settings: Settings, length: int | None, streams: int, limit: int) -
     return length is not None and length > settings.body_memory_limit and streams < limit
 
 
-class SpoolFull(Unavailable):
-    """The worker's spool budget is taken by other uploads: come back shortly (RFC 9110 section 15.6.4)."""
-
-    retry_after = RETRY_AFTER
-    label = "Spool budget full"
-    metric = "spool_full_503"
-
-
 class SpoolState(enum.Enum):
     MEMORY = "memory"        # held in memory, no file
+    DISK_BOUND = "disk-bound"  # to a file from its first byte (too large for memory, or no room)
     SPOOLING = "spooling"    # the writer thread creates and writes the file
     FINISHING = "finishing"  # the last writes and the rewind are queued
     DONE = "done"            # handed over as wsgi.input, which now owns the file
@@ -74,67 +54,36 @@ class SpoolState(enum.Enum):
     CLOSED = "closed"        # abandoned; the file is gone
 
 
-class SpoolStore:
-    """Per worker: the writer thread, the spool budget and the spool directory's free space (loop side).
+class Gather:
+    """Body bytes in order, as few pieces: a read of PIECE bytes or more as it came (no copy),
+    shorter ones copied together into bytearrays of up to PIECE bytes. Two pieces in a row hold
+    more than PIECE, so a body sent in tiny reads costs its bytes plus a bytearray's slack (an
+    eighth at most), not a bytes object and a list slot (about 56 bytes) per read."""
 
-    `used` counts bytes of bodies on disk or on their way; a body's share comes back when its
-    file is closed. `free` is the last statvfs (taken by the writer) minus what was written
-    since; `promised` is what bodies of known length will still write.
-    """
+    __slots__ = ("pieces", "size")
 
-    def __init__(self, loop: Any, settings: Settings) -> None:
-        self.budget = settings.spool_budget
-        # Resolved now, at worker start: gettempdir() probes the disk the first time.
-        self.directory = settings.tmp_upload_dir or tempfile.gettempdir()
-        self.used = 0
-        self.promised = 0
-        self.free: int | None = None
-        self.writer = SpoolWriter(loop, {OPEN: open_file, WRITE: write_file, REWIND: rewind_file,
-                                         CLOSE: close_file, MEASURE: measure_free, CALL: call})
-        self._measure()
+    def __init__(self) -> None:
+        self.pieces: list[bytes | bytearray] = []
+        self.size = 0  # bytes held (bytes)
 
-    def _measure(self) -> None:
-        self.writer.submit(MEASURE, self.directory, None, self._measured)
+    def add(self, data: bytes) -> None:
+        count = len(data)
+        self.size += count
+        pieces = self.pieces
+        if count < PIECE and pieces:
+            last = pieces[-1]
+            if len(last) + count <= PIECE:
+                if type(last) is not bytearray:  # the read before, kept as it came: ours now
+                    last = pieces[-1] = bytearray(last)
+                last += data
+                return
+        pieces.append(data)
 
-    def _measured(self, free: int | None, _error: BaseException | None) -> None:
-        if free is not None:  # an error (directory gone) is reported by the next open
-            self.free = free
-
-    def charge(self, size: int) -> None:
-        """Take `size` bytes of the budget for a body about to spool (or growing on disk)."""
-        if self.budget:
-            if size > self.budget:
-                raise PayloadTooLarge(f"request body larger than the spool budget ({self.budget} bytes)")
-            if self.used + size > self.budget:
-                raise SpoolFull(f"spool budget in use ({self.used} of {self.budget} bytes)")
-        self.used += size
-
-    def check_room(self, length: int) -> None:
-        """507 now, rather than a disk-full error after the client sent most of the body."""
-        if self.free is not None and self.promised + length > self.free:
-            self._measure()  # space may come back: the next upload is judged on a fresh figure
-            raise InsufficientStorage(
-                f"cannot spool request body: No space left on device ({self.free} bytes free in "
-                f"{self.directory}, {self.promised} promised, {length} more asked)")
-
-    def wrote(self, size: int) -> None:
-        if self.free is not None:
-            self.free -= size
-
-    def discard(self, target: SpoolFile, charged: int) -> None:
-        """Close a body's file on the writer thread, then give its bytes back. Any thread."""
-        self.writer.submit(CLOSE, target, None, functools.partial(self._closed, charged))
-
-    def _closed(self, charged: int, free: int | None, _error: BaseException | None) -> None:
-        self.used -= charged
-        self._measured(free, None)
-
-    def off_loop(self, function: Callable[..., Any], *arguments: Any) -> None:
-        """Run a blocking call (a log line's write) on the writer thread, not on the loop."""
-        self.writer.submit(CALL, function, arguments)
-
-    def shutdown(self, timeout: float = 0.0) -> None:
-        self.writer.shutdown(timeout)
+    def take(self) -> tuple[list[bytes | bytearray], int]:
+        """Every piece and their size; nothing is held after (the pieces are the taker's)."""
+        pieces, size = self.pieces, self.size
+        self.pieces, self.size = [], 0
+        return pieces, size
 
 
 class SpooledInput(io.RawIOBase):
@@ -177,11 +126,12 @@ class SpooledInput(io.RawIOBase):
 
 
 class BodySpool:
-    """Collects one request body on the loop: memory up to body_memory_limit, then the writer
-    thread's file with at most SPOOL_BACKLOG bytes not yet written. Nothing here blocks."""
+    """Collects one request body on the loop: in memory while within body_memory_limit and the
+    worker's body_memory_budget, else the writer thread's file with at most SPOOL_BACKLOG bytes
+    not yet written. Nothing here blocks."""
 
-    __slots__ = ("settings", "store", "size", "length", "state", "_memory", "_buffered",
-                 "_inflight", "_charged", "_promised", "_target", "_error", "_drained", "_done")
+    __slots__ = ("settings", "store", "size", "length", "state", "_memory", "_held",
+                 "_inflight", "_charged", "_target", "_error", "_drained", "_done")
 
     def __init__(self, settings: Settings, store: SpoolStore) -> None:
         self.settings = settings
@@ -189,11 +139,10 @@ class BodySpool:
         self.size = 0             # body bytes received (bytes)
         self.length: int | None = None  # Content-Length; None for a chunked body
         self.state = SpoolState.MEMORY
-        self._memory: list[bytes] = []
-        self._buffered = 0        # bytes in _memory (bytes)
+        self._memory = Gather()   # the body in memory, or bytes not yet handed to the writer
+        self._held = 0            # bytes of the store's memory budget those hold (bytes)
         self._inflight = 0        # bytes handed to the writer, not yet written (bytes)
-        self._charged = 0         # bytes of the store's budget this body holds (bytes)
-        self._promised = 0        # bytes of the store's `promised` this body holds (bytes)
+        self._charged = 0         # bytes of the store's spool budget this body holds (bytes)
         self._target: SpoolFile | None = None
         self._error: HTTPError | None = None
         self._drained: list[Callable[[], None]] = []
@@ -202,77 +151,98 @@ class BodySpool:
     # -- receiving -----------------------------------------------------------------------
     def expect(self, length: int | None) -> None:
         """Before any body byte: refuse a body that can never be taken (413), not now (503), or
-        not on this disk (507), so the client is answered without sending it."""
-        check_length(self.settings, length)
+        not on this disk (507), so the client is answered without sending it. Nothing is set
+        aside: bytes are charged as they arrive (a client announcing much and sending little
+        holds little)."""
+        settings = self.settings
+        check_length(settings, length)
         self.length = length
-        if length is not None and length > self.settings.body_memory_limit:
-            self.store.charge(length)
-            self._charged = length
-            try:
-                self.store.check_room(length)
-            except HTTPError:
-                self.close()
-                raise
-            self._promised = length
-            self.store.promised += length
+        if length is None:
+            return  # in memory while it fits; its size is unknown until its end
+        small = length <= settings.body_memory_limit
+        if small and self.store.memory_room(length):
+            return
+        # Too large for memory, or the worker's memory budget has no room for it now.
+        self.state = SpoolState.DISK_BOUND
+        self.store.admit(length, small)
 
     def write(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
-        self.size += len(data)
+        size = len(data)
+        self.size += size
         limit = self.settings.max_body_size
         if limit and self.size > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
-        self._memory.append(data)
-        self._buffered += len(data)
-        if self.state is SpoolState.MEMORY:
-            if self.size <= self.settings.body_memory_limit:
+        state = self.state
+        if state is SpoolState.MEMORY:
+            if self.size <= self.settings.body_memory_limit and self.store.hold(size):
+                self._held += size
+                self._memory.add(data)
                 return
-            if self.length is None:  # chunked: the budget is taken as the body grows
-                self.store.charge(self.size)
-                self._charged = self.size
+            self._open()  # past the memory limit, or the worker's memory budget is used up
+        elif state is SpoolState.DISK_BOUND:
             self._open()
-        elif self.length is None:
-            self.store.charge(len(data))
-            self._charged += len(data)
-        if self._buffered >= SPILL_BATCH:
+        # Charged as the bytes arrive, whatever the framing: a body that runs out of budget
+        # on the way is refused then (503; 413 once it alone is larger than the budget).
+        self.store.charge(self.size - self._charged)
+        self._charged = self.size
+        self._memory.add(data)
+        # A batch waiting for the writer is memory too: with no room for it, it goes now.
+        if not self.store.hold(size):
+            self._spill()
+            return
+        self._held += size
+        if self._memory.size >= SPILL_BATCH:
             self._spill()
 
     def _open(self) -> None:
+        """To disk: what is held in memory becomes the file's first batch."""
         self._target = SpoolFile(self.store.directory)
         self.state = SpoolState.SPOOLING
         self.store.writer.submit(OPEN, self._target, self.length, self._written)
 
     def _spill(self) -> None:
         """Hand what is held to the writer: one job, one writev(2), no joining copy."""
-        chunks, size = self._memory, self._buffered
-        self._memory, self._buffered = [], 0
+        pieces, size = self._memory.take()
+        self.store.let_go(self._held)
+        self._held = 0
         self._inflight += size
-        self.store.writer.submit(WRITE, self._target, chunks, self._written)
+        self.store.unwritten += size
+        self.store.writer.submit(WRITE, self._target, pieces, functools.partial(self._wrote, size))
 
     @property
     def backlogged(self) -> bool:
         """Too much waits for the disk: stop reading the socket until on_drained."""
         return (self.state in (SpoolState.SPOOLING, SpoolState.FINISHING)
-                and self._buffered + self._inflight >= SPOOL_BACKLOG)
+                and (self._memory.size + self._inflight >= SPOOL_BACKLOG or self.store.behind))
 
     def on_drained(self, callback: Callable[[], None]) -> None:
         if self.backlogged:
             self._drained.append(callback)
+            self.store.paused[self] = None  # woken by any body's write, if not by its own
         else:
             callback()
+
+    def resume(self) -> None:
+        """The worker's writer backlog went down (SpoolStore.caught_up): read on, if room."""
+        if self._drained:
+            if self.backlogged:
+                self.store.paused[self] = None
+            else:
+                self._wake()
 
     def finish(self, callback: Callable[[Any], None]) -> None:
         """callback(wsgi.input at position 0, or the HTTPError) once every byte is written."""
         if self._error is not None:
             callback(self._error)
-        elif self.state is SpoolState.MEMORY:
-            self._release()  # a charge taken for a body that never needed the disk
+        elif self.state is SpoolState.MEMORY or self.state is SpoolState.DISK_BOUND:
+            # Its share of the memory budget stays taken till close(): the app holds the bytes.
             self.state = SpoolState.DONE
-            memory, self._memory = self._memory, []
-            callback(io.BytesIO(b"".join(memory) if len(memory) != 1 else memory[0]))
+            pieces, _size = self._memory.take()
+            callback(io.BytesIO(pieces[0] if len(pieces) == 1 else b"".join(pieces)))
         elif self.state is SpoolState.SPOOLING:
-            if self._memory:
+            if self._memory.size:
                 self._spill()
             self.state = SpoolState.FINISHING
             self._done = callback
@@ -283,24 +253,37 @@ class BodySpool:
         return self._target is not None
 
     def close(self) -> None:
-        """Abandon the body: its file (if any) is closed by the writer, its budget returned."""
-        if self.state in (SpoolState.DONE, SpoolState.CLOSED):
+        """Done with the body. Handed over (DONE): its share of the memory budget comes back
+        (a spooled body's file and budget are its wsgi.input's). Else abandoned: its file (if
+        any) is closed by the writer, and every byte it held comes back at once."""
+        if self.state is SpoolState.CLOSED:
+            return
+        if self.state is SpoolState.DONE:
+            self.store.let_go(self._held)
+            self._held = 0
             return
         self._release()
         self.state = SpoolState.CLOSED
-        self._memory, self._buffered = [], 0
+        self._memory = Gather()
         self._drained, self._done = [], None
 
     def _release(self) -> None:
-        self.store.promised -= self._promised
-        self._promised = 0
+        self.store.let_go(self._held)
+        self._held = 0
         charged, self._charged = self._charged, 0
+        # Back now, not once the writer has closed the file (next, after this body's backlog):
+        # uploads meeting the full budget meanwhile would be refused too, maybe every one.
+        self.store.used -= charged
         if self._target is not None:
-            self.store.discard(self._target, charged)
-        else:
-            self.store.used -= charged
+            self.store.discard(self._target, 0)
 
     # -- the writer's answers (on the loop) -----------------------------------------------
+    def _wrote(self, handed: int, size: int | None, error: BaseException | None) -> None:
+        """A batch of `handed` bytes is done (written, skipped for an earlier error, or failed)."""
+        self.store.unwritten -= handed
+        self._written(size, error)
+        self.store.caught_up()
+
     def _written(self, size: int | None, error: BaseException | None) -> None:
         """A write (or the open, size None) is done."""
         if error is not None:
@@ -310,9 +293,6 @@ class BodySpool:
         self.store.wrote(size)
         if self.state in (SpoolState.SPOOLING, SpoolState.FINISHING):
             self._inflight -= size
-            promised = min(size, self._promised)
-            self._promised -= promised
-            self.store.promised -= promised
             if self._drained and not self.backlogged:
                 self._wake()
 
@@ -322,8 +302,6 @@ class BodySpool:
         elif self.state is SpoolState.FINISHING:
             assert self._target is not None and self._done is not None
             self.state = SpoolState.DONE
-            self.store.promised -= self._promised  # all written: nothing more is owed
-            self._promised = 0
             raw = SpooledInput(self.store, self._target, self._charged)
             self._charged = 0  # the input owns the file and its share of the budget now
             done, self._done = self._done, None
@@ -336,7 +314,7 @@ class BodySpool:
         self._error = storage_error(exc)
         self._release()
         self.state = SpoolState.FAILED
-        self._memory, self._buffered = [], 0
+        self._memory = Gather()
         done, self._done = self._done, None
         if done is not None:
             done(self._error)

@@ -26,7 +26,9 @@ class ThreadPool:
 
     Daemon threads: one stuck in a request never keeps the exiting process alive (gthread's
     do, and QUIT waits). `current` maps busy threads to jobs (stack dumps, busy gauge);
-    `inflight` counts jobs not finished, so a graceful drain waits for every app call.
+    `inflight` counts jobs not finished, so a graceful drain waits for every app call;
+    `queued` counts jobs still waiting for a thread, those cancelled not included (a cancelled
+    job stays in the queue until a thread reaches it and skips it: `held` counts those too).
     """
 
     def __init__(self, size: int, name: str = "aiowsgi") -> None:
@@ -35,7 +37,10 @@ class ThreadPool:
         self.current: dict[int, Any] = {}
         self._idle_waker: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
         self._submitted = 0     # written by the submitting (loop) thread only
-        # Jobs finished, one count per thread, each written by its own thread only: no lock.
+        self._cancelled = 0     # jobs cancelled while queued: written by the loop only (cancel)
+        # Jobs started and jobs finished, one count per thread, each written by its own thread
+        # only: no lock. A job leaves QUEUED once, under _lock: taken (started) or cancelled.
+        self._started = [0] * size
         self._finished = [0] * size
         # Guards a job's QUEUED -> RUNNING / cancelled transition (a thread taking it against
         # the loop cancelling it); held for a few bytecodes only.
@@ -57,16 +62,24 @@ class ThreadPool:
         self._idle_waker = (loop, callback)
 
     def cancel(self, job: Any, state: JobState) -> bool:
-        """Mark a job no thread has taken yet as cancelled (`state`); False if it already runs."""
+        """Mark a job no thread has taken yet as cancelled (`state`); False if it already runs.
+        On the loop only. One cancelled before its submit (in Context.pending) makes `queued`
+        read one low till then: Context.queued adds that list, and stays exact."""
         with self._lock:
             if job.state is not QUEUED:
                 return False
             job.state = state
+            self._cancelled += 1
             return True
 
     @property
     def queued(self) -> int:
-        """Jobs waiting for a free thread (count)."""
+        """Jobs waiting for a free thread (count), not those cancelled while they waited."""
+        return self._submitted - self._cancelled - sum(self._started)
+
+    @property
+    def held(self) -> int:
+        """Jobs in the queue (count), cancelled ones a thread has not skipped yet included."""
         return self._jobs.qsize()
 
     @property
@@ -80,7 +93,7 @@ class ThreadPool:
         return self._submitted - sum(self._finished)
 
     def _work(self, index: int) -> None:
-        ident, lock = threading.get_ident(), self._lock
+        ident, lock, started = threading.get_ident(), self._lock, self._started
         while True:
             job = self._jobs.get()
             if job is None:
@@ -91,6 +104,7 @@ class ThreadPool:
                 start = job.state is QUEUED
                 if start:
                     job.state = RUNNING
+                    started[index] += 1
                     # One key per thread, written only by that thread: safe under the GIL.
                     self.current[ident] = job
             finally:
@@ -274,11 +288,18 @@ class Channel(Gated):
         return self._produced - self._consumed
 
 
+# The Python objects of a streamed body's piece beside its bytes (a bytes object's header, the
+# allocator's rounding, a deque slot): about 56 bytes on Python 3.11, rounded up. Counted with
+# the bytes unread, so a body sent in tiny reads to an app not reading holds about the limit.
+PIECE_COST = 64
+
+
 class BodyFeed(Gated, io.RawIOBase):
     """Carries one request body from the loop to the app thread reading it (wsgi.input, under a
-    BufferedReader) while it arrives. Past `limit` bytes unread, `put` says stop reading the
-    socket; the read that halves them wakes the loop (`_listener`, through the inbox). Counters
-    have one writer each (`received`: the loop, `_taken`: the thread)."""
+    BufferedReader) while it arrives. Past `limit` unread (bytes, plus PIECE_COST a piece), `put`
+    says stop reading the socket; the read that halves it wakes the loop (`_listener`, through
+    the inbox). Counters have one writer each (`received` and `_queued`: the loop; `_freed`: the
+    thread)."""
 
     def __init__(self, inbox: Inbox, limit: int, listener: Callable[[], None]) -> None:
         super().__init__()
@@ -287,7 +308,8 @@ class BodyFeed(Gated, io.RawIOBase):
         self._chunks: collections.deque[bytes] = collections.deque()
         self._head = memoryview(b"")  # what is left of the chunk being read
         self.received = 0             # body bytes put by the loop (bytes)
-        self._taken = 0               # body bytes read by the thread (bytes)
+        self._queued = 0              # what the loop put, as memory: bytes + PIECE_COST a piece
+        self._freed = 0               # the same measure of what the thread has read
         self.ended = False            # no more bytes will come
         self._error: BaseException | None = None
         self._full = False            # the loop stopped reading until the thread makes room
@@ -301,11 +323,12 @@ class BodyFeed(Gated, io.RawIOBase):
         (a wake per batch, not per read); else at once (the client may wait for an answer)."""
         self._chunks.append(data)
         self.received += len(data)
-        if self._gate is not None and (not more or self.received - self._taken >= self._limit // 4):
+        self._queued += len(data) + PIECE_COST
+        if self._gate is not None and (not more or self._queued - self._freed >= self._limit // 4):
             self._open_gate()
-        if self.received - self._taken >= self._limit:
+        if self._queued - self._freed >= self._limit:
             self._full = True  # set, then look again: the thread sees the flag or we see its read
-            self._full = self.received - self._taken >= self._limit
+            self._full = self._queued - self._freed >= self._limit
         return not self._full
 
     def end(self, error: BaseException | None = None) -> None:
@@ -326,10 +349,10 @@ class BodyFeed(Gated, io.RawIOBase):
         while True:
             if self._error is not None:
                 raise self._error
-            filled = self._copy(view)
+            filled, pieces = self._copy(view)
             if filled:
-                self._taken += filled
-                if self._full and self.received - self._taken <= self._limit // 2:
+                self._freed += filled + pieces * PIECE_COST
+                if self._full and self._queued - self._freed <= self._limit // 2:
                     self._full = False
                     self._inbox.post(self)  # type: ignore[arg-type]  # the loop reads again
                 return filled
@@ -337,18 +360,20 @@ class BodyFeed(Gated, io.RawIOBase):
                 return 0
             self._block()
 
-    def _copy(self, view: memoryview) -> int:
-        filled, size, head, chunks = 0, len(view), self._head, self._chunks
+    def _copy(self, view: memoryview) -> tuple[int, int]:
+        """(bytes copied into `view`, pieces taken off the queue for it)."""
+        filled, pieces, size, head, chunks = 0, 0, len(view), self._head, self._chunks
         while filled < size:
             if not head:
                 if not chunks:
                     break
                 head = memoryview(chunks.popleft())
+                pieces += 1
             count = min(len(head), size - filled)
             view[filled:filled + count] = head[:count]
             head, filled = head[count:], filled + count
         self._head = head
-        return filled
+        return filled, pieces
 
     def _ready(self) -> bool:
         return bool(self._chunks) or self.ended
@@ -392,6 +417,8 @@ class SpoolWriter:
                     self._loop.call_soon_threadsafe(done, result, error)
                 except RuntimeError:  # the loop is closed: the worker is exiting
                     pass
+            elif error is not None:  # nobody waits for it (the access log's off_loop line)
+                log.error("Spool writer job failed", exc_info=error)
             del job, target, argument, done, result, error
 
     def shutdown(self, timeout: float = 0.0) -> None:

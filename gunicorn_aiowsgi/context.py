@@ -29,8 +29,8 @@ class Context:
 
     __slots__ = ("settings", "loop", "log", "pool", "inbox", "wsgi", "base", "worker", "monitor",
                  "spools", "can_sendfile", "date", "draining", "opened", "closed", "pending",
-                 "queue_limit", "streams", "stream_limit", "limits", "timer_context", "pre_request",
-                 "post_request", "access", "clock")
+                 "queue_limit", "hold_limit", "streams", "stream_limit", "limits", "timer_context",
+                 "pre_request", "post_request", "access", "clock")
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, log: Any,
                  pool: ThreadPool, wsgi: Callable[..., Any], base: dict[str, Any], worker: Any,
@@ -45,7 +45,7 @@ class Context:
         self.base = base                    # the environ keys every request shares
         self.worker = worker                # gunicorn's worker: cfg hooks, max_requests
         self.monitor = monitor
-        self.spools = spools                # where request bodies go past memory (body.SpoolStore)
+        self.spools = spools                # the body budgets and writer (spool_store.SpoolStore)
         # Zero-copy file_wrapper: plain sockets on asyncio's own loops (uvloop has no sendfile).
         self.can_sendfile = (settings.sendfile and not settings.is_ssl
                              and isinstance(loop, asyncio.BaseEventLoop))
@@ -54,6 +54,10 @@ class Context:
         self.opened: Callable[[Any], None] = lambda conn: None
         self.closed: Callable[[Any], None] = lambda conn: None
         self.queue_limit = settings.effective_queue_limit  # read per request: resolved once
+        # A call whose client left while it waited is cancelled, not counted in the queue, yet
+        # stays in it (its environ with it) until a thread reaches it and skips it: while the
+        # threads are stuck, at most worker_connections of those besides the live ones.
+        self.hold_limit = self.queue_limit + settings.worker_connections
         self.stream_limit = settings.effective_streamed_bodies
         self.streams = 0                    # bodies read by app threads while they arrive (count)
         self.limits = Limits(settings)      # every request parser's limits (parser.py)
@@ -89,8 +93,18 @@ class Context:
 
     @property
     def queued(self) -> int:
-        """App calls waiting for a thread (count), those not yet handed over included."""
+        """App calls waiting for a thread (count), those not yet handed over included, those
+        cancelled (their client left, or was answered 504) not."""
         return self.pool.queued + len(self.pending)
+
+    def queue_full(self) -> bool:
+        """AIOWSGI_QUEUE_LIMIT calls wait for a thread (or the queue holds too many cancelled
+        ones besides): a new one is answered 503, and the health path may say so."""
+        limit = self.queue_limit
+        if not limit:
+            return False
+        pool, pending = self.pool, len(self.pending)
+        return pool.queued + pending >= limit or pool.held + pending >= self.hold_limit
 
     def log_answer(self, exchange: Any, status: str) -> None:
         """The access log (and statsd) line of an answer the loop gave instead of the app (a

@@ -10,6 +10,8 @@ import time
 import traceback
 from typing import Any
 
+from .messages import JobState
+
 # The queue-depth warning repeats at most this often while the pool stays saturated (seconds).
 QUEUE_WARNING_EVERY = 10.0
 # Overload 503s are logged at most this often (seconds), with the queue depth.
@@ -30,6 +32,21 @@ def thread_stack(ident: int) -> str:
     if frame is None:
         return "  (thread finished)\n"
     return "".join(traceback.format_stack(frame))
+
+
+def timed_out(pool: Any, call: Any, log: Any, timeout: float) -> None:
+    """A call whose client is answered 504 (AIOWSGI_REQUEST_TIMEOUT): cancelled if still queued
+    (a retrying client must not write twice), else marked ANSWERED (a running thread cannot be
+    killed: its thread logs the 504, not its own late answer); logged with what it is doing."""
+    if pool.cancel(call, JobState.ANSWERED):  # still queued: it will never run
+        call.body.close()  # its body's memory or file now, not when a thread skips it
+        stack = "  (still queued: no thread took it, and none will)\n"
+    else:
+        stack = next((thread_stack(ident) for ident, job in pool.jobs() if job is call),
+                     "  (its thread has just finished it)\n")
+        call.state = JobState.ANSWERED
+    log.error("Request timed out after %ss: %s; its app thread is at:\n%s",
+              timeout, describe(call, time.time()), stack)
 
 
 def dump_stacks(pool: Any, log: Any, why: str) -> int:
@@ -130,7 +147,9 @@ class Monitor:
     def tick(self, now: float) -> None:
         """Each heartbeat; `now` is the loop's clock (seconds)."""
         pool, server = self.pool, self.server
-        queued, busy = pool.queued, pool.busy
+        # Calls waiting for a thread, those whose client left (cancelled, still in the queue
+        # until a thread skips them) not counted, those not yet handed over counted.
+        queued, busy = server.ctx.queued, pool.busy
         second = math.floor(now)  # the gauges: at most once a second, whatever the heartbeat
         if self.metrics.gauge is not None and second != self.gauged_second:
             self.gauged_second = second

@@ -13,7 +13,7 @@ from .body import READ_BUFFER, STREAM_BACKLOG, BodySpool, check_length, streamed
 from .boundary import BODY, CLOSED
 from .bridge import BodyFeed, Channel
 from .context import Context
-from .diagnostics import describe, thread_stack
+from .diagnostics import timed_out
 from .environ import build_environ
 from .errors import BadRequest, BodyCutShort, GatewayTimeout, HTTPError, Unavailable
 from .listener import unread_bytes
@@ -47,7 +47,9 @@ class Exchange:
         self.number = number                 # this request's place on its connection (count)
         self.started = wall_time()           # when its head was parsed (time.time)
         self.environ: dict[str, Any] = {}
-        self.spool: BodySpool | None = None  # the body being received, if any
+        # The body being received, if any; kept until the response ends (stop): a body held in
+        # memory holds its share of the worker's memory budget till then.
+        self.spool: BodySpool | None = None
         self.feed: BodyFeed | None = None    # or the body an app thread reads as it arrives
         self.channel: Channel | None = None  # the response, once the app has the request
         self.call: AppCall | None = None
@@ -156,18 +158,15 @@ class Exchange:
         if self.request.chunked:  # a de-chunked body gets its length (gunicorn leaves it unset)
             assert self.spool is not None
             self.environ["CONTENT_LENGTH"] = str(self.spool.size)
-        self.spool = None
         self.dispatch()
 
     def dispatch(self) -> None:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
-        limit = ctx.queue_limit
-        queued = ctx.pool.queued + len(ctx.pending)  # ctx.queued, without a property call
-        if limit and queued >= limit:
+        if ctx.queue_full():
             self.environ["wsgi.input"].close()
             self.stop()  # a streamed body's slot is free again
-            ctx.monitor.overloaded(queued, limit)
+            ctx.monitor.overloaded(ctx.queued, ctx.queue_limit)
             self.answer(503, "Service Unavailable", b"overloaded\n", [("Retry-After", "1")])
             ctx.log_answer(self, "503 Service Unavailable")
             return
@@ -204,8 +203,8 @@ class Exchange:
 
     def health(self) -> None:
         ctx = self.ctx
-        full = ctx.settings.health_queue_full and ctx.queue_limit and ctx.queued >= ctx.queue_limit
-        self.answer(*health_reply(ctx.draining, bool(full)))
+        full = ctx.settings.health_queue_full and ctx.queue_full()
+        self.answer(*health_reply(ctx.draining, full))
 
     def timed_out(self) -> None:
         """AIOWSGI_REQUEST_TIMEOUT passed before the head: 504, and say what the thread is doing.
@@ -216,17 +215,9 @@ class Exchange:
         self.timer = None
         if self.head_sent or self.call is None:
             return
-        ctx, call = self.ctx, self.call
-        timeout = ctx.settings.request_timeout
+        ctx = self.ctx
         ctx.monitor.count("request_timeouts")
-        if ctx.pool.cancel(call, JobState.ANSWERED):  # still queued: it will never run
-            stack = "  (still queued: no thread took it, and none will)\n"
-        else:
-            stack = next((thread_stack(ident) for ident, job in ctx.pool.jobs() if job is call),
-                         "  (its thread has just finished it)\n")
-            call.state = JobState.ANSWERED  # its thread logs the 504, not its own late answer
-        ctx.log.error("Request timed out after %ss: %s; its app thread is at:\n%s",
-                      timeout, describe(call, wall_time()), stack)
+        timed_out(ctx.pool, self.call, ctx.log, ctx.settings.request_timeout)
         self.stop()
         try:
             self.conn.write(error_reply(GatewayTimeout(), self.request.method))
@@ -248,19 +239,22 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.spool is not None:  # a body held in memory: its share of the budget is back
+            self.spool.close()
+            self.spool = None
         if self.channel is not None and not self.sending:  # else at its end: the file is in use
             self.channel.close()
             self.channel = None
 
     def abandon(self) -> None:
         """The connection ended (or refused the request) before the response was complete."""
-        if self.call is not None:
+        call = self.call
+        if call is not None and self.ctx.pool.cancel(call, JobState.GONE):
             # Still queued: it must never run for a client that is gone (its thread skips it).
-            self.ctx.pool.cancel(self.call, JobState.GONE)
-        self.stop()
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
+            # Its body's memory or file goes now, not when a thread reaches it (the threads may
+            # all be stuck); closing is safe beside the skip's own close, which finds it closed.
+            call.body.close()
+        self.stop()  # and a body still arriving is abandoned (its file closed, budgets back)
 
     # -- the response ---------------------------------------------------------------------------
     def relay(self) -> None:

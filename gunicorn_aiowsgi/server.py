@@ -6,7 +6,6 @@ import asyncio
 import os
 from typing import Any, Callable
 
-from .body import SpoolStore
 from .boundary import ConnState
 from .bridge import ThreadPool
 from .context import Context
@@ -16,6 +15,7 @@ from .files import FileWrapper
 from .listener import unread_bytes
 from .protocol import Connection
 from .settings import Settings
+from .spool_store import SpoolStore
 
 # A connection accepted less than this long ago (seconds) is not closed as idle when draining:
 # its client has just connected, and its first request is on the way.

@@ -28,6 +28,7 @@ class SettingsError(ValueError):
 # name -> (field, kind, default)
 ENV_SETTINGS: dict[str, tuple[str, str, Any]] = {
     "AIOWSGI_BODY_MEMORY_LIMIT": ("body_memory_limit", "bytes", 1 * MIB),
+    "AIOWSGI_BODY_MEMORY_BUDGET": ("body_memory_budget", "bytes", 64 * MIB),
     "AIOWSGI_MAX_BODY_SIZE": ("max_body_size", "bytes", 1 * GIB),
     "AIOWSGI_SPOOL_BUDGET": ("spool_budget", "bytes", 1 * GIB),
     "AIOWSGI_STREAMED_BODIES": ("streamed_bodies", "count", -1),
@@ -74,6 +75,10 @@ class Settings:
     script_name: str = ""                  # SCRIPT_NAME from the environment (path)
     # -- our own, from AIOWSGI_* ------------------------------------------------------------
     body_memory_limit: int = 1 * MIB       # request body kept in memory before spooling (bytes)
+    # Bodies held in memory per worker at once (from their first byte to the end of their
+    # response). Without it, worker_connections bodies just under the limit each would hold
+    # that many MiB (1000 at the defaults); past it a body spools from its first byte.
+    body_memory_budget: int = 64 * MIB     # request body bytes in memory per worker at once (bytes); 0 = no limit
     # waitress's default: an internet client cannot send an endless body; 0 = no limit.
     max_body_size: int = 1 * GIB           # largest accepted request body (bytes); 0 = no limit
     # Bodies on disk (or on their way) per worker at once. Without it, worker_connections

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from gunicorn_aiowsgi.body import SpoolStore
 from gunicorn_aiowsgi.context import Context
 from gunicorn_aiowsgi.diagnostics import Monitor
 from gunicorn_aiowsgi.environ import base_environ
 from gunicorn_aiowsgi.files import FileWrapper
 from gunicorn_aiowsgi.protocol import Connection
 from gunicorn_aiowsgi.settings import Settings
+from gunicorn_aiowsgi.spool_store import SpoolStore
 
 
 class FakeTransport:
@@ -102,6 +102,7 @@ class InlinePool:
 
     size = 1
     queued = 0
+    held = 0
     busy = 0
 
     def submit(self, job: Any) -> None:

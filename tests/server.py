@@ -568,6 +568,14 @@ def listen_queue(port: int) -> tuple[int, int]:
     raise AssertionError(f"no listener on port {port}: {out!r}")
 
 
+def unread_bytes_on(port: int) -> int:
+    """Bytes clients sent to 127.0.0.1:port that the server has not read yet: the Recv-Q of
+    every established connection whose local port is `port`, from `ss -tn`."""
+    out = subprocess.run(["ss", "-tnH", "state", "established", f"sport = :{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if line.strip())
+
+
 @dataclass
 class Usage:
     """What a worker holds: compared before and after a test to find leaks."""

@@ -9,7 +9,8 @@ import socket
 import threading
 
 import pytest
-from server import Conn, Gunicorn, free_bytes, open_files, wait_until
+from server import Conn, Gunicorn, free_bytes, open_files, unread_bytes_on, wait_until
+from sysinfo import rss_kib
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -138,6 +139,33 @@ def test_spool_budget_refuses_new_uploads_with_503_and_can_be_raised(tmp_path):
     check_uploads(tmp_path / "raised", 32 * MIB, refused=False)
 
 
+def test_an_upload_announced_and_not_sent_holds_only_what_it_sent(tmp_path):
+    """A client announces the whole spool budget with Expect: 100-continue, is told to go on,
+    and sends one byte: a 2 MiB upload beside it is taken (it was refused 503 when the
+    announced length was set aside). A head that cannot fit in what is free now, or ever, is
+    still refused before its body is sent."""
+    conf, where = spool_conf(tmp_path)
+    budget = 8 * MIB
+    with Gunicorn("apps:router", config=conf, env={"AIOWSGI_SPOOL_BUDGET": str(budget)}) as g:
+        with Conn.to(g, timeout=10) as hog:
+            hog.send(head(budget, expect=True))
+            assert hog.readline() == b"HTTP/1.1 100 Continue\r\n"
+            hog.send(b"h")
+            wait_until(lambda: len(open_files(g.worker_pid(), where)) == 1, 10, "the hog's file")
+            data = os.urandom(2 * MIB)
+            with Conn.to(g, timeout=10) as conn:
+                conn.send(head(len(data)) + data)
+                status, _headers, body = conn.response()
+                assert (status, body) == (200, f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())
+            for length, refused in ((budget, 503), (budget + 1, 413)):
+                with Conn.to(g, timeout=10) as conn:
+                    conn.send(head(length, expect=True))
+                    status, headers, _body = conn.response()  # no 100 Continue before it
+                    assert status == refused
+                    assert (headers.get("retry-after") == "1") is (refused == 503)
+        wait_until(lambda: open_files(g.worker_pid(), where) == [], 10, "every spool file closed")
+
+
 def test_chunked_upload_past_the_budget_gets_503(tmp_path):
     conf, where = spool_conf(tmp_path)
     with Gunicorn("apps:router", config=conf, env={"AIOWSGI_SPOOL_BUDGET": str(2 * MIB)}) as g:
@@ -152,6 +180,59 @@ def test_chunked_upload_past_the_budget_gets_503(tmp_path):
             status, headers, _body = conn.response()
         assert status == 503 and headers["retry-after"] == "1"
         wait_until(lambda: open_files(g.worker_pid(), where) == [], 10, "the spool file closed")
+
+
+def spooled_bytes(pid: int, where: str) -> int:
+    """Bytes in the spool files process `pid` holds open under `where`."""
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(where):
+                total += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+        except OSError:  # closed while we looked
+            pass
+    return total
+
+
+def test_many_bodies_held_unfinished_take_the_memory_budget_then_the_disk(tmp_path):
+    """48 clients each send 1 MiB - 1 byte of a 1 MiB body and wait (990 of them took a worker
+    from 30 MB to 1 GB): with AIOWSGI_BODY_MEMORY_BUDGET at 8 MiB, eight wait in memory and
+    the others on disk from their first byte, so the worker grows by about 8 MiB, not 48. Then
+    each sends its last byte and is answered in full."""
+    conf, where = spool_conf(tmp_path)
+    count, body, budget = 48, MIB, 8 * MIB
+    with Gunicorn("apps:router", "--threads", "2", config=conf, access_log=False,
+                  env={"AIOWSGI_BODY_MEMORY_BUDGET": str(budget)}) as g:
+        pid = g.worker_pid()
+        for _ in range(20):
+            with Conn.to(g) as conn:
+                conn.send(head(10) + b"warm-up 10")
+                assert conn.response()[0] == 200
+        base = rss_kib(pid)
+        bodies = [bytes([65 + n % 26]) * body for n in range(count)]
+        conns = [Conn.to(g, timeout=10) for _ in bodies]
+        try:
+            for conn, data in zip(conns, bodies):
+                conn.send(head(body) + data[:-1])
+                # Read by the worker before the next: the writer never has more than one
+                # body's bytes to catch up with, so what is measured is what stays held.
+                wait_until(lambda: unread_bytes_on(g.port) == 0, 10, "the body read")
+            sent = count * (body - 1)
+            wait_until(lambda: spooled_bytes(pid, where) >= sent - budget, 10,
+                       "all but the budget's worth on disk")
+            growth = rss_kib(pid) - base
+            print(f"RSS growth with {count} bodies of 1 MiB held: {growth / 1024:.1f} MiB "
+                  f"({spooled_bytes(pid, where) / MIB:.1f} MiB on disk)")
+            assert growth < 20 * 1024, f"{growth} KiB"  # the budget and a margin, not 48 MiB
+            for conn, data in zip(conns, bodies):
+                conn.send(data[-1:])
+            for conn, data in zip(conns, bodies):
+                status, _headers, answer = conn.response()
+                assert (status, answer) == (200, f"{body} {hashlib.sha256(data).hexdigest()}".encode())
+        finally:
+            for conn in conns:
+                conn.close()
+        wait_until(lambda: open_files(pid, where) == [], 10, "every spool file closed")
 
 
 # -- item 6: the loop never waits for the disk -------------------------------------------------

@@ -10,7 +10,18 @@ import socket
 import time
 
 import pytest
-from server import Conn, Gunicorn, get, read_mark, request, wait_heartbeats, wait_until
+from server import (
+    Conn,
+    Gunicorn,
+    abort,
+    connect_many,
+    get,
+    read_mark,
+    request,
+    socket_count,
+    wait_heartbeats,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,6 +50,32 @@ def test_overload_gives_fast_503_and_nothing_hangs(tmp_path):
                 assert elapsed < 1.0                # at once: a queued one waits ~3 s
         log = srv.wait_log("Overloaded:")
         assert len(re.findall("Overloaded:", log)) <= 2  # at most once per second
+
+
+def test_requests_whose_clients_left_do_not_fill_the_queue(tmp_path):
+    """--threads 1, one request holding the thread, four more filling AIOWSGI_QUEUE_LIMIT=4,
+    whose clients then reset: a canary is queued (and served), not refused 503 until the
+    running call ends, and the health path says 200; the four are skipped, never run."""
+    env = {"AIOWSGI_QUEUE_LIMIT": "4", "AIOWSGI_TEST_MARKS": str(tmp_path),
+           "AIOWSGI_HEALTH_PATH": "/healthz", "AIOWSGI_HEALTH_QUEUE_FULL": "1"}
+    with Gunicorn("apps:router", "--threads", "1", env=env) as srv:
+        pid = srv.worker_pid()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(get, srv, "/slow?s=2&mark=running")
+            assert read_mark(tmp_path / "running") == "started\n"
+            sockets = socket_count(pid)
+            gone = connect_many(srv, 4, b"GET /slow?s=5&mark=gone HTTP/1.1\r\nHost: t\r\n\r\n")
+            wait_until(lambda: socket_count(pid) == sockets + 4, 10, "the four connections")
+            assert get(srv, "/healthz")[0] == 503  # the queue is full while they wait
+            for sock in gone:
+                abort(sock)
+            wait_until(lambda: socket_count(pid) == sockets, 10, "the worker to see them go")
+            assert get(srv, "/healthz")[0] == 200
+            status, _headers, body = get(srv, "/hello")  # waits for the thread, then served
+            assert (status, body) == (200, b"Hello, world!\n")
+            assert running.result(timeout=10)[0] == 200
+        srv.wait_log("Skipped GET /slow?s=5&mark=gone", count=4)
+        assert not (tmp_path / "gone").exists()
 
 
 def test_queue_depth_warning():

@@ -14,7 +14,7 @@ import threading
 import pytest
 from server import wait_until
 
-from gunicorn_aiowsgi.bridge import BodyFeed, Inbox
+from gunicorn_aiowsgi.bridge import PIECE_COST, BodyFeed, Inbox
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -98,14 +98,15 @@ def test_a_waiting_reader_wakes_for_each_put_and_for_the_end(loop):
 def test_a_waiting_reader_is_woken_per_batch_while_more_is_in_the_socket_and_at_once_when_not(loop):
     """put(more=True): the socket holds more of the body, so the reader waits for a quarter of the
     limit unread (one wake per batch, not per read); more=False (the client paused, maybe for an
-    answer to what it sent) wakes it at once, whatever is unread."""
-    feed = feed_of(loop, [], limit=40, end=False)
+    answer to what it sent) wakes it at once, whatever is unread. Unread counts each piece's
+    PIECE_COST beside its bytes."""
+    feed = feed_of(loop, [], limit=4 * (10 + 3 * PIECE_COST), end=False)
     reader = Reader(feed, size=100, raw=True)
     wait_until(lambda: parked(feed), 5, "the reader waiting for the first bytes")
     feed.put(b"a" * 4, more=True)
-    feed.put(b"b" * 5, more=True)              # 9 unread: under a quarter of 40
+    feed.put(b"b" * 5, more=True)              # 9 bytes in 2 pieces: under a quarter
     assert parked(feed) and reader.data == b""
-    feed.put(b"c", more=True)                  # 10 unread: a quarter, the reader is woken
+    feed.put(b"c", more=True)                  # 10 bytes in 3 pieces: a quarter, the reader is woken
     wait_until(lambda: len(reader.data) == 10 and parked(feed), 5, "the reader to take the batch")
     feed.put(b"d" * 3, more=True)
     assert parked(feed)
@@ -135,16 +136,17 @@ def test_end_with_an_error_wakes_the_reader_with_it_even_with_bytes_queued(loop)
 
 
 def test_put_says_stop_at_the_limit_and_the_read_that_halves_it_wakes_the_loop(loop):
+    """Unread is bytes plus PIECE_COST a piece (the piece's objects), freed as each is taken."""
     woken = asyncio.Event()
-    feed = feed_of(loop, [], limit=10, end=False, listener=woken.set)
-    assert feed.put(b"x" * 6) is True          # 6 unread: below the limit
-    assert feed.put(b"y" * 6) is False         # 12 unread: stop reading the socket
+    piece = 6 + PIECE_COST                     # what a 6-byte piece counts
+    feed = feed_of(loop, [], limit=2 * piece, end=False, listener=woken.set)
+    assert feed.put(b"x" * 6) is True          # one piece unread: below the limit
+    assert feed.put(b"y" * 6) is False         # two: the limit, stop reading the socket
     assert feed.put(b"z") is False             # a read already under way still lands
-    buffer = bytearray(7)
-    assert feed.readinto(buffer) == 7          # 6 unread: not yet half the limit
+    assert feed.readinto(bytearray(6)) == 6    # the first piece taken: not yet half the limit
     loop.run_until_complete(asyncio.sleep(0.01))
     assert not woken.is_set()
-    assert feed.readinto(bytearray(1)) == 1    # 5 unread: half the limit, the loop is woken
+    assert feed.readinto(bytearray(1)) == 1    # the second taken: half the limit, the loop is woken
     loop.run_until_complete(asyncio.wait_for(woken.wait(), 5))
     assert feed.put(b"w") is True              # room again
 
@@ -156,3 +158,23 @@ def test_no_wake_after_the_end(loop):
     assert feed.read(20) == b"x" * 20
     loop.run_until_complete(asyncio.sleep(0.01))
     assert woken == []  # the connection may already serve another request: no stray resume
+
+
+@pytest.mark.parametrize("size", [1, 7, 1000, 64 * 1024])
+def test_an_app_not_reading_holds_about_the_limit_whatever_the_size_of_the_reads(loop, size):
+    """A body sent a byte per read costs a bytes object and a deque slot per byte: counted, so
+    reading stops at about the limit of memory (bytes and pieces), not sixty times its bytes."""
+    limit = 1 << 20
+    feed = feed_of(loop, [], limit=limit, end=False)
+    pieces = 0
+    while feed.put(b"p" * size):
+        pieces += 1
+        assert pieces * (size + PIECE_COST) < limit
+    pieces += 1                                # the read that said stop landed too
+    assert limit <= pieces * (size + PIECE_COST) < limit + size + PIECE_COST
+    # The cost is no guess: a piece's objects take no more than PIECE_COST beside its bytes.
+    import sys
+    assert sys.getsizeof(b"p" * size) - size + 8 <= PIECE_COST
+    reader = io.BufferedReader(feed, 64 * 1024)
+    assert reader.read(pieces * size) == b"p" * (pieces * size)
+    assert feed.put(b"p") is True              # all read: room again

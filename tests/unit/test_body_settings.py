@@ -24,7 +24,7 @@ def test_from_cfg_defaults():
     assert s.secure_scheme_headers == {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https",
                                        "X-FORWARDED-SSL": "on"}
     assert s.max_body_size == settings_mod.GIB and s.body_memory_limit == settings_mod.MIB
-    assert s.spool_budget == settings_mod.GIB
+    assert s.spool_budget == settings_mod.GIB and s.body_memory_budget == 64 * settings_mod.MIB
     assert s.effective_queue_limit == 64
 
 
@@ -33,6 +33,8 @@ def test_from_cfg_defaults():
     ("AIOWSGI_MAX_BODY_SIZE", "0", "max_body_size", 0),
     ("AIOWSGI_SPOOL_BUDGET", "4194304", "spool_budget", 4194304),
     ("AIOWSGI_SPOOL_BUDGET", "0", "spool_budget", 0),
+    ("AIOWSGI_BODY_MEMORY_BUDGET", "8388608", "body_memory_budget", 8388608),
+    ("AIOWSGI_BODY_MEMORY_BUDGET", "0", "body_memory_budget", 0),
     ("AIOWSGI_HEADER_TIMEOUT", "2.5", "header_timeout", 2.5),
     ("AIOWSGI_HEALTH_PATH", "/healthz", "health_path", "/healthz"),
     ("AIOWSGI_HEALTH_QUEUE_FULL", "yes", "health_queue_full", True),
@@ -50,6 +52,7 @@ def test_from_env(name, raw, field, value):
 @pytest.mark.parametrize("name, raw", [
     ("AIOWSGI_MAX_BODY_SIZE", "-5"), ("AIOWSGI_MAX_BODY_SIZE", "1M"), ("AIOWSGI_HEADER_TIMEOUT", "soon"),
     ("AIOWSGI_SPOOL_BUDGET", "-1"), ("AIOWSGI_SPOOL_BUDGET", "1G"), ("AIOWSGI_STREAMED_BODIES", "-2"),
+    ("AIOWSGI_BODY_MEMORY_BUDGET", "-1"), ("AIOWSGI_BODY_MEMORY_BUDGET", "64M"),
     ("AIOWSGI_HEADER_TIMEOUT", "0"), ("AIOWSGI_HEALTH_PATH", "healthz"), ("AIOWSGI_HEALTH_QUEUE_FULL", "maybe"),
     # float() takes these, and "nan" passes every comparison by failing it
     ("AIOWSGI_HEADER_TIMEOUT", "nan"), ("AIOWSGI_BODY_TIMEOUT", "NaN"), ("AIOWSGI_REQUEST_TIMEOUT", "nan"),

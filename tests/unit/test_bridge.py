@@ -382,3 +382,74 @@ def test_the_wake_pipe_lives_as_long_as_its_loop():
     for fd in fds:
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+# -- the pool's queue: what waits, and what a cancelled job still takes --------------------------
+
+class Job:
+    """A pool job (what AppCall is to the pool): a state, run() and skip(), each recorded."""
+
+    def __init__(self, name: str, done: list, gate: threading.Event | None = None) -> None:
+        self.name, self.done, self.gate = name, done, gate
+        self.state = bridge.QUEUED
+
+    def run(self) -> None:
+        if self.gate is not None:
+            self.gate.wait(LOST_WAKE)
+        self.done.append(("ran", self.name))
+
+    def skip(self) -> None:
+        self.done.append(("skipped", self.name))
+
+
+@pytest.mark.parametrize("waiting, cancelled, queued", [
+    pytest.param(0, [], 0, id="idle"),
+    pytest.param(3, [], 3, id="all-live"),
+    pytest.param(3, [0, 2], 1, id="clients-left"),
+    pytest.param(4, [0, 1, 2, 3], 0, id="all-gone"),
+])
+def test_queued_counts_live_jobs_and_held_counts_the_cancelled_still_in_the_queue(
+        waiting, cancelled, queued):
+    """One thread busy, `waiting` jobs behind it, those in `cancelled` cancelled (their clients
+    left): `queued` (what AIOWSGI_QUEUE_LIMIT compares) leaves them out at once; `held` (what
+    the queue still holds) counts them until the thread reaches them and skips them."""
+    from gunicorn_aiowsgi.messages import JobState
+    pool, done, gate = bridge.ThreadPool(1), [], threading.Event()
+    try:
+        pool.submit(Job("busy", done, gate))
+        wait_until(lambda: pool.busy == 1, 5, "the thread to take the busy job")
+        jobs = [Job(f"j{i}", done) for i in range(waiting)]
+        for job in jobs:
+            pool.submit(job)
+        for index in cancelled:
+            assert pool.cancel(jobs[index], JobState.GONE)
+            assert not pool.cancel(jobs[index], JobState.GONE)  # once only: counted once
+        assert (pool.queued, pool.held) == (queued, waiting)
+        gate.set()
+        wait_until(lambda: pool.inflight == 0, 5, "every job run or skipped")
+        assert (pool.queued, pool.held) == (0, 0)
+        assert sorted(done) == sorted(
+            [("ran", "busy")] + [("skipped" if i in cancelled else "ran", f"j{i}")
+                                 for i in range(waiting)])
+        running = Job("late", done, threading.Event())
+        pool.submit(running)
+        wait_until(lambda: pool.busy == 1, 5, "the thread to take the late job")
+        assert not pool.cancel(running, JobState.GONE) and pool.queued == 0  # running: not counted
+        running.gate.set()
+    finally:
+        gate.set()
+        pool.shutdown(1)
+
+
+def test_a_writer_job_nobody_waits_for_is_logged_when_it_fails(caplog):
+    # off_loop's access log line: no callback to hand the error to, so it is logged, not lost.
+    loop = asyncio.new_event_loop()
+    writer = bridge.SpoolWriter(loop, {1: lambda target, argument: target(*argument)})
+    try:
+        with caplog.at_level("ERROR", logger="gunicorn.error"):
+            writer.submit(1, lambda: 1 / 0, ())
+            writer.shutdown(timeout=5)
+        failed = [r for r in caplog.records if r.getMessage() == "Spool writer job failed"]
+        assert len(failed) == 1 and isinstance(failed[0].exc_info[1], ZeroDivisionError)
+    finally:
+        loop.close()

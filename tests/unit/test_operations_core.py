@@ -65,7 +65,7 @@ def test_heartbeat_period(worker_timeout, period):
 # -- the pool gauges through gunicorn's Statsd logger ---------------------------------------
 def monitor(log) -> diagnostics.Monitor:
     pool = SimpleNamespace(queued=0, busy=1, size=4)
-    return diagnostics.Monitor(pool, SimpleNamespace(conns={}), log, 7)
+    return diagnostics.Monitor(pool, SimpleNamespace(conns={}, ctx=SimpleNamespace(queued=0)), log, 7)
 
 
 def received(udp: socket.socket) -> list[str]:
