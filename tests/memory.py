@@ -177,6 +177,31 @@ def echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> lis
     return [text]
 
 
+class Opened:
+    """What tests opened and must close whatever they asserted: harnesses (a loop, a spool
+    writer thread each) and thread pools. A test module keeps one; its fixture closes it."""
+
+    def __init__(self) -> None:
+        self.harnesses: list[Harness] = []
+        self.pools: list[Any] = []
+
+    def add(self, h: "Harness") -> "Harness":
+        self.harnesses.append(h)
+        return h
+
+    def pool(self, threads: int) -> Any:
+        from gunicorn_aiowsgi.bridge import ThreadPool
+        pool = ThreadPool(threads)
+        self.pools.append(pool)
+        return pool
+
+    def close(self) -> None:
+        while self.harnesses:
+            self.harnesses.pop().close()
+        while self.pools:
+            self.pools.pop().shutdown(1)
+
+
 class Harness:
     """One Connection on a FakeTransport inside a real (not running) event loop."""
 

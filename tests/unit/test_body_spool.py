@@ -526,9 +526,8 @@ def test_a_body_in_memory_costs_about_its_bytes_whatever_its_reads(read, tmp_pat
     run(settings, test)
 
 
-def test_a_batch_waiting_for_the_writer_costs_about_its_bytes_whatever_its_reads(tmp_path, monkeypatch):
-    """The same for a spooled body's bytes not yet handed to the writer, and for those it was
-    handed while the disk is stalled (the backlog), two bytes per read."""
+def stall_writes(monkeypatch) -> threading.Event:
+    """The writer thread's writes wait (a stalled disk) until the returned event is set."""
     gate = threading.Event()
     real_write = spool_disk.write_all
 
@@ -537,6 +536,13 @@ def test_a_batch_waiting_for_the_writer_costs_about_its_bytes_whatever_its_reads
         real_write(fd, chunks)
 
     monkeypatch.setattr(spool_disk, "write_all", stalled)
+    return gate
+
+
+def test_a_batch_waiting_for_the_writer_costs_about_its_bytes_whatever_its_reads(tmp_path, monkeypatch):
+    """The same for a spooled body's bytes not yet handed to the writer, and for those it was
+    handed while the disk is stalled (the backlog), two bytes per read."""
+    gate = stall_writes(monkeypatch)
     monkeypatch.setattr(body, "SPILL_BATCH", 16 * 1024)
     monkeypatch.setattr(body, "SPOOL_BACKLOG", 64 * 1024)
     settings = Settings(body_memory_limit=0, tmp_upload_dir=str(tmp_path))
@@ -574,14 +580,7 @@ def test_uploads_at_once_stop_reading_past_the_workers_writer_backlog(tmp_path, 
     """A stalled disk and several uploads: past WRITER_BACKLOG handed to the writer in all,
     every spooling body says stop reading (not only the one past its own SPOOL_BACKLOG), and
     each is woken once the writer catches up; the count comes back to 0 whatever ends them."""
-    gate = threading.Event()
-    real_write = spool_disk.write_all
-
-    def stalled(fd: int, chunks: list[bytes]) -> None:
-        gate.wait(10)
-        real_write(fd, chunks)
-
-    monkeypatch.setattr(spool_disk, "write_all", stalled)
+    gate = stall_writes(monkeypatch)
     monkeypatch.setattr(body, "SPILL_BATCH", 64 * 1024)
     monkeypatch.setattr(spool_store, "WRITER_BACKLOG", 256 * 1024)
     settings = Settings(body_memory_limit=0, body_memory_budget=1, tmp_upload_dir=str(tmp_path))

@@ -9,16 +9,14 @@ import threading
 from typing import Any
 
 import pytest
-from memory import Harness, InlinePool, get, splits
+from memory import Harness, InlinePool, Opened, get, splits
 
 from gunicorn_aiowsgi.boundary import ConnState
-from gunicorn_aiowsgi.bridge import ThreadPool
 from gunicorn_aiowsgi.protocol import HELD_LIMIT
 
 pytestmark = pytest.mark.timeout(60)
 
-HARNESSES: list[Harness] = []
-POOLS: list[ThreadPool] = []
+OPENED = Opened()
 READ = 4096          # bytes the connection reads at a time here
 ANSWER = 512         # more than any one answer these tests get (a plain reply, an echo)
 
@@ -26,17 +24,14 @@ ANSWER = 512         # more than any one answer these tests get (a plain reply, 
 @pytest.fixture(autouse=True)
 def close_all():
     yield
-    while HARNESSES:
-        HARNESSES.pop().close()
-    while POOLS:
-        POOLS.pop().shutdown(1)
+    OPENED.close()
 
 
 def harness(app: Any = None, slow: bool = True, **settings: Any) -> Harness:
     """A connection whose client takes nothing until the test says (`slow`)."""
     h = Harness(app, **settings) if app is not None else Harness(**settings)
     h.transport.slow = slow
-    HARNESSES.append(h)
+    OPENED.add(h)
     return h
 
 
@@ -196,8 +191,7 @@ def test_send_timeout_frees_the_app_thread_of_a_client_that_never_reads():
     """One thread, one client that never reads a large response: after the send timeout the
     connection is aborted, the thread's next write raises, the iterable is closed and the
     thread serves the next client."""
-    app, pool = Endless(), ThreadPool(1)
-    POOLS.append(pool)
+    app, pool = Endless(), OPENED.pool(1)
     h = harness(app, pool=pool, clock=True, write_buffer=1 << 20, send_timeout=10.0)
     deliver(h, get("/big"))
     # Past half the credit in flight, the thread waits (bridge.Channel.put) for the client.
@@ -224,12 +218,27 @@ def head(size: int) -> bytes:
     return start + b"p" * (size - len(start) - len(end)) + end
 
 
-@pytest.mark.parametrize("reads", splits(head(HEAD_LIMIT) + get("/canary")),
-                         ids=lambda r: f"split-{len(r[0])}")
-def test_a_head_of_the_limit_is_served(reads):
+def chunked_with_trailers(trailers: bytes) -> bytes:
+    return (b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n")
+
+
+TRAILERS = b"X-T: " + b"t" * 100 + b"\r\n"  # the section with its last chunk: well below 256
+
+# Within the limit, a canary behind, split anywhere: (request, its answer).
+WITHIN_LIMIT = {
+    "head-of-the-limit": (head(HEAD_LIMIT), (200, b"GET /h ")),
+    "trailers-below-the-limit": (chunked_with_trailers(TRAILERS), (200, b"POST /c hello")),
+}
+
+
+@pytest.mark.parametrize("name, reads", [(name, reads) for name, (data, _) in WITHIN_LIMIT.items()
+                                         for reads in splits(data + get("/canary"))],
+                         ids=lambda v: v if isinstance(v, str) else f"split-{len(v[0])}")
+def test_a_head_or_trailer_section_within_the_limit_is_served(name, reads):
     h = harness(slow=False, max_head_size=HEAD_LIMIT)
     h.feed(*reads)
-    assert h.responses() == [(200, b"GET /h "), (200, b"GET /canary ")]
+    assert h.responses() == [WITHIN_LIMIT[name][1], (200, b"GET /canary ")]
 
 
 @pytest.mark.parametrize("reads", splits(head(HEAD_LIMIT + 1) + get("/canary")),
@@ -260,22 +269,6 @@ def test_a_head_limit_of_zero_leaves_gunicorns_limits_alone():
     h = harness(slow=False, max_head_size=0, limit_request_field_size=80 * 1024)
     h.feed(head(64 * 1024) + get("/canary"))
     assert statuses(h) == [200, 200]
-
-
-def chunked_with_trailers(trailers: bytes) -> bytes:
-    return (b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n")
-
-
-TRAILERS = b"X-T: " + b"t" * 100 + b"\r\n"  # the section with its last chunk: well below 256
-
-
-@pytest.mark.parametrize("reads", splits(chunked_with_trailers(TRAILERS) + get("/canary")),
-                         ids=lambda r: f"split-{len(r[0])}")
-def test_trailers_below_the_head_limit_are_accepted(reads):
-    h = harness(slow=False, max_head_size=HEAD_LIMIT)
-    h.feed(*reads)
-    assert h.responses() == [(200, b"POST /c hello"), (200, b"GET /canary ")]
 
 
 def test_trailers_count_against_the_head_limit_as_they_arrive():

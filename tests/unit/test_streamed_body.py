@@ -9,36 +9,30 @@ import threading
 from typing import Any
 
 import pytest
-from memory import Harness, get, post, splits
+from memory import Harness, Opened, get, post, splits
 
 from gunicorn_aiowsgi.body import STREAM_BACKLOG, streamed
 from gunicorn_aiowsgi.boundary import ConnState
-from gunicorn_aiowsgi.bridge import ThreadPool
 from gunicorn_aiowsgi.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
 LIMIT = 16                      # body_memory_limit here: a longer body with a length streams
 BODY = b"0123456789" * 4        # 40 bytes
-HARNESSES: list[Harness] = []
-POOLS: list[ThreadPool] = []
+OPENED = Opened()
 
 
 @pytest.fixture(autouse=True)
 def close_all():
     yield
-    while HARNESSES:
-        HARNESSES.pop().close()
-    while POOLS:
-        POOLS.pop().shutdown(1)
+    OPENED.close()
 
 
 def harness(app: Any, threads: int = 2, **settings: Any) -> Harness:
     """threads=4 in the settings: one stream slot (a quarter of them)."""
-    pool = ThreadPool(threads)
-    POOLS.append(pool)
+    pool = OPENED.pool(threads)
     h = Harness(app, pool=pool, **{"threads": 4, "body_memory_limit": LIMIT, **settings})
-    HARNESSES.append(h)
+    OPENED.add(h)
     return h
 
 
