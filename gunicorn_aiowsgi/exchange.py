@@ -163,7 +163,9 @@ class Exchange:
     def dispatch(self) -> None:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
-        if ctx.queue_full():
+        # Nothing to count while fewer than the limit wait, cancelled ones included (the case
+        # of nearly every request): one queue size, not queue_full's sums.
+        if ctx.pool.held + len(ctx.pending) >= ctx.queue_limit > 0 and ctx.queue_full():
             self.environ["wsgi.input"].close()
             self.stop()  # a streamed body's slot is free again
             ctx.monitor.overloaded(ctx.queued, ctx.queue_limit)
