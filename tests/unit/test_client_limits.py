@@ -52,7 +52,7 @@ def statuses(h: Harness) -> list[int]:
 class FullPool(InlinePool):
     """A pool whose queue is always full: every request gets the overload 503."""
 
-    queued = 1
+    queued = held = 1  # held: in the queue, cancelled ones included (never fewer)
 
     def submit(self, job: Any) -> None:
         raise AssertionError("no request may reach the app while the queue is full")
