@@ -159,10 +159,12 @@ class AppCall(StartResponse):
         except BaseException as exc:  # noqa: B036 - SystemExit, CancelledError too: see _fail
             self._fail(exc)
         finally:
-            self._finish(worker, req)
-            self._let_go()
-            if not self.last:
-                self._call_done()
+            try:
+                self._finish(worker, req)
+            finally:  # even past a post_request raising SystemExit: the connection waits on it
+                self._let_go()
+                if not self.last:
+                    self._call_done()
 
     def _pre_request(self, hook: Callable[..., Any], worker: Any) -> Callable[..., Any]:
         """Run the hook; what it changed on the request record reaches the environ (gthread

@@ -163,9 +163,10 @@ class Exchange:
     def dispatch(self) -> None:
         """Hand the request to the pool, or answer 503 at once when too many are waiting."""
         ctx = self.ctx
-        # Nothing to count while fewer than the limit wait, cancelled ones included (the case
-        # of nearly every request): one queue size, not queue_full's sums.
-        if ctx.pool.held + len(ctx.pending) >= ctx.queue_limit > 0 and ctx.queue_full():
+        # Nothing to count while far fewer than the limit wait (nearly every request): the queue's
+        # size, cancelled calls included, plus a job each thread may have taken and not counted.
+        pool = ctx.pool
+        if pool.held + len(ctx.pending) + pool.size >= ctx.queue_limit > 0 and ctx.queue_full():
             self.environ["wsgi.input"].close()
             self.stop()  # a streamed body's slot is free again
             ctx.monitor.overloaded(ctx.queued, ctx.queue_limit)

@@ -646,6 +646,21 @@ def test_next_request_waits_for_close_and_post_request(app, hook, ends):
         assert names[-1] == "put" and ("post_request" in names) is hook
 
 
+def test_a_post_request_raising_a_base_exception_still_lets_the_connection_read_on():
+    # _finish catches Exception only; the End said a CallDone follows, and the connection waits
+    # for it whatever ends the thread's work.
+    events: list = []
+
+    def setup(server: FakeServer) -> None:
+        def post_request(*args: Any) -> None:
+            raise SystemExit(3)
+        server.post_request = post_request
+
+    with pytest.raises(SystemExit):
+        call(respond([b"ok"], cl(2)), setup=setup, events=events)
+    assert events[-1] == ("put", "call done")
+
+
 def test_no_call_done_after_an_error_answer():
     # The loop closes the connection on Fail or Abort; the CallDone's put then finds the channel
     # closed (the RecordingChannel records it: it never closes), and nothing waits for it.

@@ -142,3 +142,31 @@ def test_a_call_cancelled_before_its_hand_over_is_not_counted():
         app.go.set()
         h.close()
         pool.shutdown(1)
+
+
+def test_a_call_a_thread_took_but_has_not_counted_still_counts_toward_the_limit():
+    # Between a thread's get() from the queue and its started count (taken under the pool's
+    # lock), a call has left the queue's size but still waits: dispatch's first look (the
+    # queue's size) must not let a request past the limit then. The window is held open here
+    # by holding the lock the thread takes next.
+    app, pool = Slow(), ThreadPool(1)
+    h = Harness(app, pool=pool, threads=1, queue_limit=1)
+    try:
+        running, waiting, third = h.connect(), h.connect(), h.connect()
+        running.feed(get("/slow"))
+        h.until(lambda: pool.busy == 1, "/slow running")
+        waiting.feed(get("/waiting"))
+        pool._lock.acquire()
+        try:
+            app.go.set()
+            h.until(lambda: pool.held == 0, "the thread taking /waiting off the queue")
+            third.feed(get("/third"))
+            assert status(third) == 503
+        finally:
+            pool._lock.release()
+        h.until(lambda: status(waiting) == 200, "/waiting served")
+        assert "/third" not in app.paths
+    finally:
+        app.go.set()
+        h.close()
+        pool.shutdown(1)
