@@ -6,7 +6,6 @@ import array
 import asyncio
 import errno
 import fcntl
-import inspect
 import os
 import socket
 import termios
@@ -21,9 +20,6 @@ ACCEPT_BATCH = 64
 FD_EXHAUSTED_PAUSE = 0.5
 # Time a client has to finish the TLS handshake (seconds); asyncio's default.
 TLS_HANDSHAKE_TIMEOUT = 60.0
-# Time a closing TLS connection waits for the client's close_notify (seconds): asyncio waits 30
-# (a client that never answers held the fd that long); gthread does not wait at all.
-TLS_SHUTDOWN_TIMEOUT = 5.0
 
 
 # How often new TLS connections look at the certificate and key files (seconds).
@@ -95,7 +91,6 @@ class Listener:
         self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
         self.factory = factory
         self.tls = tls                # None: plain TCP
-        self.tls_options = shutdown_option(loop) if tls else {}
         self.limit = limit
         self.log = log
         self.open = 0                # accepted connections not yet closed (count)
@@ -181,7 +176,7 @@ class Listener:
             if self.tls:
                 await self.loop.connect_accepted_socket(
                     lambda: factory(fd), conn, ssl=self.tls.current(),
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT, **self.tls_options)
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
             else:
                 await self.loop.connect_accepted_socket(lambda: factory(fd), conn)
         except Exception as exc:
@@ -189,16 +184,6 @@ class Listener:
             self.log.debug("Connection setup failed: %r", exc)
             conn.close()
             self.closed_one()
-
-
-def shutdown_option(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
-    """TLS_SHUTDOWN_TIMEOUT for a loop whose connect_accepted_socket takes it (asyncio on Python
-    3.11+; uvloop 0.17+); others keep their own."""
-    try:
-        parameters = inspect.signature(loop.connect_accepted_socket).parameters
-    except (TypeError, ValueError):  # a compiled method without a signature
-        return {}
-    return {"ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT} if "ssl_shutdown_timeout" in parameters else {}
 
 
 def tune(sock: socket.socket) -> None:

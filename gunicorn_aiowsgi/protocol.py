@@ -308,12 +308,11 @@ class Connection(Timeouts, asyncio.Protocol):
         self.state = CLOSED
         transport = self.transport
         if transport is not None:
-            pending = transport.get_write_buffer_size()
-            if pending:  # flushed before the socket closes: the send timeout watches it
+            # Counted open till connection_lost: a TLS transport still sends what it holds (and
+            # its close_notify) after this, and its socket stays open meanwhile.
+            if transport.get_write_buffer_size():  # flushed before the socket closes
                 self._watch_send()
             transport.close()
-            if not pending:  # all sent: no longer open to the drain and worker_connections,
-                self.ctx.closed(self)  # though TLS may still await the client's close_notify
 
     def abort(self) -> None:
         """Close at once: a response broke off and nothing more may be written."""
