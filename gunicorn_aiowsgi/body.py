@@ -185,7 +185,7 @@ class BodySpool:
             self._open()
         # Charged as the bytes arrive, whatever the framing: a body that runs out of budget
         # on the way is refused then (503; 413 once it alone is larger than the budget).
-        self.store.charge(self.size - self._charged)
+        self.store.charge(self.size - self._charged, self.size)
         self._charged = self.size
         self._memory.add(data)
         # A batch waiting for the writer is memory too: with no room for it, it goes now.

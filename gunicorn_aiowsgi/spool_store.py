@@ -101,10 +101,12 @@ class SpoolStore:
                                 f"{length} more announced)")
         self.check_room(length)
 
-    def charge(self, size: int) -> None:
-        """Take `size` bytes of the budget for a body about to spool (or growing on disk)."""
+    def charge(self, size: int, total: int = 0) -> None:
+        """Take `size` bytes of the budget for a body about to spool (or growing on disk), which
+        then holds `total` in all: 413 once it alone is larger than the budget (a retry cannot
+        help), 503 while others hold what it needs."""
         if self.budget:
-            if size > self.budget:
+            if max(size, total) > self.budget:
                 raise PayloadTooLarge(f"request body larger than the spool budget ({self.budget} bytes)")
             if self.used + size > self.budget:
                 raise SpoolFull(f"spool budget in use ({self.used} of {self.budget} bytes)")

@@ -432,3 +432,16 @@ def test_a_parser_refusal_is_said_on_one_line(request_bytes, message):
     assert message.replace("'", "&#x27;") in page and "^" not in page
     warnings = [text for level, text in h.log.lines if level == "warning"]
     assert warnings == [f"Invalid request from ip=127.0.0.1: {message}"]
+
+
+def test_a_chunked_body_larger_than_the_spool_budget_alone_is_413_not_a_retry():
+    # Charged as it arrives: it is refused when it outgrows the budget by itself, which no retry
+    # mends (413, as a Content-Length one gets at its head), not a 503 with Retry-After.
+    h = Harness(body_memory_limit=1000, spool_budget=4000)
+    HARNESSES.append(h)
+    data = chunked("/big", *[b"z" * 500] * 20)
+    for start in range(0, len(data), 600):
+        h.feed(data[start:start + 600])
+    written = bytes(h.transport.written)
+    assert [status for status, _ in h.responses()] == [413] and b"Retry-After" not in written
+    h.until(lambda: h.spools.used == 0, "the budget back")
