@@ -3,9 +3,10 @@ memory: a fake transport per client, a real loop and a real one-thread pool."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from memory import Harness, get, post
@@ -117,12 +118,23 @@ def test_calls_whose_clients_left_do_not_fill_the_queue(limit, connections, gone
         pool.shutdown(1)
 
 
+@contextlib.contextmanager
+def one_thread(**settings: Any) -> Iterator[tuple[Slow, ThreadPool, Harness]]:
+    """--threads 1 serving Slow: (app, pool, harness), all closed whatever the test asserted."""
+    app, pool = Slow(), ThreadPool(1)
+    h = Harness(app, pool=pool, threads=1, **settings)
+    try:
+        yield app, pool, h
+    finally:
+        app.go.set()
+        h.close()
+        pool.shutdown(1)
+
+
 def test_a_call_cancelled_before_its_hand_over_is_not_counted():
     """A call parsed in this loop turn waits in the context's pending list until the turn ends;
     its client leaving in the same turn cancels it there: the queue counts it at no point."""
-    app, pool = Slow(), ThreadPool(1)
-    h = Harness(app, pool=pool, threads=1, queue_limit=1)
-    try:
+    with one_thread(queue_limit=1) as (app, pool, h):
         h.feed(get("/slow"))
         h.until(app.started.is_set, "/slow to hold the only thread")
         client = h.connect()
@@ -138,10 +150,6 @@ def test_a_call_cancelled_before_its_hand_over_is_not_counted():
         app.go.set()
         h.until(lambda: status(canary) == 200, "the canary's answer")
         assert "/gone" not in app.paths
-    finally:
-        app.go.set()
-        h.close()
-        pool.shutdown(1)
 
 
 def test_a_call_a_thread_took_but_has_not_counted_still_counts_toward_the_limit():
@@ -149,9 +157,7 @@ def test_a_call_a_thread_took_but_has_not_counted_still_counts_toward_the_limit(
     # lock), a call has left the queue's size but still waits: dispatch's first look (the
     # queue's size) must not let a request past the limit then. The window is held open here
     # by holding the lock the thread takes next.
-    app, pool = Slow(), ThreadPool(1)
-    h = Harness(app, pool=pool, threads=1, queue_limit=1)
-    try:
+    with one_thread(queue_limit=1) as (app, pool, h):
         running, waiting, third = h.connect(), h.connect(), h.connect()
         running.feed(get("/slow"))
         h.until(lambda: pool.busy == 1, "/slow running")
@@ -166,7 +172,3 @@ def test_a_call_a_thread_took_but_has_not_counted_still_counts_toward_the_limit(
             pool._lock.release()
         h.until(lambda: status(waiting) == 200, "/waiting served")
         assert "/third" not in app.paths
-    finally:
-        app.go.set()
-        h.close()
-        pool.shutdown(1)
