@@ -186,13 +186,15 @@ class Exchange:
 
     # -- answers the loop gives itself ----------------------------------------------------------
     def keep_alive(self, close: bool = False) -> bool:
-        """Keep the connection? Not past a half-close's last answer, an answer begun before its
-        streamed body was in (what follows cannot be trusted), or a CONNECT (a tunnel's bytes
-        follow: gunicorn's should_close). An Upgrade offer is declined by answering (RFC 9110 7.8)."""
-        conn, req = self.conn, self.request
+        """Keep the connection? Not past an answer begun before its streamed body was in (what
+        follows cannot be trusted), or a CONNECT (a tunnel's bytes follow: gunicorn's
+        should_close). An Upgrade offer is declined by answering (RFC 9110 7.8). A half-close
+        does not end it here: requests pipelined before the FIN may still be unparsed, and the
+        connection closes once they are answered (Connection.finish), as under gthread."""
+        req = self.request
         return (not close and not req.close and self.ctx.settings.keepalive > 0
                 and not self.ctx.draining and req.method != "CONNECT"
-                and not (conn.eof and not conn.held) and conn.state is not BODY)
+                and self.conn.state is not BODY)
 
     def answer(self, code: int, reason: str, body: bytes, headers: list[tuple[str, str]]) -> None:
         keep = self.keep_alive()

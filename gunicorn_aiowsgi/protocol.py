@@ -248,22 +248,25 @@ class Connection(Timeouts, asyncio.Protocol):
             return
         self.parser = self.bound = None  # the next request gets new ones (_open)
         self._enter(IDLE)
-        if self.held:
-            # Later, not now: a long pipeline must not nest one call per request.
+        if self.held or self.eof:
+            # Later, not now: a long pipeline must not nest one call per request. After a FIN,
+            # a loop answer finishes inside _feed, whose read may hold more requests: they are
+            # answered before the connection closes (_resume_held), as gthread does.
             self.ctx.loop.call_soon(self._resume_held)
-        elif self.eof:
-            self.close()
         elif not self.reading and self.writable:  # paused by the body's backlog: read on
             self.resume_reading()  # (not writable: resume_writing reads on)
 
     def _resume_held(self) -> None:
         """Parse the bytes held while the last request was answered; they start at its end."""
-        if self.state is not IDLE or not self.writable:  # not writable: resume_writing calls again
+        if self.state is not IDLE:  # a request the read held is being answered: finish calls again
             return
-        data, self.held = bytes(self.held), b""
-        self._feed(data)
-        if len(self.held) <= HELD_LIMIT and (self.writable or self.state is not IDLE):
-            self.resume_reading()  # (IDLE and not writable: once resume_writing parses on)
+        if self.held:
+            if not self.writable:  # resume_writing calls again
+                return
+            data, self.held = bytes(self.held), b""
+            self._feed(data)
+            if len(self.held) <= HELD_LIMIT and (self.writable or self.state is not IDLE):
+                self.resume_reading()  # (IDLE and not writable: once resume_writing parses on)
         if self.eof and not self.held:
             self._client_done()
 

@@ -92,6 +92,33 @@ def test_pipelined_requests_wait_while_the_client_does_not_read_their_answers(ca
     assert h.conn.state is ConnState.IDLE and not h.transport.closed and h.transport.reading
 
 
+@pytest.mark.parametrize("client", ["reading", "not-reading"])
+@pytest.mark.parametrize("case", list(PIPELINED))
+def test_requests_pipelined_before_a_half_close_are_all_answered_then_it_closes(case, client):
+    """A client pipelines requests, then half-closes (FIN) before the first answer: every one is
+    answered, in order, then the connection closes, as under gthread. The loop's own answers
+    (a health check, the overload 503) finish while the read they came in is being parsed: the
+    FIN must not close the connection under the requests behind them in that read."""
+    settings, path, status = PIPELINED[case]
+    h = harness(slow=client == "not-reading", write_buffer=16384, **settings)
+    count = 3 if client == "reading" else 400  # 400: more than the transport takes unread
+    pipeline = get("/x") + get(path) * count   # the app's request first: the rest is held
+    h.conn.data_received(pipeline[:READ])
+    rest = pipeline[READ:]
+    while rest:  # the client sends all it pipelined (taking answers while the worker waits)
+        h.transport.take()
+        h.settle()
+        rest = deliver(h, rest)
+    h.conn.eof_received()  # False or None: what asyncio does next is not what is tested here
+    for _ in range(count + 1):
+        if h.transport.closed:
+            break
+        h.transport.take()
+        h.settle()
+    assert statuses(h) == [status] * (count + 1)
+    assert h.transport.closed
+
+
 def test_answers_waiting_for_the_client_are_not_an_idle_connection_but_time_out_as_a_send():
     h = harness(clock=True, write_buffer=4096, health_path="/healthz", keepalive=2.0,
                 send_timeout=10.0)
