@@ -80,7 +80,7 @@ def gil_enabled() -> bool:
 
 
 def refuse_without_gil() -> None:
-    """Refuse to start where the GIL is off: the thread bridge (bridge.py) hands work between
+    """Refuse to start where the GIL is off: the thread bridge (bridge/) hands work between
     the loop and app threads without locks, which is only safe while the GIL serialises them."""
     if not gil_enabled():
         raise settings_mod.SettingsError(

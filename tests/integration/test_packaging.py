@@ -85,7 +85,7 @@ def clean_env() -> dict[str, str]:
 
 def test_the_wheel_holds_every_module_and_py_typed(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"gunicorn_aiowsgi/{p.name}" for p in PACKAGE.iterdir()
+    expected = {f"gunicorn_aiowsgi/{p.relative_to(PACKAGE).as_posix()}" for p in PACKAGE.rglob("*")
                 if p.suffix == ".py" or p.name == "py.typed"}
     assert expected - names == set()
 
@@ -94,11 +94,13 @@ def test_the_installed_wheel_is_what_runs(installed):
     out = subprocess.check_output(
         [str(installed), "-c", "import gunicorn_aiowsgi, json, pathlib; "
          "p = pathlib.Path(gunicorn_aiowsgi.__file__).parent; "
-         "print(json.dumps([str(p), sorted(x.name for x in p.iterdir() if x.suffix in ('.py', '.typed'))]))"],
+         "print(json.dumps([str(p), sorted(x.relative_to(p).as_posix() for x in p.rglob('*') "
+         "if x.suffix in ('.py', '.typed'))]))"],
         text=True, cwd=str(TESTS), env={**os.environ, **clean_env()})
     where, names = json.loads(out)
     assert Path(where).is_relative_to(installed.parent.parent)  # not the checkout
-    assert names == sorted(p.name for p in PACKAGE.iterdir() if p.suffix in (".py", ".typed"))
+    assert names == sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*")
+                           if p.suffix in (".py", ".typed"))
 
 
 @pytest.mark.parametrize("worker_class", ["gunicorn_aiowsgi.Worker", "egg:gunicorn-aiowsgi#aiowsgi",

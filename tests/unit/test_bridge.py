@@ -17,8 +17,9 @@ from server import wait_until
 
 from gunicorn_aiowsgi import bridge
 from gunicorn_aiowsgi.bridge import Channel as BridgeChannel
-from gunicorn_aiowsgi.bridge import Inbox
+from gunicorn_aiowsgi.bridge import Inbox, channels
 from gunicorn_aiowsgi.errors import ClientDisconnected
+from gunicorn_aiowsgi.messages import QUEUED
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -80,7 +81,7 @@ REAL_WRITE = os.write
 @pytest.fixture
 def loop(monkeypatch):
     loop = CountingLoop()
-    monkeypatch.setattr(bridge.os, "write", loop.count)
+    monkeypatch.setattr(channels.os, "write", loop.count)
     yield loop
     loop.close()
 
@@ -391,7 +392,7 @@ class Job:
 
     def __init__(self, name: str, done: list, gate: threading.Event | None = None) -> None:
         self.name, self.done, self.gate = name, done, gate
-        self.state = bridge.QUEUED
+        self.state = QUEUED
 
     def run(self) -> None:
         if self.gate is not None:

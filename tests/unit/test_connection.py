@@ -376,7 +376,7 @@ def _imports(path: pathlib.Path) -> list[tuple[str, list[str]]]:
 
 
 def test_only_the_adapter_imports_aiohttp():
-    importers = sorted(path.name for path in PACKAGE.glob("*.py")
+    importers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
                        if any(module.split(".")[0] == "aiohttp" for module, _ in _imports(path)))
     assert importers == ["parser.py"]
 
