@@ -173,6 +173,9 @@ def test_check_head_agrees_with_protocol_ok(line):
 def test_head_size_counts_across_reads(reads, refused):
     bound = Boundary(max_target=100, max_head=76)
     feed_heads(bound, reads, HeaderFieldsTooLarge if refused else None)
+    # Every byte fed is counted, the refused read's too (refused once past 76, not before).
+    assert bound.size == sum(map(len, reads))
+    assert (bound.size > 76) is refused
     if not refused:
         bound.reset()  # a message boundary: the next head counts from 0
         assert bound.size == 0
