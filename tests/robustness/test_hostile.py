@@ -54,7 +54,7 @@ def test_slowloris_and_stalled_uploads_neither_starve_nor_hold_threads(start):
     assert status == 200
     assert socket_count(pid) >= 700  # answered while every attacker was still connected
     assert thread_count(pid) == base.threads  # and none of them holds a thread
-    for sock in lorises:  # a trickle does not extend a head's time
+    for sock in lorises:  # a trickle: still closed (that it gets no more time: test_timeouts.py)
         sock.send(b"a")
     closed = closed_by_server(lorises + stalled, HEADER_TIMEOUT + BODY_TIMEOUT + 20)
     took = time.monotonic() - opened
