@@ -273,20 +273,7 @@ class Harness:
 
     def responses(self) -> list[tuple[int, bytes]]:
         """(status, body) of every complete response written, in order (Content-Length framed)."""
-        data, out = bytes(self.transport.written), []
-        while data:
-            head, sep, rest = data.partition(b"\r\n\r\n")
-            if not sep:
-                break
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            out.append((status, rest[:length]))
-            data = rest[length:]
-        return out
+        return responses_in(bytes(self.transport.written))
 
 
 class Client:
@@ -303,6 +290,27 @@ class Client:
         """Deliver one read, then let the loop run its callbacks."""
         self.conn.data_received(data)
         self.harness.settle()
+
+    def responses(self) -> list[tuple[int, bytes]]:
+        return responses_in(bytes(self.transport.written))
+
+
+def responses_in(data: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of every complete response in `data`, in order (Content-Length framed)."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        out.append((status, rest[:length]))
+        data = rest[length:]
+    return out
 
 
 # -- requests as bytes, and reads of them ------------------------------------------------------
