@@ -74,8 +74,15 @@ class Exchange:
             environ, expect = build_environ(
                 ctx.base, settings, conn.peer, method, req.target, req.version, req.raw_headers)
             self.environ = environ
-            if method == "CONNECT" and (req.chunked or environ.get("CONTENT_LENGTH", "0") != "0"
-                                        or "HTTP_TRANSFER_ENCODING" in environ):
+            if (not req.chunked and (req.upgrade or method == "CONNECT")
+                    and req.has_field(b"transfer-encoding")):
+                # RFC 9112 section 6.3: a request whose Transfer-Encoding does not end in chunked
+                # has no length a reader can trust: 400, then close. aiohttp's parser refuses it,
+                # except where Connection: Upgrade or CONNECT made it stop at the head (its body
+                # bytes would then be parsed as the next request). The field itself, not the
+                # environ's key: header_map "dangerous" puts Transfer_Encoding there too.
+                raise BadRequest("Transfer-Encoding without chunked as the final coding")
+            if method == "CONNECT" and (req.chunked or environ.get("CONTENT_LENGTH", "0") != "0"):
                 # RFC 9110 section 9.3.6: a CONNECT request has no content (aiohttp's parser
                 # would hand its bytes on as a tunnel's); refused, never given a length that
                 # wsgi.input does not hold.

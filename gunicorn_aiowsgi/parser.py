@@ -72,6 +72,10 @@ class Request:
         self.version: tuple[int, int] = (message.version[0], message.version[1])
         self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
         self.close: bool = message.should_close     # Connection: close, or HTTP/1.0 without keep-alive
+        if not self.close and self.version < (1, 1):
+            # llhttp keeps an HTTP/1.0 connection on a keep-alive token even beside close; RFC
+            # 9112 section 9.3: with close among the Connection options it does not persist.
+            self.close = asks_close(self.raw_headers)
         self.chunked: bool = message.chunked
         self.upgrade: bool = message.upgrade
         self.body = payload                          # aiohttp's payload: read only below
@@ -89,9 +93,20 @@ class Request:
                 return int(value)
         return 0
 
+    def has_field(self, name: bytes) -> bool:
+        """Whether the head has a field named `name` (lowercase)."""
+        return any(len(field) == len(name) and field.lower() == name for field, _ in self.raw_headers)
+
     def body_done(self) -> bool:
         """The parser has seen the end of this request's body (RFC 9112 section 6.3)."""
         return bool(self.body.is_eof())
+
+
+def asks_close(raw_headers: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """Whether a Connection field lists the close option (RFC 9110 section 7.6.1)."""
+    return any(len(name) == 10 and name.lower() == b"connection"
+               and b"close" in (token.strip(b" \t").lower() for token in value.split(b","))
+               for name, value in raw_headers)
 
 
 class Limits:

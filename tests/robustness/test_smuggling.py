@@ -78,6 +78,18 @@ REFUSED = {
     # llhttp skips its Transfer-Encoding checks for CONNECT; RFC 9110 section 9.3.6 still holds.
     "connect-with-te-identity": (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n"
                                  b"Transfer-Encoding: identity\r\n\r\n" + SMUGGLED),
+    # RFC 9112 section 6.3: llhttp stops at an Upgrade head whose Transfer-Encoding is not
+    # chunked (a tab after chunked included), and its body would be parsed as the next request.
+    "upgrade-te-identity": post("Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                                "Transfer-Encoding: identity\r\n", SMUGGLED),
+    "upgrade-te-gzip": post("Connection: Upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: gzip\r\n",
+                            SMUGGLED),
+    "upgrade-te-chunked-tab": post("Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                                   "Transfer-Encoding: chunked\t\r\n",
+                                   b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)),
+    # RFC 9112 section 2.2: a bare CR is invalid, before a request line too (llhttp skips it).
+    "bare-cr-before-request-line": b"\rGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    "lf-then-bare-cr-before-request-line": b"\n\rGET / HTTP/1.1\r\nHost: t\r\n\r\n",
 }
 
 # RFC 9112 section 6.1: a transfer coding the server does not understand, before chunked (the
@@ -123,6 +135,14 @@ FOLLOWED = {
     "close-then-more": (b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + SMUGGLED,
                         [200], ["GET /a"]),
     "http10-then-stray-body": (b"GET /a HTTP/1.0\r\n\r\n" + b"a" * 2000, [200], ["GET /a"]),
+    # RFC 9112 section 9.3: close among the options ends it, keep-alive beside it or not.
+    "http10-keep-alive-and-close": (b"GET /a HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"
+                                    + SMUGGLED, [200], ["GET /a"]),
+    "http10-close-then-keep-alive": (b"GET /a HTTP/1.0\r\nConnection: close\r\n"
+                                     b"Connection: keep-alive\r\n\r\n" + SMUGGLED, [200], ["GET /a"]),
+    # RFC 9112 section 2.2: a body one byte short of what follows it: a bare CR, then a request.
+    "body-then-bare-cr": (post("Content-Length: 4\r\n", b"abcd") + b"\r" + SMUGGLED, [200, 400],
+                          ["POST /p"]),
 }
 
 
