@@ -57,6 +57,22 @@ def deadline(state: ConnState, since: float, requests: int, settings: Settings) 
     return None
 
 
+def empty_lines_end(data: bytes) -> int:
+    """Where the empty lines (CRLF, or a bare LF, which RFC 9112 section 2.2 lets a recipient
+    take as a line end) at the start of `data` end. A CR followed by anything but LF is a bare
+    CR, invalid there (section 2.2; llhttp skips it, gthread answers 400): refused. A CR that
+    ends `data` is not counted: the next byte decides."""
+    stripped = data.lstrip(b"\r\n")
+    end = len(data) - len(stripped)
+    prefix = data[:end]
+    if b"\r" in prefix:
+        if not stripped and prefix[-1:] == b"\r":  # ends the read: only the next byte says
+            prefix, end = prefix[:-1], end - 1
+        if b"\r" in prefix.replace(b"\r\n", b""):  # a CR that no LF follows
+            raise BadRequest("Invalid request: a bare CR before the request line")
+    return end
+
+
 def protocol_ok(line: bytes) -> bool:
     """RFC 9112 section 2.3: the request line ends in HTTP-name "/" version; the name is "HTTP".
 
@@ -103,7 +119,7 @@ class Boundary:
         line = self.line
         line = line + chunk if line else chunk
         if line[:1] in EMPTY_LINE_START:
-            line = line.lstrip(b"\r\n")  # RFC 9112 section 2.2: empty lines may come first
+            line = line[empty_lines_end(line):]  # RFC 9112 section 2.2: empty lines may come first
         end = line.find(b"\n")
         if end < 0:
             if len(line) > self.max_target + LINE_SLACK:  # kept bytes stay bounded
@@ -144,8 +160,10 @@ class Boundary:
 
     def skip_empty_lines(self, data: bytes) -> bytes:
         """Empty lines before the request line (RFC 9112 section 2.2; the parser skips them
-        too), dropped in one pass instead of cut at each blank line they hold."""
-        return data.lstrip(b"\r\n") if self.line == b"" else data
+        too), dropped in one pass instead of cut at each blank line they hold. A CR ending the
+        read stays: the head keeps it (_check_line) until the next read says whether a LF
+        follows."""
+        return data[empty_lines_end(data):] if self.line == b"" else data
 
     def chunked_end(self, data: bytes, feed: Callable[[bytes], bool]) -> int:
         """Give a chunked body's bytes to `feed` (true once the body is complete), cut at each

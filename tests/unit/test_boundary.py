@@ -84,13 +84,27 @@ def test_chunked_end_feeds_a_read_of_blank_lines_once_over():
 @pytest.mark.parametrize("line, data, left", [
     (b"", b"\r\n\r\n\r\nGET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\n"),
     (b"", b"\r\n" * 5000, b""),
-    (b"", b"\n\r\n\rGET", b"GET"),        # as llhttp skips CR and LF before a request line
+    (b"", b"\n\r\n\nGET", b"GET"),        # a bare LF may end a line (RFC 9112 section 2.2)
+    (b"", b"\r\n\r", b"\r"),                # a CR ending the read waits for the next byte
     (b"GE", b"\r\n", b"\r\n"),              # a request line has begun: nothing to skip
 ])
 def test_skip_empty_lines(line, data, left):
     bound = Boundary()
     bound.line = line
     assert bound.skip_empty_lines(data) == left
+
+
+@pytest.mark.parametrize("reads", [
+    [b"\rGET / HTTP/1.1\r\n"], [b"\n\r\n\rGET / HTTP/1.1\r\n"], [b"\r\r\n"],
+    [b"\r", b"GET / HTTP/1.1\r\n"], [b"\r\n\r", b"\rGET / HTTP/1.1\r\n"],
+])
+def test_a_bare_cr_before_the_request_line_is_refused_however_split(reads):
+    """RFC 9112 section 2.2: a bare CR is invalid; llhttp would skip it with the empty lines."""
+    bound = Boundary()
+    with pytest.raises(BadRequest, match="bare CR"):
+        for data in reads:
+            data = bound.skip_empty_lines(data)
+            bound.check_head(data)
 
 
 @pytest.mark.parametrize("reads, refused", [
