@@ -32,6 +32,11 @@ MAX_FIELDS = 32768
 HEAD_UNLIMITED = 1 << 62
 # aiohttp's LineTooLong says which limit it hit: "Got more than 8190 bytes when reading".
 LINE_TOO_LONG = re.compile(r"Got more than (\d+) bytes")
+# The bytes aiohttp quotes in a parse error: a request line (METHOD target HTTP/x), shown as
+# gunicorn shows it, or a header field line, whose value (a cookie, a token) is never shown.
+QUOTED = re.compile(r""" b(['"])(.*)\1\.?$""")
+REQUEST_LINE = re.compile(r"[^\s:]+ \S+ [A-Z]+/\d")
+FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -191,7 +196,7 @@ class Parser:
         (431) are told apart even when the whole head came in one read; when both limits are
         equal, `line_done` (the request line had ended) decides.
         """
-        text = one_line(getattr(exc, "message", None) or str(exc))
+        text = without_values(one_line(getattr(exc, "message", None) or str(exc)))
         too_long = LINE_TOO_LONG.search(text)
         if too_long is not None:
             options = self._limits.options
@@ -204,6 +209,19 @@ class Parser:
         if "transfer" in text.lower() and "not supported" in text.lower():
             return NotImplementedCoding(text)
         return BadRequest(text)
+
+
+def without_values(text: str) -> str:
+    """aiohttp's error text quotes the line it failed in: a header field's value may be a
+    secret (an Authorization token, a session cookie) and goes to the log and the 400 page.
+    Keep the field's name only, as gunicorn names the header ("Invalid HTTP Header: 'X'");
+    a request line stays, as gunicorn shows it."""
+    quoted = QUOTED.search(text)
+    if quoted is None or REQUEST_LINE.match(quoted.group(2)):
+        return text
+    name, colon, _value = quoted.group(2).partition(":")
+    where = f" in field '{name}'" if colon and FIELD_NAME.fullmatch(name) else ""
+    return text[:quoted.start()].rstrip(":") + where
 
 
 def one_line(text: str) -> str:
