@@ -429,6 +429,48 @@ def abort(sock: socket.socket) -> None:
     sock.close()
 
 
+class Statsd:
+    """A statsd server on a loopback UDP port (pass `.address` to --statsd-host): every
+    `name:value|type` line sent there, parsed, in the order they arrived."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.address = "%s:%d" % self.sock.getsockname()
+        self.lines: list[tuple[str, float, str]] = []
+
+    def receive(self) -> list[tuple[str, float, str]]:
+        """Take in what has arrived (without waiting); every line so far."""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return self.lines
+            for line in data.decode().splitlines():
+                name, _, rest = line.partition(":")
+                value, kind = rest.split("|")[:2]  # a rate (|@1.0) or tags (|#...) may follow
+                self.lines.append((name, float(value), kind))
+
+    def last(self, name: str) -> float | None:
+        """The latest value of gauge `name`, or None before the first."""
+        values = [value for n, value, kind in self.receive() if n == name and kind == "g"]
+        return values[-1] if values else None
+
+    def total(self, name: str) -> float:
+        """The sum of counter `name`'s increments so far."""
+        return sum(value for n, value, kind in self.receive() if n == name and kind == "c")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Statsd":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # -- waiting -----------------------------------------------------------------------------
 def need_program(name: str, package: str) -> str:
     """The path of program `name`. Missing, the test skips on a developer's machine but fails
@@ -488,6 +530,11 @@ def read_mark(path: Path, timeout: float = 10.0) -> str:
         return text if text.endswith("\n") else ""
 
     return wait_until(whole, timeout, f"the mark {path}")
+
+
+def open_gate(mark: Path) -> None:
+    """Let the /gate request marking `mark` (apps.gate) finish."""
+    mark.with_name(mark.name + ".open").touch()
 
 
 # -- a process, seen from /proc ----------------------------------------------------------
