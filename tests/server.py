@@ -472,17 +472,28 @@ class Statsd:
 
 
 # -- waiting -----------------------------------------------------------------------------
+def under_ci() -> bool:
+    """CI runs the suite with CI set (CI=true): whatever a test needs is installed there."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def skip_unless_ci(message: str) -> None:
+    """What a test needs is missing: skip on a developer's machine, fail under CI, where a skip
+    counted as a pass would hide a red."""
+    import pytest
+
+    if under_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def need_program(name: str, package: str) -> str:
     """The path of program `name`. Missing, the test skips on a developer's machine but fails
-    under CI (CI=true), where .ci/run installs `package`: a skip there would hide a red."""
+    under CI, where .ci/run installs `package`."""
     path = shutil.which(name)
     if path is None:
-        import pytest
-
-        message = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
-        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(f"{name} is not installed (Debian package {package}; .ci/run installs it)")
+    assert path is not None
     return path
 
 
