@@ -278,6 +278,10 @@ class Conn:
         data, self.buf = self.buf, b""
         return data
 
+    def answered(self) -> bool:
+        """Something from the server (an answer, or its close) is here already: no waiting."""
+        return bool(self.buf) or bool(select.select([self.sock], [], [], 0)[0])
+
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
         """True when the server closed the connection (EOF or reset) within timeout."""
         self.sock.settimeout(timeout)
