@@ -251,6 +251,24 @@ def slow(environ, start_response):
     return [b"slow"]
 
 
+def gate(environ, start_response):
+    """Holds its thread until the test opens the gate: marks "started" under ?mark=NAME as it
+    takes its thread, waits until the file NAME.open exists beside the mark (server.open_gate),
+    then marks "done" and answers. Never open after ?max= seconds (60): 500, not a stuck thread."""
+    q = _query(environ)
+    name = q["mark"]
+    _mark(name, "started")
+    gate_file = os.path.join(MARKS, name + ".open")
+    deadline = time.monotonic() + float(q.get("max", "60"))
+    while not os.path.exists(gate_file):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gate {gate_file} was never opened")
+        time.sleep(0.005)
+    _mark(name, "done")
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+    return [b"gate"]
+
+
 def digest(environ, start_response):
     """The body's length and SHA-256, read in 64 KiB pieces: proof an upload arrived intact."""
     import hashlib
@@ -311,7 +329,7 @@ def router(environ, start_response):
 
 ROUTES = {"hello": hello, "environ": environ_json, "body": body_read, "duplex": duplex, "stream": stream,
           "big": big, "tracked": tracked, "framing": framing, "bad_header": bad_header,
-          "fail": fail, "files": files, "status": status, "slow": slow,
+          "fail": fail, "files": files, "status": status, "slow": slow, "gate": gate,
           "digest": digest, "errors_close": errors_close, "descriptors": descriptors}
 
 # The same, inside wsgiref's validator: any PEP 3333 slip by the server fails the request.

@@ -278,6 +278,10 @@ class Conn:
         data, self.buf = self.buf, b""
         return data
 
+    def answered(self) -> bool:
+        """Something from the server (an answer, or its close) is here already: no waiting."""
+        return bool(self.buf) or bool(select.select([self.sock], [], [], 0)[0])
+
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
         """True when the server closed the connection (EOF or reset) within timeout."""
         self.sock.settimeout(timeout)
@@ -429,18 +433,71 @@ def abort(sock: socket.socket) -> None:
     sock.close()
 
 
+class Statsd:
+    """A statsd server on a loopback UDP port (pass `.address` to --statsd-host): every
+    `name:value|type` line sent there, parsed, in the order they arrived."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.address = "%s:%d" % self.sock.getsockname()
+        self.lines: list[tuple[str, float, str]] = []
+
+    def receive(self) -> list[tuple[str, float, str]]:
+        """Take in what has arrived (without waiting); every line so far."""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return self.lines
+            for line in data.decode().splitlines():
+                name, _, rest = line.partition(":")
+                value, kind = rest.split("|")[:2]  # a rate (|@1.0) or tags (|#...) may follow
+                self.lines.append((name, float(value), kind))
+
+    def last(self, name: str) -> float | None:
+        """The latest value of gauge `name`, or None before the first."""
+        values = [value for n, value, kind in self.receive() if n == name and kind == "g"]
+        return values[-1] if values else None
+
+    def total(self, name: str) -> float:
+        """The sum of counter `name`'s increments so far."""
+        return sum(value for n, value, kind in self.receive() if n == name and kind == "c")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Statsd":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # -- waiting -----------------------------------------------------------------------------
+def under_ci() -> bool:
+    """CI runs the suite with CI set (CI=true): whatever a test needs is installed there."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def skip_unless_ci(message: str) -> None:
+    """What a test needs is missing: skip on a developer's machine, fail under CI, where a skip
+    counted as a pass would hide a red."""
+    import pytest
+
+    if under_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def need_program(name: str, package: str) -> str:
     """The path of program `name`. Missing, the test skips on a developer's machine but fails
-    under CI (CI=true), where .ci/run installs `package`: a skip there would hide a red."""
+    under CI, where .ci/run installs `package`."""
     path = shutil.which(name)
     if path is None:
-        import pytest
-
-        message = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
-        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(f"{name} is not installed (Debian package {package}; .ci/run installs it)")
+    assert path is not None
     return path
 
 
@@ -488,6 +545,11 @@ def read_mark(path: Path, timeout: float = 10.0) -> str:
         return text if text.endswith("\n") else ""
 
     return wait_until(whole, timeout, f"the mark {path}")
+
+
+def open_gate(mark: Path) -> None:
+    """Let the /gate request marking `mark` (apps.gate) finish."""
+    mark.with_name(mark.name + ".open").touch()
 
 
 # -- a process, seen from /proc ----------------------------------------------------------

@@ -54,6 +54,10 @@ def app(environ, start_response):
     if path == "/sleep":
         time.sleep(float(query.get("s", "1")))
         return _text(start_response, f"{os.getpid()} slept")
+    if path == "/gate":  # held until the test lets it go (tests/apps.py, server.open_gate)
+        from apps import gate
+
+        return gate(environ, start_response)
     if path == "/echo":  # the load client checks that every answer is its own
         if "sleep" in query:
             time.sleep(float(query["sleep"]))

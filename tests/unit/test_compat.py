@@ -134,6 +134,46 @@ def test_tolerate_dangerous_framing_is_warned_where_the_release_has_it():
     assert lines[0].startswith("tolerate_dangerous_framing is set but not supported")
 
 
+# Each warned setting (worker.UNSUPPORTED) with a value that sets it, as a user would set it
+# (gunicorn's own validator normalises it: http2_cleartext True is "prior-knowledge" from 27 on).
+WARNED = {
+    "permit_obsolete_folding": True,
+    "strip_header_spaces": True,
+    "permit_unconventional_http_method": True,
+    "permit_unconventional_http_version": True,
+    "casefold_http_method": True,
+    "protocol": "uwsgi",
+    "http_protocols": "h2,h1",
+    "http2_cleartext": True,
+    "http_parser": "python",
+    "tolerate_dangerous_framing": True,
+}
+
+
+def test_every_warned_setting_is_in_the_table():
+    assert sorted(WARNED) == sorted(name for name, _, _ in worker_mod.UNSUPPORTED)
+
+
+def test_each_warned_setting_the_release_has_is_one_warning_line():
+    """Set alone, each is one line naming it and the value it holds; set together, one line
+    each. Only the settings the installed gunicorn has (any release has some of them)."""
+    present = [name for name in WARNED if name in Config().settings]
+    assert present, f"the installed gunicorn has none of {sorted(WARNED)}"
+    for name in present:
+        cfg = config(**{name: WARNED[name]})
+        value = cfg.settings[name].get()
+        assert warnings_for(cfg) == [warning_line(name, value)], name
+    together = config(**{name: WARNED[name] for name in present})
+    lines = warnings_for(together)
+    assert lines == [warning_line(name, together.settings[name].get())
+                     for name, _, _ in worker_mod.UNSUPPORTED if name in present]
+
+
+def warning_line(name: str, value) -> str:
+    what = next(what for setting, _, what in worker_mod.UNSUPPORTED if setting == name)
+    return f"{name} is set but not supported by gunicorn_aiowsgi: {what} ({name}={value!r})"
+
+
 def test_no_warning_for_settings_the_release_lacks_or_leaves_unset():
     names = [name for name, _, _ in worker_mod.UNSUPPORTED]
     assert warnings_for(without(Config(), *names)) == []
