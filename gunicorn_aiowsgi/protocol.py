@@ -358,17 +358,19 @@ class Connection(Timeouts, asyncio.Protocol):
     def _preamble(self, data: bytes) -> bytes:
         """Consume a PROXY protocol preamble before any request byte is parsed."""
         assert self.proxy is not None and self.peer is not None
-        settings = self.ctx.settings
         try:
             result = self.proxy.feed(data)
         except proxy_protocol.ProxyProtocolError as exc:
-            self.refuse(BadRequest(f"Invalid PROXY line: {exc}"))
+            # A peer not allowed to send one hears 403 whatever its preamble holds, as under
+            # gunicorn, and what it sent is not echoed to the log.
+            error = Forbidden("Request forbidden") if self._untrusted_preamble() else \
+                BadRequest(f"Invalid PROXY line: {exc}")
+            self.refuse(error)
             return b""
         # Judged as soon as the signature is recognised (the parser's `version`), as gunicorn
         # does: a v2 header may announce 64 KiB, which an untrusted peer must not make us hold
         # until header_timeout.
-        if self.proxy.version is not None and self.peer.remote_port is not None and not is_trusted(
-                self.peer.remote_addr, settings.proxy_allow_ips, settings.proxy_networks):
+        if self._untrusted_preamble():
             self.refuse(Forbidden("Request forbidden"))
             return b""
         if result is None:
@@ -379,3 +381,11 @@ class Connection(Timeouts, asyncio.Protocol):
             self.peer = proxied_peer(self.peer, info)
         self._enter(IDLE)
         return rest
+
+    def _untrusted_preamble(self) -> bool:
+        """A PROXY signature came from a TCP peer outside proxy_allow_ips."""
+        settings, peer = self.ctx.settings, self.peer
+        assert self.proxy is not None and peer is not None
+        return (self.proxy.version is not None and peer.remote_port is not None
+                and not is_trusted(peer.remote_addr, settings.proxy_allow_ips,
+                                   settings.proxy_networks))

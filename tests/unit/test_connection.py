@@ -354,6 +354,33 @@ def test_proxy_preamble_state_times_out():
     assert h.transport.closed
 
 
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+PREAMBLES = {  # a preamble, well formed or not, then a request
+    "v1": b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 80\r\n",
+    "v1-malformed": b"PROXY TCP4 nonsense\r\n",
+    "v1-oversized": b"PROXY TCP4 " + b"1" * 200 + b"\r\n",
+    "v2-udp": V2_SIGNATURE + b"\x21\x12\x00\x0c" + bytes(12),
+}
+
+
+@pytest.mark.parametrize("name", PREAMBLES)
+def test_a_preamble_from_a_peer_not_allowed_is_403_whatever_it_holds(name):
+    """As gunicorn: the peer is judged once the signature is recognised, before the rest is
+    parsed, so a malformed preamble from it is a 403 too, and none of its bytes are logged."""
+    h = run(PREAMBLES[name] + get("/x"), proxy_protocol="auto", proxy_allow_ips=("192.0.2.1",))
+    assert [status for status, _ in h.responses()] == [403]
+    assert h.worker.served == 0
+    assert [text for _level, text in h.log.lines] == [
+        "Invalid request from ip=127.0.0.1: Request forbidden"]
+
+
+@pytest.mark.parametrize("name", [name for name in PREAMBLES if name != "v1"])
+def test_a_malformed_preamble_from_an_allowed_peer_is_400(name):
+    h = run(PREAMBLES[name] + get("/x"), proxy_protocol="auto", proxy_allow_ips=("*",))
+    assert [status for status, _ in h.responses()] == [400]
+    assert h.worker.served == 0
+
+
 def test_a_request_being_answered_has_no_connection_deadline():
     h = run(header_timeout=0.05)
     h.conn.state = ConnState.APP
