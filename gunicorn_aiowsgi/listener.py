@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import enum
 import errno
 import fcntl
 import os
@@ -11,13 +12,16 @@ import socket
 import termios
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 # Connections taken per readiness event: enough to empty a burst, few enough to stay fair to
 # requests already in progress (asyncio's own server takes up to `backlog` at a time).
 ACCEPT_BATCH = 64
 # After EMFILE/ENFILE: how long to leave the backlog alone before trying again (seconds).
 FD_EXHAUSTED_PAUSE = 0.5
+# At worker_connections with a client waiting and no idle connection to close for it: how soon
+# to look again, once a connection mid-request may have become idle (seconds).
+FULL_RECHECK = 0.25
 # Time a client has to finish the TLS handshake (seconds); asyncio's default.
 TLS_HANDSHAKE_TIMEOUT = 60.0
 
@@ -75,6 +79,25 @@ class TlsContexts:
         self.log.info("TLS certificate or key changed: new connections use the new one")
 
 
+class ListenState(enum.Enum):
+    """Whether the listener watches gunicorn's listening sockets for new clients."""
+
+    NEW = "new"               # not started
+    ACCEPTING = "accepting"   # watched: new clients are taken, up to worker_connections
+    FULL = "full"             # every slot open and a client waiting: not watched until one closes
+    BACKOFF = "backoff"       # out of descriptors: not watched for FD_EXHAUSTED_PAUSE
+    STOPPED = "stopped"       # for good (a drain, the exit)
+
+
+class Connections(Protocol):
+    """What the listener serves (server.Server): a protocol per accepted socket, and the idle
+    connections it may close when every slot is taken."""
+
+    def __call__(self, fd: int) -> asyncio.BaseProtocol: ...
+
+    def reclaim_idle(self) -> int: ...
+
+
 class Listener:
     """Our own accept loop instead of loop.create_server, for two reasons gunicorn users see:
 
@@ -82,11 +105,13 @@ class Listener:
       `backlog`; we never call listen(), so the master's backlog stands.
     - worker_connections: past the limit we stop accepting, so new clients wait in the kernel's
       backlog (and can be taken by another worker) instead of being accepted and starved.
+
+    At the limit the sockets stay watched: one turning readable then says a client is waiting,
+    and idle kept-alive connections are closed to make room for it (Connections.reclaim_idle).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[Any],
-                 factory: Callable[[int], asyncio.BaseProtocol], tls: TlsContexts | None, limit: int,
-                 log: Any) -> None:
+                 factory: Connections, tls: TlsContexts | None, limit: int, log: Any) -> None:
         self.loop = loop
         self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
         self.factory = factory
@@ -94,28 +119,29 @@ class Listener:
         self.limit = limit
         self.log = log
         self.open = 0                # accepted connections not yet closed (count)
-        self.accepting = False
-        self.stopped = False
-        self._retry: asyncio.TimerHandle | None = None
+        self.state = ListenState.NEW
+        self._timer: asyncio.TimerHandle | None = None  # the end of a BACKOFF, or FULL_RECHECK
 
     def start(self) -> None:
         for sock in self.sockets:
             sock.setblocking(False)
-        self.resume()
+        self._watch()
 
-    def resume(self) -> None:
-        if self.accepting or self.stopped:
+    def _watch(self) -> None:
+        if self.state is ListenState.ACCEPTING or self.state is ListenState.STOPPED:
             return
-        self.accepting = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.state = ListenState.ACCEPTING
         for sock in self.sockets:
             self.loop.add_reader(sock.fileno(), self._accept, sock)
 
-    def pause(self) -> None:
-        if not self.accepting:
-            return
-        self.accepting = False
-        for sock in self.sockets:
-            self.loop.remove_reader(sock.fileno())
+    def _unwatch(self, state: ListenState) -> None:
+        if self.state is ListenState.ACCEPTING:
+            for sock in self.sockets:
+                self.loop.remove_reader(sock.fileno())
+        self.state = state
 
     def stop(self) -> None:
         """Stop accepting for good, and close this process's copy of the listening sockets.
@@ -127,25 +153,28 @@ class Listener:
         clients are refused at once instead of waiting, for the whole drain, in a backlog
         nobody reads and that is reset when we exit.
         """
-        self.stopped = True
-        self.pause()
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        self._unwatch(ListenState.STOPPED)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for sock in self.sockets:
             sock.close()
 
     def closed_one(self) -> None:
-        """A connection ended; take new ones again if the limit had stopped us."""
+        """A connection ended; a client waiting for a slot gets it."""
         self.open -= 1
-        if self.open < self.limit and self._retry is None:
-            self.resume()  # a no-op once stopped
+        if self.state is ListenState.FULL:
+            self._watch()
 
     def _accept(self, sock: socket.socket) -> None:
+        if self.state is not ListenState.ACCEPTING:
+            return  # another of the sockets was ready in the same turn, before we stopped
+        if self.open >= self.limit:
+            self._full()  # readable at the limit: a client is waiting
+            return
         for _ in range(ACCEPT_BATCH):
             if self.open >= self.limit:
-                self.pause()
-                return
+                return  # the next readiness says whether another client waits
             try:
                 conn, _addr = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -153,8 +182,8 @@ class Listener:
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self.log.error("Cannot accept: %s; pausing for %ss", exc, FD_EXHAUSTED_PAUSE)
-                    self.pause()
-                    self._retry = self.loop.call_later(FD_EXHAUSTED_PAUSE, self._after_pause)
+                    self._unwatch(ListenState.BACKOFF)
+                    self._timer = self.loop.call_later(FD_EXHAUSTED_PAUSE, self._look_again)
                     return
                 if exc.errno == errno.ECONNABORTED:
                     continue
@@ -164,10 +193,22 @@ class Listener:
             self.open += 1
             self.loop.create_task(self._connect(conn))
 
-    def _after_pause(self) -> None:
-        self._retry = None
-        if self.open < self.limit:
-            self.resume()
+    def _full(self) -> None:
+        """Every slot is open and a client waits in the backlog: stop watching (the socket
+        stays readable), and close the kept-alive connection idle longest for it, as nginx
+        reuses its idle connections. Its closing lets the client in (closed_one); with none
+        to close, look again in FULL_RECHECK, once a connection mid-request may be idle.
+
+        With several workers on one socket every watching worker is woken: a full one may
+        close an idle connection for a client that another, with room, then takes.
+        """
+        self._unwatch(ListenState.FULL)
+        if not self.factory.reclaim_idle() and self.state is ListenState.FULL:
+            self._timer = self.loop.call_later(FULL_RECHECK, self._look_again)
+
+    def _look_again(self) -> None:
+        self._timer = None
+        self._watch()  # at the limit still, a client still waiting makes _accept call _full
 
     async def _connect(self, conn: socket.socket) -> None:
         # A plain socket's descriptor goes to its protocol, which may write to it directly.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
+from operator import itemgetter
 from typing import Any, Callable
 
-from .boundary import ConnState
+from .boundary import IDLE, ConnState
 from .bridge import ThreadPool
 from .context import Context
 from .diagnostics import Monitor
@@ -24,6 +26,11 @@ FRESH_GRACE = 1.0
 # STOP_KEEPALIVE_LINGER (gunicorn 27): a request a pooling client (a proxy) sends meanwhile is
 # answered, with Connection: close, instead of meeting a connection closed under it (a 502).
 STOP_KEEPALIVE_LINGER = 2.0
+# Idle kept-alive connections one scan finds for clients waiting for a slot, oldest first
+# (count): nginx closes up to 32 of its reusable connections at once.
+RECLAIM_BATCH = 32
+# The warning that worker_connections are all taken: at most once in this long (seconds).
+RECLAIM_WARN_EVERY = 60.0
 
 
 class Server:
@@ -48,6 +55,10 @@ class Server:
         self.ctx.closed = self._closed
         self.on_close: Callable[[], None] = lambda: None
         self.linger_end = 0.0  # loop time when a drain closes idle connections (close_idle)
+        self.reclaim_warned = float("-inf")  # loop time of the last reclaim_idle warning
+        # (idle since, connection) of the last scan's oldest idle ones, the oldest last: those
+        # closed next for clients waiting for a slot (reclaim_idle), if still idle since then.
+        self.reclaimable: list[tuple[float, Connection]] = []
 
     def __call__(self, fd: int = -1) -> Connection:
         return Connection(self.ctx, fd)
@@ -90,6 +101,45 @@ class Server:
                 continue  # the next request is read already (held) or waiting in the socket
             conn.close()
 
+    def reclaim_idle(self) -> int:
+        """worker_connections are all open and a client waits for one: close the connection
+        idle longest for it, as nginx closes its reusable connections. Returns 1, or 0 if none
+        is idle; its slot frees as it closes (the listener's closed_one).
+
+        One per waiting client, where nginx closes up to 32 at once (it has the client in hand
+        when it does): keep-alive stays on until room is needed, and a full worker woken for a
+        client that another worker, with room, then takes closes one connection, not 32. The
+        scan is shared instead: it keeps the RECLAIM_BATCH oldest, for the next clients.
+        """
+        for rescan in (False, True):
+            if rescan:
+                self.reclaimable = self._oldest_idle()
+            while self.reclaimable:
+                since, conn = self.reclaimable.pop()
+                if conn.since == since and idle(conn):  # idle since the scan, and still is
+                    conn.close()
+                    self._reclaimed()
+                    return 1
+        return 0
+
+    def _oldest_idle(self) -> list[tuple[float, Connection]]:
+        """The RECLAIM_BATCH connections idle longest, the oldest last (list.pop() takes it).
+        A scan of every connection, at the limit only: no bookkeeping per request. Longest to
+        the loop clock's step (uvloop's: a millisecond, read once a turn); ties in accept order."""
+        found = [(conn.since, conn) for conn in self.conns  # since: idle since, when IDLE
+                 if conn.state is IDLE and conn.requests and conn.writable and not conn.held]
+        oldest = heapq.nsmallest(RECLAIM_BATCH, found, key=itemgetter(0))
+        oldest.reverse()
+        return oldest
+
+    def _reclaimed(self) -> None:
+        self.monitor.count("idle_reclaimed")
+        now = self.loop.time()
+        if now - self.reclaim_warned >= RECLAIM_WARN_EVERY:
+            self.reclaim_warned = now
+            self.log.warning("worker_connections (%d) are all open: closing idle keep-alive "
+                             "connections for new clients", self.ctx.settings.worker_connections)
+
     def close_all(self) -> None:
         for conn in list(self.conns):
             exchange = conn.exchange
@@ -99,3 +149,13 @@ class Server:
                 conn.exchange = None
                 exchange.abandon()
             conn.close()
+
+
+def idle(conn: Connection) -> bool:
+    """Whether closing `conn` loses nothing: between requests after at least one answered (a
+    new connection's first request is the header timeout's to wait for), its answers taken,
+    nothing of a next request read (held) or waiting in the socket. Its client meets what a
+    keep-alive timeout gives, which it must be ready for (RFC 9112 section 9.5)."""
+    transport = conn.transport
+    return (conn.state is IDLE and conn.requests > 0 and conn.writable and not conn.held
+            and not transport.get_write_buffer_size() and not unread_bytes(transport))

@@ -219,18 +219,44 @@ def test_reload_in_development(tmp_path: Path) -> None:
 
 # -- worker_connections -------------------------------------------------------------------
 def test_worker_connections_caps_open_connections() -> None:
-    with serve("--worker-connections", "2", "--keep-alive", "60") as g:
-        held = [start_request(g, "/pid") for _ in range(2)]
+    with serve("--worker-connections", "2", "--keep-alive", "300") as g:
+        # Each holds a request on its way (its head not yet complete): never closed for a
+        # client waiting for a slot.
+        held = [Conn.to(g, 30) for _ in range(2)]
         for conn in held:
-            answered(conn)
+            conn.send(b"GET /pid HTTP/1.1\r\n")
+        wait_until(lambda: listen_queue(g.port)[0] == 0, 5, "the worker to take both")
         extra = start_request(g, "/pid")
         # Not accepted: it waits in the kernel's accept queue (where another worker could
         # take it), not inside a worker that is full.
         wait_until(lambda: listen_queue(g.port)[0] == 1, 5, "the third connection to queue")
         assert extra.closed_by_peer(timeout=1) is False  # nothing answered it meanwhile
-        held.pop().close()
+        held[0].send(b"Host: test\r\n\r\n")
+        assert answered(held[0])[1]["connection"] == "keep-alive"
+        # Answered, held[0] is idle: it gives way to the client waiting, as at a keep-alive
+        # timeout; the other, its head still on its way, stays.
         answered(extra)
+        assert held[0].closed_by_peer()
         assert listen_queue(g.port)[0] == 0
+        held[1].send(b"Host: test\r\n\r\n")
+        answered(held[1])
+
+
+def test_idle_keepalive_connections_give_way_to_a_waiting_client() -> None:
+    """Every slot held by a kept-alive connection idle after its request (a load balancer's
+    pool, with its long keep-alive): a new client is answered, not kept waiting until one
+    of them times out. nginx closes its idle connections so; gthread answers with
+    Connection: close once kept-alive connections reach worker_connections - threads."""
+    with serve("--worker-connections", "4", "--threads", "2", "--keep-alive", "300") as g:
+        idle = [start_request(g, "/pid") for _ in range(4)]
+        for conn in idle:
+            assert answered(conn)[1]["connection"] == "keep-alive"
+        answered(start_request(g, "/pid"))
+        assert idle[0].closed_by_peer()  # idle longest: its next request finds it closed
+        for conn in idle[1:]:
+            conn.send(b"GET /pid HTTP/1.1\r\nHost: test\r\n\r\n")
+            answered(conn)
+        g.wait_log("worker_connections (4) are all open: closing idle keep-alive connections")
 
 
 # -- keepalive ----------------------------------------------------------------------------

@@ -64,6 +64,8 @@ TESTED = {
                 "test_disconnect_mid_stream_closes_iterable_and_frees_thread"],
     "worker_connections": ["test_worker_connections_caps_open_connections",
                            "test_past_worker_connections_new_clients_wait_in_the_backlog",
+                           "test_idle_keepalive_connections_give_way_to_a_waiting_client",
+                           "test_connections_mid_request_are_never_closed_for_a_waiting_client",
                            "test_the_worker_raises_its_soft_open_file_limit_for_worker_connections",
                            "test_a_hard_limit_too_low_for_worker_connections_is_one_warning"],
     "max_requests": ["test_max_requests_is_counted_exactly",

@@ -4,7 +4,8 @@ slowloris heads and stalled uploads are held by the loop, never by a thread, and
 AIOWSGI_HEADER_TIMEOUT (whole head) and AIOWSGI_BODY_TIMEOUT (no body byte for that long);
 thousands of idle keep-alive connections cost little; a vanished client frees its thread,
 closes the app's iterable and leaves no descriptor or temp file behind; a slow reader holds a
-bounded buffer; past worker_connections new clients wait in the backlog.
+bounded buffer; past worker_connections new clients wait in the backlog, until a
+connection is idle after its request and gives way.
 """
 
 from __future__ import annotations
@@ -243,16 +244,21 @@ def test_past_worker_connections_new_clients_wait_in_the_backlog(start):
                            "--worker-connections", str(limit), "--keep-alive", "60")
     pid = server.worker_pid()
     own = socket_count(pid)  # the listener and the loop's self-pipe
-    idle = [Conn(s, 10) for s in connect_many(server, limit)]
-    for conn in idle:
-        conn.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert conn.response()[0] == 200
+    # Every slot holds a request on its way (a head not complete): none may give way.
+    busy = [Conn(s, 10) for s in connect_many(server, limit, b"GET /hello HTTP/1.1\r\n")]
+    wait_until(lambda: socket_count(pid) == own + limit, what="the worker to take them all")
     waiting = connect_many(server, 20, b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     ready, _w, _x = select.select(waiting, [], [], 1.0)
     assert ready == []  # not accepted: nothing answered while the limit is reached
     assert socket_count(pid) == own + limit  # the worker holds only its `limit`
-    for conn in idle:
-        conn.close()
+    for conn in busy:
+        conn.send(b"Host: t\r\n\r\n")
+        assert conn.response()[0] == 200
+    # Answered, they are idle: they give way to the clients waiting, which the client does
+    # not close here.
     answers = [Conn(s, 10).response()[0] for s in waiting]
     assert answers == [200] * 20  # none was dropped
+    server.wait_log("worker_connections (10) are all open: closing idle keep-alive connections")
+    assert socket_count(pid) <= own + limit
     close_all(waiting)
+    close_all([conn.sock for conn in busy])
