@@ -1,7 +1,10 @@
-"""What is checked and said before serving: the worker's settings and TLS files once in the master, before any fork; in each worker at start, the settings aiohttp cannot honour."""
+"""What is checked and said before serving: the worker's settings and TLS files once in the master, before any fork; in each worker at start, tmp_upload_dir (as its user) and the settings aiohttp cannot honour."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -61,3 +64,23 @@ def check_tls(cfg: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - a file, a password or the hook: said as it is
         raise SettingsError(f"cannot build the TLS context (certfile {cfg.certfile!r}, keyfile "
                             f"{cfg.keyfile!r}): {type(exc).__name__}: {exc}") from None
+
+
+def writable(directory: str) -> bool:
+    """Whether this process may create files in `directory`."""
+    return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
+
+
+def usable_spool_dir(settings: Settings, log: Any) -> Settings:
+    """The settings with a tmp_upload_dir this worker can use, checked once it runs as its user
+    (--user). gunicorn's doc says the directory may disappear, and gunicorn's own workers never
+    use it: one this process cannot create files in (gone, another user's) is said once, and
+    bodies spool to the default temporary directory, rather than every large upload getting 500
+    or the worker not starting."""
+    configured = settings.tmp_upload_dir
+    if not configured or writable(configured):
+        return settings
+    log.warning("tmp_upload_dir %r is not a directory this worker (uid %d) can create files in: "
+                "request bodies spool to %s instead", configured, os.geteuid(),
+                tempfile.gettempdir())
+    return dataclasses.replace(settings, tmp_upload_dir=None)

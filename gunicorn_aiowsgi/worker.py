@@ -264,7 +264,7 @@ class Worker(base.Worker):
     def start(self) -> None:
         assert self.loop is not None
         refuse_without_gil()
-        self.settings = settings_mod.from_cfg(self.cfg)
+        self.settings = startup.usable_spool_dir(settings_mod.from_cfg(self.cfg), self.log)
         self.warn_unsupported()
         fdlimit.ensure(self.settings.worker_connections, self.log)
         self.pool = ThreadPool(self.settings.threads)
@@ -275,6 +275,7 @@ class Worker(base.Worker):
         self.listener = Listener(self.loop, self.sockets, self.server, tls,
                                  self.settings.worker_connections, self.log)
         self.server.on_close = self.on_connection_closed
+        self.server.spools.warn = self.log.warning
         if self.phase is WorkerPhase.SERVING:  # a TERM during boot: never take a connection
             self.listener.start()
 

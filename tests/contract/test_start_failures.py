@@ -3,9 +3,14 @@ start that fails (a recycle, a reload) while the server runs, against what gthre
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import shutil
 import signal
 import socket
 import ssl
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,21 @@ import pytest
 import trustme
 from server import Conn, Gunicorn, gone, wait_until
 
+UPLOAD = bytes(range(256)) * 256  # 64 KiB: past the 1 KiB memory limit these masters set
+SPOOLING = {"AIOWSGI_BODY_MEMORY_LIMIT": "1024"}
 BOOT_ERROR = "gunicorn_aiowsgi cannot start: "
+
+
+def upload(g: Gunicorn) -> tuple[int, bytes]:
+    """POST UPLOAD to /digest on a new connection: (status, body)."""
+    with Conn.to(g) as conn:
+        conn.send(b"POST /digest HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+                  + f"Content-Length: {len(UPLOAD)}\r\n\r\n".encode() + UPLOAD)
+        status, _, body = conn.response()
+    return status, body
+
+
+DIGEST = f"{len(UPLOAD)} {hashlib.sha256(UPLOAD).hexdigest()}".encode()
 
 
 def error_lines(log: str) -> list[str]:
@@ -59,6 +78,63 @@ def test_a_bad_setting_brought_by_a_reload_stops_the_master_as_gthread_does_a_br
         assert "AIOWSGI_SEND_TIMEOUT" in line
         assert "Traceback" not in log
         wait_until(lambda: gone(first), 10, "the old worker to exit")
+
+
+# -- tmp_upload_dir: a setting gunicorn itself never uses --------------------------------
+def spool_conf(tmp_path: Path) -> tuple[Path, Path]:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    conf = tmp_path / "spool.conf.py"
+    conf.write_text(f"tmp_upload_dir = {str(spool)!r}\n")
+    return conf, spool
+
+
+def test_tmp_upload_dir_removed_while_serving_uploads_go_on_and_recycles_boot(tmp_path: Path) -> None:
+    """gunicorn's doc says the directory may disappear; gthread never uses it and serves on.
+    The running worker's next upload spools to the default temporary directory (one warning);
+    the worker started by max_requests says so at start and serves uploads too. Before: 500s,
+    then the recycled worker failed to boot and the master stopped."""
+    conf, spool = spool_conf(tmp_path)
+    with Gunicorn("apps:router", "--max-requests", "3", config=str(conf), env=SPOOLING) as g:
+        first = g.worker_pid()
+        assert upload(g) == (200, DIGEST)
+        shutil.rmtree(spool)
+        assert upload(g) == (200, DIGEST)
+        assert upload(g) == (200, DIGEST)  # the third request: the worker retires after it
+        g.wait_log(re.compile(rf"\[{first}\] \[WARNING\] tmp_upload_dir .*spool"))
+        wait_until(lambda: gone(first), 10, "the first worker to retire")
+        [second] = g.wait_workers(1, exclude=(first,))
+        g.wait_log(f"serving with 1 threads, 1000 connections max (pid: {second})")
+        assert upload(g) == (200, DIGEST)
+        assert alive(g.pid)
+        log = g.log()
+        assert re.search(rf"\[{second}\] \[WARNING\] tmp_upload_dir .*{re.escape(str(spool))}", log)
+        assert len(re.findall(rf"\[{first}\] \[WARNING\] tmp_upload_dir", log)) == 1
+        assert "Worker failed to boot" not in log and "cannot spool" not in log
+
+
+def test_tmp_upload_dir_the_workers_user_cannot_write_spools_to_the_default_directory(
+        tmp_path: Path) -> None:
+    """A directory made by root for a server whose workers run as nobody: gthread never uses
+    it; ours says so once per worker and spools where nobody may write. Before: every upload
+    over the memory limit got 500 ("Permission denied")."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the workers as nobody")
+    spool = Path(tempfile.mkdtemp(prefix="root-spool-"))  # nobody reaches /tmp (not tmp_path)
+    try:
+        os.chmod(spool, 0o755)  # root's: nobody may look in, not create files
+        conf = tmp_path / "spool.conf.py"
+        conf.write_text(f"tmp_upload_dir = {str(spool)!r}\n")
+        # --preload: the app's imports come from root's Python; the worker only runs them.
+        with Gunicorn("apps:router", "--user", "nobody", "--group", "nogroup", "--preload",
+                      config=str(conf), env=SPOOLING) as g:
+            assert upload(g) == (200, DIGEST)
+            pid = g.worker_pid()
+            g.wait_log(re.compile(rf"\[{pid}\] \[WARNING\] tmp_upload_dir "
+                                  rf"{re.escape(repr(str(spool)))} .*\(uid 65534\)"))
+            assert os.listdir(spool) == []
+    finally:
+        shutil.rmtree(spool)
 
 
 # -- TLS: a certificate file caught broken ------------------------------------------------

@@ -1,13 +1,17 @@
-"""What is checked before serving, in-process: the master's check_config (settings, TLS files)."""
+"""What is checked before serving, in-process: the master's check_config (settings, TLS files),
+and tmp_upload_dir as a worker finds it at start."""
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 import pytest
 import trustme
 from gunicorn.config import Config
 
 from gunicorn_aiowsgi import startup
-from gunicorn_aiowsgi.settings import SettingsError
+from gunicorn_aiowsgi.settings import Settings, SettingsError
 from gunicorn_aiowsgi.worker import Worker
 
 
@@ -16,6 +20,9 @@ class Log:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+
+    def warning(self, fmt: str, *args: object) -> None:
+        self.lines.append("WARNING " + fmt % args)
 
     def error(self, fmt: str, *args: object) -> None:
         self.lines.append("ERROR " + fmt % args)
@@ -73,3 +80,31 @@ def test_a_certificate_no_worker_could_load_is_said_in_the_master(broken, tls):
         startup.check_in_master(config(certfile=str(chain), keyfile=str(key)))
     assert str(info.value).startswith(f"cannot build the TLS context (certfile {str(chain)!r}")
     assert "SSLError" in str(info.value)
+
+
+def test_the_master_does_not_refuse_a_missing_tmp_upload_dir(tmp_path):
+    """Checked by each worker as its user (usable_spool_dir), where it falls back."""
+    missing = str(tmp_path / "missing")
+    assert startup.check_in_master(config(tmp_upload_dir=missing)).tmp_upload_dir == missing
+
+
+# -- in each worker: tmp_upload_dir --------------------------------------------------------
+def test_a_usable_tmp_upload_dir_is_kept_silently(tmp_path):
+    log = Log()
+    settings = Settings(tmp_upload_dir=str(tmp_path))
+    assert startup.usable_spool_dir(settings, log) is settings
+    assert startup.usable_spool_dir(Settings(), log).tmp_upload_dir is None
+    assert log.lines == []
+
+
+@pytest.mark.parametrize("what", ["missing", "a file"])
+def test_a_tmp_upload_dir_the_worker_cannot_use_is_said_once_and_replaced(what, tmp_path):
+    where = tmp_path / "spool"
+    if what == "a file":
+        where.write_text("not a directory")
+    log = Log()
+    settings = startup.usable_spool_dir(Settings(tmp_upload_dir=str(where), threads=3), log)
+    assert settings.tmp_upload_dir is None and settings.threads == 3  # the default directory
+    assert log.lines == [f"WARNING tmp_upload_dir {str(where)!r} is not a directory this worker "
+                         f"(uid {os.geteuid()}) can create files in: request bodies spool to "
+                         f"{tempfile.gettempdir()} instead"]
