@@ -198,9 +198,9 @@ class BodySpool:
 
     def _open(self) -> None:
         """To disk: what is held in memory becomes the file's first batch."""
-        self._target = SpoolFile(self.store.directory)
+        self._target = SpoolFile(self.store.directory, self.store.fallback)
         self.state = SpoolState.SPOOLING
-        self.store.writer.submit(OPEN, self._target, self.length, self._written)
+        self.store.writer.submit(OPEN, self._target, self.length, self._opened)
 
     def _spill(self) -> None:
         """Hand what is held to the writer: one job, one writev(2), no joining copy."""
@@ -283,6 +283,12 @@ class BodySpool:
         self.store.unwritten -= handed
         self._written(size, error)
         self.store.caught_up()
+
+    def _opened(self, _result: Any, error: BaseException | None) -> None:
+        target = self._target
+        if error is None and target is not None and target.directory != self.store.directory:
+            self.store.moved(target.directory)  # created in the fallback directory
+        self._written(None, error)
 
     def _written(self, size: int | None, error: BaseException | None) -> None:
         """A write (or the open, size None) is done."""

@@ -249,6 +249,6 @@ def from_cfg(cfg: Any, environ: Mapping[str, str] | None = None) -> Settings:
                             "(limit_request_line + limit_request_field_size + 128)")
     if settings.write_buffer == 0:  # not "no limit": a thread streaming would wait for ever
         raise SettingsError("AIOWSGI_WRITE_BUFFER must be > 0")
-    if settings.tmp_upload_dir and not os.path.isdir(settings.tmp_upload_dir):
-        raise SettingsError(f"tmp_upload_dir {settings.tmp_upload_dir!r} is not a directory")
+    # tmp_upload_dir is not checked here: gunicorn's doc says it may disappear, and gunicorn's
+    # own workers never use it. Each worker checks it once it runs as its user (startup.py).
     return settings

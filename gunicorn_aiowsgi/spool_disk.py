@@ -11,6 +11,9 @@ from .errors import HTTPError, InsufficientStorage, OutOfFiles
 
 # Buffers per writev(2) call, under every system's IOV_MAX (count).
 IOV_BATCH = 512
+# Why creating a file can fail because of the directory itself (gone, replaced, not ours to
+# write, remounted read-only), not because of the disk's space or the process's descriptors.
+DIRECTORY_ERRORS = frozenset((errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS))
 
 
 def write_all(fd: int, chunks: list[bytes]) -> None:
@@ -33,12 +36,14 @@ def free_space(directory: str) -> int:
 
 
 class SpoolFile:
-    """One body's file. Only the writer thread touches `file`, until the rewind hands it over."""
+    """One body's file. Only the writer thread touches `file`, until the rewind hands it over.
+    `fallback`: where to create it if `directory` cannot take it (None: nowhere else)."""
 
-    __slots__ = ("directory", "file", "broken")
+    __slots__ = ("directory", "fallback", "file", "broken")
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, fallback: str | None = None) -> None:
         self.directory = directory
+        self.fallback = fallback
         self.file: BinaryIO | None = None
         self.broken = False  # a job failed: later writes are pointless (their error is out)
 
@@ -46,13 +51,25 @@ class SpoolFile:
 # -- the writer thread's actions (target, argument) -> result ------------------------------------
 def open_file(target: SpoolFile, length: int | None) -> None:
     try:
-        if length is not None and free_space(target.directory) < length:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target.directory)
-        # Unbuffered: each batch is one writev(2), with no copy through a Python buffer.
-        target.file = tempfile.TemporaryFile(dir=target.directory, buffering=0)
+        try:
+            _create(target, length)
+        except OSError as exc:
+            if target.fallback is None or exc.errno not in DIRECTORY_ERRORS:
+                raise
+            # tmp_upload_dir went away (or out of reach) under a running worker: gunicorn's doc
+            # says it may, and gthread, which never uses it, serves on. So does this upload.
+            target.directory, target.fallback = target.fallback, None
+            _create(target, length)
     except OSError:
         target.broken = True
         raise
+
+
+def _create(target: SpoolFile, length: int | None) -> None:
+    if length is not None and free_space(target.directory) < length:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target.directory)
+    # Unbuffered: each batch is one writev(2), with no copy through a Python buffer.
+    target.file = tempfile.TemporaryFile(dir=target.directory, buffering=0)
 
 
 def write_file(target: SpoolFile, chunks: list[bytes]) -> int:

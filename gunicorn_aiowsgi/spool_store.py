@@ -1,4 +1,4 @@
-"""The worker's side of request bodies (on the loop): the memory budget, the spool budget, the writer thread and its backlog, the spool directory's free space."""
+"""The worker's side of request bodies (on the loop): the memory budget, the spool budget, the writer thread and its backlog, the spool directory (its free space; the default one once tmp_upload_dir goes away)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,11 @@ class SpoolStore:
         self.in_memory = 0
         self.budget = settings.spool_budget
         # Resolved now, at worker start: gettempdir() probes the disk the first time.
-        self.directory = settings.tmp_upload_dir or tempfile.gettempdir()
+        default = tempfile.gettempdir()
+        self.directory = settings.tmp_upload_dir or default
+        # Where a body goes if tmp_upload_dir cannot take its file any more (None: nowhere).
+        self.fallback = default if self.directory != default else None
+        self.warn: Callable[..., None] = lambda *_args: None  # the worker's log.warning
         self.used = 0
         self.free: int | None = None
         self.unwritten = 0  # bytes handed to the writer, not yet written, every body (bytes)
@@ -119,6 +123,17 @@ class SpoolStore:
             raise InsufficientStorage(
                 f"cannot spool request body: No space left on device ({self.free} bytes free in "
                 f"{self.directory}, {length} asked)")
+
+    def moved(self, directory: str) -> None:
+        """The writer created a body's file in the fallback directory, the configured one being
+        unusable: every body spools there from now on (this worker's life), said once."""
+        if self.fallback is None or directory != self.fallback:
+            return
+        gone, self.directory, self.fallback = self.directory, directory, None
+        self.free = None
+        self._measure()
+        self.off_loop(self.warn, "tmp_upload_dir %r cannot take request bodies any more: they "
+                      "spool to %s from now on", gone, directory)
 
     def wrote(self, size: int) -> None:
         if self.free is not None:

@@ -11,9 +11,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers import base
 
-from . import diagnostics, fdlimit
+from . import diagnostics, fdlimit, startup
 from . import settings as settings_mod
 from .bridge import ThreadPool
 from .errorlog import WSGIErrors, loop_exception_handler
@@ -32,29 +33,9 @@ EXIT_MARGIN = 1.0
 EXIT_MARGIN_SHARE = 0.1
 # At exit, how long the loop waits for its cancelled tasks (seconds): well inside EXIT_MARGIN.
 EXIT_TASKS_WAIT = 0.5
-
-# gunicorn settings aiohttp (or this worker) cannot honour: (setting, is it set?, what happens).
-# Said once at startup, in the log, never silently ignored (README settings table, same words).
-UNSUPPORTED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("permit_obsolete_folding", bool, "aiohttp's parser refuses folded header lines with 400"),
-    ("strip_header_spaces", bool, "aiohttp's parser refuses a space before ':' with 400"),
-    ("permit_unconventional_http_method", bool,
-     "aiohttp's parser (llhttp) refuses methods outside its list, and lower-case ones, with 400"),
-    ("permit_unconventional_http_version", bool,
-     "aiohttp's parser refuses HTTP versions other than 1.0 and 1.1 with 400"),
-    ("casefold_http_method", bool,
-     "aiohttp's parser refuses lower-case methods with 400 before they could be upper-cased"),
-    ("protocol", lambda value: value not in (None, "http"),
-     "only HTTP is spoken; uwsgi clients will get 400s"),
-    ("http_protocols", lambda value: "h2" in str(value),
-     "HTTP/2 is not served; TLS ALPN offers http/1.1 only"),
-    ("http2_cleartext", lambda value: value not in (None, "off", False), "h2c is not served"),
-    ("http_parser", lambda value: value not in (None, "auto"),
-     "requests are parsed by aiohttp's parser, not by gunicorn's"),
-    ("tolerate_dangerous_framing", bool,  # gunicorn 22.0 only
-     "aiohttp's parser refuses a request with both Transfer-Encoding and Content-Length with 400"),
-)
-
+# The settings said at start-up as not honoured live in startup.py; this was their home, and
+# code that reads them (the tests, a deployment's checks) may still look here.
+UNSUPPORTED = startup.UNSUPPORTED
 
 def drain_budget(graceful_timeout: float) -> float:
     """Seconds a graceful drain may last: graceful_timeout less the exit margin."""
@@ -124,6 +105,19 @@ class Worker(base.Worker):
         self._wake: asyncio.Event | None = None
         self._on_loop: dict[int, Callable[[], None]] = {}
         self._drain_started: float | None = None  # loop time of the TERM (or other cause)
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """In the master, before any worker is forked (gunicorn's Arbiter.start calls it, with
+        raw_env in os.environ): a setting no worker could start with stops gunicorn here, in one
+        line of the error log and exit status 1, as gunicorn stops for an address it cannot
+        bind; not each worker with a traceback, then the master."""
+        try:
+            refuse_without_gil()
+            startup.check_in_master(cfg)
+        except settings_mod.SettingsError as exc:
+            log.error("gunicorn_aiowsgi cannot start: %s", exc)
+            sys.exit(1)
 
     # -- the event loop --------------------------------------------------------------------
     def new_loop(self) -> asyncio.AbstractEventLoop:
@@ -254,19 +248,26 @@ class Worker(base.Worker):
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
-        # base.init_process set booted before calling us; we are booted once sockets are served,
-        # so an error before that makes the master stop instead of respawning forever.
-        self.booted = False
+        # The master checked the settings and TLS files before forking (check_config). Anything
+        # else start() meets later (a certificate caught half-written when a worker recycles, a
+        # thread that cannot start) is a crash, as base.init_process has it (booted): logged, and
+        # the master starts another worker, which heals once the cause is gone.
         assert self.loop is not None
         try:
             self.loop.run_until_complete(self.serve())
+        except settings_mod.SettingsError as exc:
+            # Settings the master never saw: a reload (HUP) brought them, and gunicorn does not
+            # call check_config again. The worker cannot boot, and the master stops, as it does
+            # when a HUP brings an app that fails to import (gunicorn's boot error).
+            self.log.error("gunicorn_aiowsgi cannot start: %s", exc)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
         finally:
             self.shutdown()
 
     def start(self) -> None:
         assert self.loop is not None
         refuse_without_gil()
-        self.settings = settings_mod.from_cfg(self.cfg)
+        self.settings = startup.usable_spool_dir(settings_mod.from_cfg(self.cfg), self.log)
         self.warn_unsupported()
         fdlimit.ensure(self.settings.worker_connections, self.log)
         self.pool = ThreadPool(self.settings.threads)
@@ -277,6 +278,7 @@ class Worker(base.Worker):
         self.listener = Listener(self.loop, self.sockets, self.server, tls,
                                  self.settings.worker_connections, self.log)
         self.server.on_close = self.on_connection_closed
+        self.server.spools.warn = self.log.warning
         if self.phase is WorkerPhase.SERVING:  # a TERM during boot: never take a connection
             self.listener.start()
 
@@ -294,12 +296,7 @@ class Worker(base.Worker):
         return context
 
     def warn_unsupported(self) -> None:
-        """Settings aiohttp's parser cannot honour: said at startup, never silently ignored."""
-        for name, is_set, what in UNSUPPORTED:
-            value = settings_mod.gunicorn_setting(self.cfg, name)  # None: this gunicorn lacks it
-            if is_set(value):
-                self.log.warning("%s is set but not supported by gunicorn_aiowsgi: %s (%s=%r)",
-                                 name, what, name, value)
+        startup.warn_unsupported(self.cfg, self.log)
 
     async def serve(self) -> None:
         self._wake = asyncio.Event()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gunicorn.config import Config
 
-from gunicorn_aiowsgi.worker import UNSUPPORTED
+from gunicorn_aiowsgi.startup import UNSUPPORTED
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TESTS = Path(__file__).resolve().parents[1]
@@ -50,6 +50,8 @@ LIMITS = ["test_limits_answer_like_gthread",
           "test_limit_request_zero_or_above_the_maximum_means_the_maximum",
           "test_max_head_size_bounds_the_head_gunicorns_limits_allow"]
 TLS = ["test_tls_serves_https_and_offers_only_http11", "test_tls_client_certificates_and_ciphers"]
+CERT_FILES = TLS + ["test_a_certificate_broken_at_first_boot_is_one_master_error",
+                    "test_a_certificate_broken_when_a_worker_recycles_is_retried_until_it_is_fixed"]
 FORWARDED = ["test_forwarded_headers_decide_like_gthread"]
 PROXY = ["test_proxy_protocol_addresses_every_request_on_the_connection",
          "test_proxy_protocol_from_a_peer_not_allowed_is_refused",
@@ -86,6 +88,9 @@ TESTED = {
     "chdir": ["test_chdir_pythonpath_and_raw_env"], "pythonpath": ["test_chdir_pythonpath_and_raw_env"],
     "raw_env": ["test_chdir_pythonpath_and_raw_env"],
     "worker_tmp_dir": ["test_user_group_and_worker_tmp_dir_in_shm"],
+    "tmp_upload_dir": ["test_tmp_upload_dir_removed_while_serving_uploads_go_on_and_recycles_boot",
+                       "test_tmp_upload_dir_the_workers_user_cannot_write_spools_to_the_default_directory",
+                       "test_default_limit_refuses_3_gib_before_reading_and_a_raised_one_takes_it"],
     "forwarded_allow_ips": FORWARDED,
     "secure_scheme_headers": FORWARDED + ["test_secure_scheme_headers"],
     "forwarder_headers": FORWARDED, "header_map": FORWARDED + ["test_header_mapping"],
@@ -93,7 +98,7 @@ TESTED = {
     "casefold_http_method": WARNED, "permit_unconventional_http_method": WARNED,
     "permit_obsolete_folding": WARNED, "strip_header_spaces": WARNED,
     "limit_request_line": LIMITS, "limit_request_fields": LIMITS, "limit_request_field_size": LIMITS,
-    "certfile": TLS, "keyfile": TLS, "ca_certs": TLS[1:], "cert_reqs": TLS[1:], "ciphers": TLS[1:],
+    "certfile": CERT_FILES, "keyfile": CERT_FILES, "ca_certs": TLS[1:], "cert_reqs": TLS[1:], "ciphers": TLS[1:],
     "ssl_context": ["test_tls_ssl_context_hook",
                     "test_tls_a_renewed_certificate_serves_new_connections_without_a_restart"],
     "ALPN": TLS[:1],

@@ -6,12 +6,13 @@ worker keeps serving.
 - an app that hangs past gunicorn's `timeout`: the heartbeat comes from the loop, so the master
   leaves the worker alone, other requests are served, and the hung client gets its answer
   when the app returns (or a 504 with AIOWSGI_REQUEST_TIMEOUT);
-- a request body that cannot be spooled (disk full, file size limit, tmp_upload_dir gone):
-  507 or 500 with a log line, no crash, no temp file left.
+- a request body that cannot be spooled (disk full, file size limit): 507 or 500 with a log
+  line, no crash, no temp file left; tmp_upload_dir gone: spooled to the default directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import signal
@@ -181,12 +182,23 @@ def test_file_size_limit_while_spooling_answers_500(start, tmp_path):
     check_refused_spool(server, calls, 500, "File too large", str(where))
 
 
-def test_upload_dir_removed_after_boot_answers_500(start, tmp_path):
+def test_upload_dir_removed_after_boot_spools_to_the_default_directory(start, tmp_path):
+    """gunicorn's doc says tmp_upload_dir may disappear, and gthread, which never uses it,
+    serves on: the uploads spool to the default temporary directory (said once), and leave no
+    file there. Before: 500 for every upload over the memory limit."""
     where = tmp_path / "uploads"
     where.mkdir()
     server, calls = spool_server(start, tmp_path, str(where))
+    pid = server.worker_pid()
+    base = Usage.of(pid)  # spool files are unnamed: (deleted) among its descriptors
     where.rmdir()
-    check_refused_spool(server, calls, 500, "No such file or directory", str(where))
+    body = b"u" * (4 * 1024 * 1024)
+    for _ in range(2):
+        assert upload(server, len(body)) == (200, f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode())
+    log = server.wait_log("cannot take request bodies any more")
+    assert log.count("tmp_upload_dir") == 1 and "cannot spool" not in log
+    settle(pid, base)
+    assert temp_files(pid) == []
 
 
 def test_socket_helpers_close_cleanly():

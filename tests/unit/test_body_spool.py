@@ -6,6 +6,7 @@ import asyncio
 import errno
 import io
 import os
+import tempfile
 import threading
 import tracemalloc
 from typing import Any
@@ -384,12 +385,43 @@ def test_disk_error_answers_507_and_frees_everything(tmp_path, monkeypatch):
     run(settings, test)
 
 
-def test_missing_directory_answers_500(tmp_path):
+def test_a_spool_directory_gone_while_serving_moves_bodies_to_the_default_one(tmp_path):
+    """tmp_upload_dir removed under a running worker: the next body's file is created in the
+    default temporary directory by the writer thread, said once; the bodies after it go there
+    at once. Before: every body over the memory limit got 500."""
+    where = tmp_path / "gone"
+    where.mkdir()
+    settings = Settings(body_memory_limit=0, tmp_upload_dir=str(where))
+    default = tempfile.gettempdir()
+    said: list[str] = []
+
+    async def test(store: SpoolStore) -> None:
+        store.warn = lambda fmt, *args: said.append(fmt % args)
+        assert (store.directory, store.fallback) == (str(where), default)
+        where.rmdir()
+        for n in range(2):
+            spool = BodySpool(settings, store)
+            spool.expect(None)
+            spool.write(b"body %d" % n)
+            stream = await finished(spool)
+            assert stream.read() == b"body %d" % n
+            assert (store.directory, store.fallback) == (default, None)
+            stream.close()
+        await until(lambda: said, "the warning, written by the writer thread")
+        assert said == [f"tmp_upload_dir {str(where)!r} cannot take request bodies any more: "
+                        f"they spool to {default} from now on"]
+        await until(lambda: store.used == 0 and store.free is not None, "the files closed")
+
+    run(settings, test)
+
+
+def test_with_nowhere_else_to_go_a_missing_directory_answers_500(tmp_path):
     where = tmp_path / "gone"
     where.mkdir()
     settings = Settings(body_memory_limit=0, tmp_upload_dir=str(where))
 
     async def test(store: SpoolStore) -> None:
+        store.fallback = None  # tmp_upload_dir is the default directory itself
         where.rmdir()
         spool = BodySpool(settings, store)
         spool.expect(None)
@@ -399,6 +431,21 @@ def test_missing_directory_answers_500(tmp_path):
         assert "No such file or directory" in str(result)
 
     run(settings, test)
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EMFILE])
+def test_only_a_directory_error_moves_a_body_elsewhere(error, tmp_path, monkeypatch):
+    """A full disk (507) or no descriptor left (503) is not the directory's fault: the body is
+    refused as before, and the directory stays."""
+    def fail(**_kwargs: Any) -> None:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(spool_disk.tempfile, "TemporaryFile", fail)
+    target = spool_disk.SpoolFile(str(tmp_path), fallback=tempfile.gettempdir())
+    with pytest.raises(OSError) as info:
+        spool_disk.open_file(target, None)
+    assert info.value.errno == error
+    assert (target.directory, target.broken) == (str(tmp_path), True)
 
 
 def test_disk_work_runs_on_the_writer_thread_with_a_bounded_backlog(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ import pytest
 from gunicorn.config import Config
 from server import Gunicorn
 
+from gunicorn_aiowsgi import startup
 from gunicorn_aiowsgi import worker as worker_mod
 from gunicorn_aiowsgi.environ import Peer, build_environ
 from gunicorn_aiowsgi.settings import SettingsError, from_cfg, gunicorn_setting
@@ -175,7 +176,7 @@ def warning_line(name: str, value) -> str:
 
 
 def test_no_warning_for_settings_the_release_lacks_or_leaves_unset():
-    names = [name for name, _, _ in worker_mod.UNSUPPORTED]
+    names = [name for name, _, _ in startup.UNSUPPORTED]
     assert warnings_for(without(Config(), *names)) == []
     assert warnings_for(with_old_setting(Config(), "tolerate_dangerous_framing", False)) == []
     assert warnings_for(Config()) == []
