@@ -73,6 +73,20 @@ def empty_lines_end(data: bytes) -> int:
     return end
 
 
+def check_head_only(method: str, chunked: bool, transfer_encoding: bool, content_length: str) -> None:
+    """A request at which aiohttp's parser stopped (Connection: Upgrade, CONNECT): what follows
+    its head is judged as the next request, so a body it announces must be one we can frame.
+
+    RFC 9112 section 6.3: a Transfer-Encoding that does not end in chunked gives no length a
+    reader can trust: 400, then close (the parser refuses it elsewhere, not here). RFC 9110
+    section 9.3.6: CONNECT has no content (the parser would hand its bytes on as a tunnel's),
+    never given a length that wsgi.input does not hold."""
+    if transfer_encoding and not chunked:
+        raise BadRequest("Transfer-Encoding without chunked as the final coding")
+    if method == "CONNECT" and (chunked or content_length != "0"):
+        raise BadRequest("CONNECT request with content")
+
+
 def protocol_ok(line: bytes) -> bool:
     """RFC 9112 section 2.3: the request line ends in HTTP-name "/" version; the name is "HTTP".
 

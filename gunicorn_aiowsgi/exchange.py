@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .application import AppCall
 from .body import READ_BUFFER, STREAM_BACKLOG, BodySpool, check_length, streamed
-from .boundary import BODY, CLOSED
+from .boundary import BODY, CLOSED, check_head_only
 from .bridge import BodyFeed, Channel
 from .context import Context
 from .diagnostics import timed_out
 from .environ import build_environ
-from .errors import BadRequest, BodyCutShort, GatewayTimeout, HTTPError, Unavailable
+from .errors import BodyCutShort, GatewayTimeout, HTTPError, Unavailable
 from .listener import unread_bytes
 from .messages import Abort, CallDone, Data, End, Fail, Hints, JobState, SendFile, Start
 from .output import Output, send_file
@@ -74,19 +74,11 @@ class Exchange:
             environ, expect = build_environ(
                 ctx.base, settings, conn.peer, method, req.target, req.version, req.raw_headers)
             self.environ = environ
-            if (not req.chunked and (req.upgrade or method == "CONNECT")
-                    and req.has_field(b"transfer-encoding")):
-                # RFC 9112 section 6.3: a request whose Transfer-Encoding does not end in chunked
-                # has no length a reader can trust: 400, then close. aiohttp's parser refuses it,
-                # except where Connection: Upgrade or CONNECT made it stop at the head (its body
-                # bytes would then be parsed as the next request). The field itself, not the
-                # environ's key: header_map "dangerous" puts Transfer_Encoding there too.
-                raise BadRequest("Transfer-Encoding without chunked as the final coding")
-            if method == "CONNECT" and (req.chunked or environ.get("CONTENT_LENGTH", "0") != "0"):
-                # RFC 9110 section 9.3.6: a CONNECT request has no content (aiohttp's parser
-                # would hand its bytes on as a tunnel's); refused, never given a length that
-                # wsgi.input does not hold.
-                raise BadRequest("CONNECT request with content")
+            if req.upgrade or method == "CONNECT":  # the parser stopped at the head
+                # The field itself, not the environ's key: header_map "dangerous" puts
+                # Transfer_Encoding there too.
+                check_head_only(method, req.chunked, req.has_field(b"transfer-encoding"),
+                                environ.get("CONTENT_LENGTH", "0"))
             if body_done:
                 environ["wsgi.input"] = BytesIO()  # no body: nothing to wait for
                 self.dispatch()
@@ -195,9 +187,8 @@ class Exchange:
     def keep_alive(self, close: bool = False) -> bool:
         """Keep the connection? Not past an answer begun before its streamed body was in (what
         follows cannot be trusted), or a CONNECT (a tunnel's bytes follow: gunicorn's
-        should_close). An Upgrade offer is declined by answering (RFC 9110 7.8). A half-close
-        does not end it here: requests pipelined before the FIN may still be unparsed, and the
-        connection closes once they are answered (Connection.finish), as under gthread."""
+        should_close). An Upgrade offer is declined by answering (RFC 9110 7.8). Not a FIN:
+        requests pipelined before it are answered first (Connection.finish), as under gthread."""
         req = self.request
         return (not close and not req.close and self.ctx.settings.keepalive > 0
                 and not self.ctx.draining and req.method != "CONNECT"

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gunicorn_aiowsgi.boundary import LINGER_TIME, Boundary, ConnState, deadline, protocol_ok
+from gunicorn_aiowsgi.boundary import (
+    LINGER_TIME,
+    Boundary,
+    ConnState,
+    check_head_only,
+    deadline,
+    protocol_ok,
+)
 from gunicorn_aiowsgi.errors import BadRequest, HeaderFieldsTooLarge, URITooLong
 from gunicorn_aiowsgi.settings import Settings
 
@@ -210,3 +217,27 @@ def test_trailer_bytes_count_from_the_last_read_that_gave_body_bytes():
     bound.check_tail(100, False)
     with pytest.raises(HeaderFieldsTooLarge):
         bound.check_tail(1, False)
+
+
+# A head the parser stopped at (Upgrade, CONNECT): (method, chunked, Transfer-Encoding field,
+# Content-Length, refused with).
+HEAD_ONLY = [
+    ("POST", False, True, "0", "Transfer-Encoding without chunked"),   # identity, gzip, chunked<TAB>
+    ("GET", True, True, "0", None),                                     # chunked: framed
+    ("GET", False, False, "0", None),                                   # no body: an offer declined
+    ("POST", False, False, "5", None),                                  # a length frames it
+    ("CONNECT", False, False, "0", None),
+    ("CONNECT", False, False, "10", "CONNECT request with content"),
+    ("CONNECT", True, True, "0", "CONNECT request with content"),
+    ("CONNECT", False, True, "0", "Transfer-Encoding without chunked"),
+]
+
+
+@pytest.mark.parametrize("method, chunked, te, length, refused", HEAD_ONLY)
+def test_a_head_the_parser_stopped_at_frames_its_body_or_is_refused(method, chunked, te, length,
+                                                                     refused):
+    if refused is None:
+        check_head_only(method, chunked, te, length)
+        return
+    with pytest.raises(BadRequest, match=refused):
+        check_head_only(method, chunked, te, length)
