@@ -246,9 +246,11 @@ def test_idle_keepalive_connections_give_way_to_a_waiting_client() -> None:
     of them times out. nginx closes its idle connections so; gthread answers with
     Connection: close once kept-alive connections reach worker_connections - threads."""
     with serve("--worker-connections", "4", "--threads", "2", "--keep-alive", "300") as g:
-        idle = [start_request(g, "/pid") for _ in range(4)]
-        for conn in idle:
+        idle = []
+        for _ in range(4):  # one after another: idle[0] is the one idle longest
+            conn = start_request(g, "/pid")
             assert answered(conn)[1]["connection"] == "keep-alive"
+            idle.append(conn)
         answered(start_request(g, "/pid"))
         assert idle[0].closed_by_peer()  # idle longest: its next request finds it closed
         for conn in idle[1:]:

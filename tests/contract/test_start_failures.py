@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,11 @@ def test_a_bad_setting_brought_by_a_reload_stops_the_master_as_gthread_does_a_br
         first = g.worker_pid()
         conf.write_text("raw_env = ['AIOWSGI_SEND_TIMEOUT=0']\n")
         g.signal(signal.SIGHUP)
-        assert g.wait(30) == 3
+        try:
+            status = g.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the master still runs 30 s after the HUP; its log:\n{g.log()}")
+        assert status == 3, g.log()
         log = g.log()
         assert "Reason: Worker failed to boot." in log
         [line] = [x for x in error_lines(log) if BOOT_ERROR in x]
