@@ -1,16 +1,29 @@
 """deploy/Dockerfile and deploy/kubernetes.yaml, read as text (no docker engine or cluster
-here): what they say must agree with gunicorn.conf.py and example_app.py."""
+here): what they say must agree with gunicorn.conf.py and example_app.py; and their probes, run
+against a real master started with their environment."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
+import subprocess
+import sys
 
 import yaml
-from deploy_helpers import CONF, DEPLOY, bind_port, call, load_conf, load_example
+from deploy_helpers import (
+    CONF,
+    DEPLOY,
+    base_env,
+    bind_port,
+    call,
+    load_conf,
+    load_example,
+)
 from gunicorn.config import Config
-from server import ROOT
+from server import ROOT, Gunicorn
+from sysinfo import free_port
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -36,6 +49,37 @@ def instructions(name: str) -> list[str]:
     return [args for instr, args in dockerfile() if instr == name]
 
 
+def image_env() -> dict[str, str]:
+    """The image's ENV, every instruction's NAME=value pairs."""
+    return dict(pair.split("=", 1) for args in instructions("ENV") for pair in shlex.split(args))
+
+
+def dockerignored(path: str) -> bool:
+    """Whether the repository's .dockerignore leaves `path` out of the build context. Docker
+    matches each pattern against the path and each directory above it; fnmatch's `*` also
+    crosses `/`, so this errs on the side of "ignored"."""
+    patterns = [
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    parts = path.split("/")
+    for end in range(1, len(parts) + 1):
+        prefix, name = "/".join(parts[:end]), parts[end - 1]
+        for pattern in patterns:
+            if fnmatch.fnmatch(prefix, pattern) or (
+                pattern.startswith("**/") and fnmatch.fnmatch(name, pattern[3:])
+            ):
+                return True
+    return False
+
+
+def healthcheck() -> list[str]:
+    """The HEALTHCHECK's command (exec form)."""
+    (health,) = instructions("HEALTHCHECK")
+    return json.loads(health.split(" CMD ", 1)[1])
+
+
 def uid_of_user() -> tuple[int, int]:
     """The image's USER as (uid, gid), checked against the useradd that creates it."""
     (user,) = instructions("USER")
@@ -53,7 +97,7 @@ def uid_of_user() -> tuple[int, int]:
 def test_dockerfile_base_user_env_signal():
     (base,) = instructions("FROM")
     assert re.fullmatch(r"python:3\.1[0-3]-slim(-\w+)?", base), base
-    env = dict(pair.split("=", 1) for args in instructions("ENV") for pair in shlex.split(args))
+    env = image_env()
     assert env["PYTHONUNBUFFERED"] == "1"
     assert uid_of_user()[0] != 0
     names = [i for i, _ in dockerfile()]
@@ -61,11 +105,15 @@ def test_dockerfile_base_user_env_signal():
     # gunicorn's graceful stop is TERM, docker's default STOPSIGNAL.
     assert instructions("STOPSIGNAL") in ([], ["SIGTERM"])
     assert not instructions("ENTRYPOINT")
-    # Everything COPY'd exists in the build context (the repository root).
+    # Everything COPY'd exists in the build context (the repository root), and .dockerignore
+    # keeps it in while it keeps virtualenvs, caches and history out.
     for args in instructions("COPY"):
         *sources, _dest = shlex.split(args)
         for src in sources:
             assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+            assert not dockerignored(src), f"COPY {src}: excluded by .dockerignore"
+    for path in (".git", ".venv", ".tox", "build", "gunicorn_aiowsgi/__pycache__/x.pyc"):
+        assert dockerignored(path), f"{path} would be sent to the docker daemon"
 
 
 def test_dockerfile_cmd_is_exec_form_and_runs_the_example():
@@ -79,10 +127,6 @@ def test_dockerfile_cmd_is_exec_form_and_runs_the_example():
     assert workdir == "/app"  # the repository root's counterpart: relative paths resolve there
     (expose,) = instructions("EXPOSE")
     assert int(expose) == bind_port(load_conf())
-
-    (health,) = instructions("HEALTHCHECK")
-    probe = json.loads(health.split(" CMD ", 1)[1])
-    assert f"127.0.0.1:{bind_port(load_conf())}/healthz" in probe[-1]
 
 
 def kube() -> dict[str, dict]:
@@ -136,3 +180,35 @@ def test_kubernetes_agrees_with_the_app_the_config_and_the_image():
     )
     assert conf["threads"] == int(env["GUNICORN_THREADS"])
     assert conf["forwarded_allow_ips"] == env["FORWARDED_ALLOW_IPS"]
+
+
+def test_healthcheck_probes_the_port_the_config_binds():
+    """HEALTHCHECK runs inside the container, with its environment: it must probe $PORT, the
+    port gunicorn.conf.py binds (8000 when PORT is unset, the EXPOSEd port)."""
+    probe = healthcheck()
+    assert probe[0] == "python" and "PORT" in probe[-1]
+    assert f"'{bind_port(load_conf())}'" in probe[-1], "PORT's default should be the conf's"
+    port = free_port()
+    env = {**image_env(), "PORT": str(port)}
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, *probe[1:]],
+            env=base_env(**env),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+
+    assert run().returncode != 0  # nothing listens there yet: the probe fails
+    with Gunicorn(
+        "example_app:app",
+        "--chdir",
+        str(DEPLOY),
+        config=str(CONF),
+        bind=f"127.0.0.1:{port}",
+        env=env,
+    ):
+        ok = run()
+        assert ok.returncode == 0, ok.stderr
