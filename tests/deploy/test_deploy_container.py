@@ -10,20 +10,27 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
+import time
 
+import pytest
 import yaml
 from deploy_helpers import (
     CONF,
     DEPLOY,
+    assert_streamed,
     base_env,
     bind_port,
     call,
     load_conf,
     load_example,
+    read_sse,
 )
 from gunicorn.config import Config
-from server import ROOT, Gunicorn
+from server import ROOT, Gunicorn, get
 from sysinfo import free_port
+
+from gunicorn_aiowsgi.settings import from_cfg
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -212,3 +219,79 @@ def test_healthcheck_probes_the_port_the_config_binds():
     ):
         ok = run()
         assert ok.returncode == 0, ok.stderr
+
+
+def pod_container() -> dict:
+    (container,) = kube()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def pod_env() -> dict[str, str]:
+    """What the pod runs with: the image's ENV, then the container's env: on top."""
+    return {**image_env(), **{e["name"]: e["value"] for e in pod_container().get("env", [])}}
+
+
+def test_probes_hit_the_path_the_worker_answers_itself():
+    """The worker answers AIOWSGI_HEALTH_PATH on its event loop, never queued behind busy app
+    threads; the app's own /healthz waits for a free thread like any request."""
+    container = pod_container()
+    for env in (image_env(), pod_env()):  # `docker run` of the image; the pod
+        settings = from_cfg(Config(), env)
+        assert settings.health_path == "/healthz"
+        # Liveness shares the path: a full queue must not get a busy pod restarted.
+        assert settings.health_queue_full is False
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz"
+    assert "/healthz" in healthcheck()[-1]
+
+
+@pytest.mark.timeout(60)
+def test_probes_answered_while_streams_hold_every_thread():
+    """Both threads of the one worker held by /stream: Docker's HEALTHCHECK command and the
+    pod's readiness probe are still answered, while both streams run."""
+    port = free_port()
+    env = {**pod_env(), "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "PORT": str(port)}
+    with Gunicorn(
+        "example_app:app",
+        "--chdir",
+        str(DEPLOY),
+        config=str(CONF),
+        bind=f"127.0.0.1:{port}",
+        env=env,
+    ) as server:
+        results: list = [None] * 2
+        first = threading.Barrier(3, timeout=10)
+
+        def consume(i: int) -> None:
+            results[i] = read_sse(
+                server.host, server.port, on_event=lambda n: first.wait() if n == 0 else None
+            )
+
+        streams = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
+        for t in streams:
+            t.start()
+        first.wait()  # both streams have sent their first event: every app thread is taken
+
+        path = pod_container()["readinessProbe"]["httpGet"]["path"]
+        status, _, body = get(server, path)
+        assert (status, body) == (200, b"ok\n")
+        docker = subprocess.run(
+            [sys.executable, *healthcheck()[1:]],
+            env=base_env(**env),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        probed = time.time()
+        assert docker.returncode == 0, docker.stderr
+        for t in streams:
+            t.join(20)
+
+        last = []
+        for status, _, events in results:
+            assert status == 200 and [e["id"] for _, e in events] == [str(n) for n in range(1, 11)]
+            assert_streamed(events)
+            last.append(json.loads(events[-1][1]["data"])["time"])
+        # Answered before either stream's last event was produced: no thread had come free.
+        assert probed < min(last), f"the {path} probes waited for a stream to end"
