@@ -72,7 +72,7 @@ def test_shipped_file_passes_nginx_t():
         "proxy_buffering off;",
         "proxy_next_upstream error timeout http_502;",
         "max_fails=",
-        "X-Forwarded-Proto $scheme",
+        "X-Forwarded-Proto $fwd_proto",
         "X-Forwarded-For",
     ):
         assert needed in text, needed
@@ -216,3 +216,12 @@ def test_http10_request_without_host_is_served(echo):
         echo, b"GET / HTTP/1.1\r\nHost: app.example:8443\r\nConnection: close\r\n\r\n"
     )
     assert status == 200 and json.loads(body)["HTTP_HOST"] == "app.example:8443"
+
+
+def test_the_balancers_x_forwarded_proto_reaches_the_app(echo):
+    """A balancer in front of nginx that terminates TLS says so in X-Forwarded-Proto: nginx
+    passes it on (gunicorn trusts nginx on the unix socket), instead of its own `http`."""
+    status, _, body = get(("127.0.0.1", echo), "/", headers={"X-Forwarded-Proto": "https"})
+    assert status == 200 and json.loads(body)["wsgi.url_scheme"] == "https"
+    status, _, body = get(("127.0.0.1", echo), "/")  # no balancer: nginx's own scheme
+    assert status == 200 and json.loads(body)["wsgi.url_scheme"] == "http"
