@@ -37,10 +37,12 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or _cpus())
 # Threads per process = WSGI calls in progress at once per worker. A server-sent-events
 # stream holds one thread for as long as it is open, so count open streams in here.
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-# Open connections per worker, idle keep-alive ones included; beyond it new ones wait. Each may
-# hold two file descriptors (its socket, a spooled upload's file): the worker raises its soft
-# open file limit to 2 x this + 64 as far as the hard limit goes (systemd's and Docker's default
-# hard limits allow it), and warns at boot if that is not enough.
+# Open connections per worker, idle keep-alive ones included. Past it the worker stops accepting
+# and new clients wait in the listen backlog, unless a kept-alive connection is idle: the one
+# idle longest is closed for each client waiting. Each connection may hold two file descriptors
+# (its socket, a spooled upload's file): the worker raises its soft open file limit to
+# 2 x this + 64 as far as the hard limit goes (systemd's and Docker's default hard limits allow
+# it), and warns at boot if that is not enough.
 worker_connections = 1000
 
 # --- Timeouts (line these up with the balancer and the platform: deploy/README.md) ----------
