@@ -49,7 +49,12 @@ worker_connections = 1000
 # Keep idle keep-alive connections open LONGER than the balancer's idle timeout, so the
 # balancer always closes first. Otherwise it may send a request on a connection gunicorn is
 # closing at that very moment, and the client gets a 502. 75 s > AWS ALB's default 60 s, and
-# > nginx's upstream keepalive_timeout (60 s in deploy/nginx.conf).
+# > nginx's upstream keepalive_timeout (60 s in deploy/nginx.conf). Google Cloud's external
+# Application Load Balancer (also what GKE Ingress creates) keeps idle connections to backends
+# for 600 s, a value that cannot be changed: behind it, keep them longer, e.g.
+# GUNICORN_CMD_ARGS="--keep-alive 620" (see
+# https://cloud.google.com/load-balancing/docs/https/request-distribution).
+# Heroku's router: 90 s, so deploy/Procfile sets 95.
 keepalive = 75
 # After TERM, in-flight requests get this long to finish before the worker is killed.
 # Keep it below the platform's kill timeout: Heroku 30 s, Kubernetes
