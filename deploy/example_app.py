@@ -10,6 +10,10 @@ The worker runs the app in a pool of ``--threads`` threads while aiohttp handles
 sockets, so a slow or streaming response ties up one thread, not the whole worker.
 ``/stream`` holds its thread for ~5 s: size ``--threads`` for the number of streams
 you want open at once per worker.
+
+The Dockerfile and kubernetes.yaml set ``AIOWSGI_HEALTH_PATH=/healthz``: there the worker
+answers the probes itself, on its event loop, so they are not queued behind threads held by
+streams. This app's ``/healthz`` answers where that variable is not set.
 """
 
 from __future__ import annotations

@@ -37,17 +37,24 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or _cpus())
 # Threads per process = WSGI calls in progress at once per worker. A server-sent-events
 # stream holds one thread for as long as it is open, so count open streams in here.
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-# Open connections per worker, idle keep-alive ones included; beyond it new ones wait. Each may
-# hold two file descriptors (its socket, a spooled upload's file): the worker raises its soft
-# open file limit to 2 x this + 64 as far as the hard limit goes (systemd's and Docker's default
-# hard limits allow it), and warns at boot if that is not enough.
+# Open connections per worker, idle keep-alive ones included. Past it the worker stops accepting
+# and new clients wait in the listen backlog, unless a kept-alive connection is idle: the one
+# idle longest is closed for each client waiting. Each connection may hold two file descriptors
+# (its socket, a spooled upload's file): the worker raises its soft open file limit to
+# 2 x this + 64 as far as the hard limit goes (systemd's and Docker's default hard limits allow
+# it), and warns at boot if that is not enough.
 worker_connections = 1000
 
 # --- Timeouts (line these up with the balancer and the platform: deploy/README.md) ----------
 # Keep idle keep-alive connections open LONGER than the balancer's idle timeout, so the
 # balancer always closes first. Otherwise it may send a request on a connection gunicorn is
 # closing at that very moment, and the client gets a 502. 75 s > AWS ALB's default 60 s, and
-# > nginx's upstream keepalive_timeout (60 s in deploy/nginx.conf).
+# > nginx's upstream keepalive_timeout (60 s in deploy/nginx.conf). Google Cloud's external
+# Application Load Balancer (also what GKE Ingress creates) keeps idle connections to backends
+# for 600 s, a value that cannot be changed: behind it, keep them longer, e.g.
+# GUNICORN_CMD_ARGS="--keep-alive 620" (see
+# https://cloud.google.com/load-balancing/docs/https/request-distribution).
+# Heroku's router: 90 s, so deploy/Procfile sets 95.
 keepalive = 75
 # After TERM, in-flight requests get this long to finish before the worker is killed.
 # Keep it below the platform's kill timeout: Heroku 30 s, Kubernetes
@@ -66,7 +73,8 @@ if os.path.isdir("/dev/shm"):
 # Trust X-Forwarded-Proto/-For (and the other secure_scheme_headers) only from these
 # addresses. nginx on the same host (deploy/nginx.conf) connects over a unix socket, which
 # gunicorn always trusts, or from 127.0.0.1. Behind a cloud balancer set FORWARDED_ALLOW_IPS
-# to its subnet, e.g. "10.0.0.0/8"; "*" only when nothing else can reach the port.
+# to its subnet, e.g. "10.0.0.0/8"; "*" only when nothing else can reach the port. On Heroku,
+# "*" (its router is not loopback: deploy/README.md).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 # --- Logs: to stdout/stderr, for the platform to collect ----------------------------------

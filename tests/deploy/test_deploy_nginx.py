@@ -1,11 +1,14 @@
 """deploy/nginx.conf in front of two gunicorn masters on unix sockets: streams pass unbuffered,
-and a HUP then a TERM of one master under load cost no request (nginx retries the other)."""
+and a HUP then a TERM of one master under load cost no request (nginx retries the other); in
+front of one master that answers with its environ: what nginx tells the app of the client."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from deploy_helpers import DEPLOY, assert_streamed, nginx, read_sse
-from server import Gunicorn, get, wait_until
+from server import Conn, Gunicorn, get, wait_until
 from sysinfo import free_port
 
 NGINX_CONF = DEPLOY / "nginx.conf"
@@ -69,7 +72,7 @@ def test_shipped_file_passes_nginx_t():
         "proxy_buffering off;",
         "proxy_next_upstream error timeout http_502;",
         "max_fails=",
-        "X-Forwarded-Proto $scheme",
+        "X-Forwarded-Proto $fwd_proto",
         "X-Forwarded-For",
     ):
         assert needed in text, needed
@@ -175,3 +178,50 @@ def test_hup_then_term_of_one_master_under_load_loses_nothing(stack):
     assert len(statuses) >= 500
     logged = re.findall(r'" (\d{3}) ', (workdir / "access.log").read_text())
     assert logged and set(logged) == {"200"}, "nginx logged a non-200 (a 502?)"
+
+
+@pytest.fixture
+def echo():
+    """nginx on a free loopback port in front of one master whose app answers with its environ
+    as JSON (tests/apps.py environ_json)."""
+    with tempfile.TemporaryDirectory(prefix="aiowsgi-nginx-") as tmp:
+        workdir = Path(tmp)
+        sock = workdir / "echo.sock"
+        master = Gunicorn("apps:environ_json", bind=f"unix:{sock}")
+        try:
+            port = free_port()
+            with nginx(conf_for_test(workdir, port, [sock]), workdir, port):
+                yield port
+        finally:
+            master.stop()
+
+
+def raw(port: int, request: bytes) -> tuple[int, dict, bytes]:
+    """Send `request` as it is to nginx on a fresh connection; read one response."""
+    with Conn(socket.create_connection(("127.0.0.1", port), timeout=10)) as conn:
+        conn.send(request)
+        return conn.response()
+
+
+def test_http10_request_without_host_is_served(echo):
+    """An HTTP/1.0 request needs no Host (HAProxy's default `option httpchk` sends none), but
+    nginx talks HTTP/1.1 upstream, and the worker refuses an HTTP/1.1 request without one."""
+    status, _, body = raw(echo, b"GET / HTTP/1.0\r\n\r\n")
+    assert status == 200, body
+    status, _, body = raw(echo, b"GET http://app.example/ HTTP/1.0\r\n\r\n")
+    assert status == 200, body
+    assert json.loads(body)["HTTP_HOST"] == "app.example"  # the host the request named
+    # A Host the client sends reaches the app as sent, port included.
+    status, _, body = raw(
+        echo, b"GET / HTTP/1.1\r\nHost: app.example:8443\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 200 and json.loads(body)["HTTP_HOST"] == "app.example:8443"
+
+
+def test_the_balancers_x_forwarded_proto_reaches_the_app(echo):
+    """A balancer in front of nginx that terminates TLS says so in X-Forwarded-Proto: nginx
+    passes it on (gunicorn trusts nginx on the unix socket), instead of its own `http`."""
+    status, _, body = get(("127.0.0.1", echo), "/", headers={"X-Forwarded-Proto": "https"})
+    assert status == 200 and json.loads(body)["wsgi.url_scheme"] == "https"
+    status, _, body = get(("127.0.0.1", echo), "/")  # no balancer: nginx's own scheme
+    assert status == 200 and json.loads(body)["wsgi.url_scheme"] == "http"

@@ -13,7 +13,8 @@ import sys
 import threading
 
 import pytest
-from deploy_helpers import DEPLOY, base_env, read_sse
+from deploy_helpers import CONF, DEPLOY, base_env, read_sse
+from gunicorn.config import Config
 from server import NO_CONTROL_SOCKET, ROOT, Gunicorn, get, gone, wait_until
 from sysinfo import free_port
 
@@ -27,32 +28,52 @@ def procfile() -> dict[str, str]:
     return entries
 
 
-def test_procfile_leaves_port_and_concurrency_to_gunicorn():
-    entries = procfile()
-    assert list(entries) == ["web"]
-    argv = shlex.split(entries["web"])
-    assert argv[:3] == ["gunicorn", "-k", "gunicorn_aiowsgi.Worker"]
-    assert not {"-b", "--bind", "-w", "--workers"} & set(argv), "PORT / WEB_CONCURRENCY must decide"
-
-    # What gunicorn makes of PORT and WEB_CONCURRENCY (--print-config listens on nothing).
+def print_config(argv: list[str], **env: str) -> dict[str, str]:
+    """What gunicorn makes of the command under `env`, run from the repository root as Heroku
+    runs a Procfile from the app's root (--print-config listens on nothing)."""
     out = subprocess.run(
         [sys.executable, "-m", *argv, "--print-config"],
         cwd=ROOT,
-        env=base_env(PORT="5123", WEB_CONCURRENCY="3"),
+        env=base_env(**env),
         check=False,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    settings = dict(
+    return dict(
         re.split(r"\s+=\s+", line, maxsplit=1)
         for line in out.stdout.splitlines()
         if re.match(r"^\w+\s+=", line)
     )
+
+
+def test_procfile_runs_the_production_config():
+    entries = procfile()
+    assert list(entries) == ["web"]
+    argv = shlex.split(entries["web"])
+    assert argv[0] == "gunicorn"
+    assert not {"-b", "--bind", "-w", "--workers"} & set(argv), "PORT / WEB_CONCURRENCY must decide"
+    # -c is read relative to where the command starts (the repository root), --chdir after it.
+    args = Config().parser().parse_args(argv[1:])
+    assert (ROOT / args.config).samefile(CONF)
+    assert (ROOT / args.chdir).samefile(DEPLOY) and args.args == ["example_app:app"]
+
+    settings = print_config(argv, PORT="5123", WEB_CONCURRENCY="3")
     assert settings["bind"] == "['0.0.0.0:5123']"
     assert settings["workers"] == "3"
     assert settings["worker_class"] == "gunicorn_aiowsgi.Worker"
+    assert int(settings["threads"]) > 1, "one thread: one request at a time, streams included"
+    # Heroku sends SIGKILL 30 s after SIGTERM: in-flight requests must finish before it.
+    assert float(settings["graceful_timeout"]) < 30
+    # Heroku's router (Router 2.0) closes idle keep-alive connections after 90 s: gunicorn
+    # must keep them longer, so that the router always closes first.
+    assert float(settings["keepalive"]) > 90
+    assert settings["accesslog"] == "-"
+    # Heroku's router is not loopback: deploy/README.md says to set FORWARDED_ALLOW_IPS='*'.
+    assert settings["forwarded_allow_ips"] == "['127.0.0.1', '::1']"
+    trusted = print_config(argv, PORT="5123", FORWARDED_ALLOW_IPS="*")
+    assert trusted["forwarded_allow_ips"] == "['*']"
 
 
 @pytest.mark.timeout(60)
