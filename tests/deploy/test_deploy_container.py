@@ -62,12 +62,12 @@ def image_env() -> dict[str, str]:
 
 
 def dockerignored(path: str) -> bool:
-    """Whether the repository's .dockerignore leaves `path` out of the build context. Docker
+    """Whether deploy/Dockerfile.dockerignore leaves `path` out of the build context. Docker
     matches each pattern against the path and each directory above it; fnmatch's `*` also
     crosses `/`, so this errs on the side of "ignored"."""
     patterns = [
         line.strip().rstrip("/")
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        for line in (ROOT / "deploy" / "Dockerfile.dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     parts = path.split("/")
@@ -112,13 +112,13 @@ def test_dockerfile_base_user_env_signal():
     # gunicorn's graceful stop is TERM, docker's default STOPSIGNAL.
     assert instructions("STOPSIGNAL") in ([], ["SIGTERM"])
     assert not instructions("ENTRYPOINT")
-    # Everything COPY'd exists in the build context (the repository root), and .dockerignore
+    # Everything COPY'd exists in the build context (the repository root), and the ignore file
     # keeps it in while it keeps virtualenvs, caches and history out.
     for args in instructions("COPY"):
         *sources, _dest = shlex.split(args)
         for src in sources:
             assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
-            assert not dockerignored(src), f"COPY {src}: excluded by .dockerignore"
+            assert not dockerignored(src), f"COPY {src}: excluded by Dockerfile.dockerignore"
     for path in (".git", ".venv", ".tox", "build", "gunicorn_aiowsgi/__pycache__/x.pyc"):
         assert dockerignored(path), f"{path} would be sent to the docker daemon"
 
