@@ -65,7 +65,9 @@ class Exchange:
         come when `body_done`: the parser has seen its end, RFC 9112 section 6.3)."""
         ctx, conn, req = self.ctx, self.conn, self.request
         settings = ctx.settings
-        if settings.health_path and req.target.partition("?")[0] == settings.health_path:
+        head_only = req.upgrade or req.method == "CONNECT"  # the parser stopped at the head:
+        if (settings.health_path and not head_only  # judged first (check_head_only, below)
+                and req.target.partition("?")[0] == settings.health_path):
             self.health()
             return
         assert conn.peer is not None  # set in connection_made, before any byte is read
@@ -74,9 +76,7 @@ class Exchange:
             environ, expect = build_environ(
                 ctx.base, settings, conn.peer, method, req.target, req.version, req.raw_headers)
             self.environ = environ
-            if req.upgrade or method == "CONNECT":  # the parser stopped at the head
-                # The field itself, not the environ's key: header_map "dangerous" puts
-                # Transfer_Encoding there too.
+            if head_only:  # the field, not the environ key ("dangerous" header_map maps _ too)
                 check_head_only(method, req.chunked, req.has_field(b"transfer-encoding"),
                                 environ.get("CONTENT_LENGTH", "0"))
             if body_done:

@@ -39,9 +39,9 @@ def recording(calls: list[tuple[str, bytes, str | None]]) -> Callable[..., Any]:
 class Worker:
     """One in-memory worker (a Harness) whose every split is fed to a new connection of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, **settings: Any) -> None:
         self.calls: list[tuple[str, bytes, str | None]] = []
-        self.harness = Harness(recording(self.calls))
+        self.harness = Harness(recording(self.calls), **settings)
 
     def outcome(self, reads: list[bytes]) -> dict[str, Any]:
         """What a new connection makes of these reads: what it answered, what reached the app, and
@@ -106,3 +106,23 @@ def test_a_smuggling_case_split_at_every_byte_has_the_outcome_it_has_whole(name)
     assert not differ, (f"{name}: {len(differ)} of {len(reads) - 1} splits differ from whole "
                         f"{whole}; first, split after byte {differ[0][0]} of {data + CANARY!r}: "
                         f"{differ[0][1]}")
+
+
+# The loop answers the health path itself: a head the parser stopped at (Upgrade) is judged
+# before that answer, or its unframed body would be served as the next request.
+HEALTH_CASES = [name for name in REFUSALS if name.startswith("upgrade-te-")]
+
+
+@pytest.mark.parametrize("name", HEALTH_CASES)
+def test_an_upgrade_head_to_the_health_path_is_refused_split_anywhere(name):
+    data, status = REFUSALS[name]
+    data = data.replace(b"POST /p ", b"POST /healthz ", 1)
+    worker = Worker(health_path="/healthz")
+    try:
+        outcomes = [worker.outcome(split) for split in splits(data + CANARY)]
+    finally:
+        worker.harness.close()
+    assert HEALTH_CASES and b"/healthz " in data
+    for outcome in outcomes:
+        assert (outcome["statuses"], outcome["calls"], outcome["state"]) == (
+            [status], [], ConnState.LINGER)
