@@ -35,7 +35,7 @@ LINE_TOO_LONG = re.compile(r"Got more than (\d+) bytes")
 # The bytes aiohttp quotes in a parse error: a request line (METHOD target HTTP/x), shown as
 # gunicorn shows it, or a header field line, whose value (a cookie, a token) is never shown.
 QUOTED = re.compile(r""" b(['"])(.*)\1\.?$""")
-REQUEST_LINE = re.compile(r"[^\s:]+ \S+ [A-Z]+/\d")
+REQUEST_LINE = re.compile(r"[^\s:]+ \S+ [A-Z]+/\d\.\d")  # the whole of what is quoted
 FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -217,7 +217,7 @@ def without_values(text: str) -> str:
     Keep the field's name only, as gunicorn names the header ("Invalid HTTP Header: 'X'");
     a request line stays, as gunicorn shows it."""
     quoted = QUOTED.search(text)
-    if quoted is None or REQUEST_LINE.match(quoted.group(2)):
+    if quoted is None or REQUEST_LINE.fullmatch(quoted.group(2)):
         return text
     name, colon, _value = quoted.group(2).partition(":")
     where = f" in field '{name}'" if colon and FIELD_NAME.fullmatch(name) else ""

@@ -463,6 +463,7 @@ SECRET_FIELDS = {
                         "Got more than 8186 bytes when reading"),
     "bad-name-after-authorization": (b"Authorization: Bearer SECRET\r\nX-B\x7fd: 1\r\n", 400,
                                      "Invalid header token"),
+    "field-shaped-like-a-request-line": (b"X Auth: TOKEN/1-SECRET\r\n", 400, "Invalid header token"),
     "bad-content-length": (b"X-Token: SECRET\r\nContent-Length: 1SECRET\r\n", 400,
                            "Invalid character in Content-Length in field 'Content-Length'"),
 }
