@@ -22,9 +22,6 @@ FD_EXHAUSTED_PAUSE = 0.5
 # At worker_connections with a client waiting and no idle connection to close for it: how soon
 # to look again, once a connection mid-request may have become idle (seconds).
 FULL_RECHECK = 0.25
-# Time a client has to finish the TLS handshake (seconds); asyncio's default.
-TLS_HANDSHAKE_TIMEOUT = 60.0
-
 
 # How often new TLS connections look at the certificate and key files (seconds).
 TLS_RELOAD_CHECK = 1.0
@@ -111,11 +108,15 @@ class Listener:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[Any],
-                 factory: Connections, tls: TlsContexts | None, limit: int, log: Any) -> None:
+                 factory: Connections, tls: TlsContexts | None, limit: int, log: Any,
+                 handshake_timeout: float = 30.0) -> None:
         self.loop = loop
         self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
         self.factory = factory
         self.tls = tls                # None: plain TCP
+        # Time a TLS client has to complete its handshake (seconds): AIOWSGI_HEADER_TIMEOUT, as
+        # the handshake is the start of getting a request's head (asyncio's default is 60 s).
+        self.handshake_timeout = handshake_timeout
         self.limit = limit
         self.log = log
         self.open = 0                # accepted connections not yet closed (count)
@@ -217,7 +218,7 @@ class Listener:
             if self.tls:
                 await self.loop.connect_accepted_socket(
                     lambda: factory(fd), conn, ssl=self.tls.current(),
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+                    ssl_handshake_timeout=self.handshake_timeout)
             else:
                 await self.loop.connect_accepted_socket(lambda: factory(fd), conn)
         except Exception as exc:

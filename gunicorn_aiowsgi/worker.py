@@ -276,7 +276,8 @@ class Worker(base.Worker):
         tls = (TlsContexts(self.ssl_context, [self.cfg.certfile, self.cfg.keyfile], self.log)
                if self.cfg.is_ssl else None)
         self.listener = Listener(self.loop, self.sockets, self.server, tls,
-                                 self.settings.worker_connections, self.log)
+                                 self.settings.worker_connections, self.log,
+                                 self.settings.header_timeout)
         self.server.on_close = self.on_connection_closed
         self.server.spools.warn = self.log.warning
         if self.phase is WorkerPhase.SERVING:  # a TERM during boot: never take a connection
