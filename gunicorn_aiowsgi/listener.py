@@ -9,6 +9,7 @@ import errno
 import fcntl
 import os
 import socket
+import ssl
 import termios
 import time
 from collections.abc import Callable
@@ -177,7 +178,7 @@ class Listener:
             if self.open >= self.limit:
                 return  # the next readiness says whether another client waits
             try:
-                conn, _addr = sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -192,7 +193,7 @@ class Listener:
             conn.setblocking(False)
             tune(conn)
             self.open += 1
-            self.loop.create_task(self._connect(conn))
+            self.loop.create_task(self._connect(conn, addr))
 
     def _full(self) -> None:
         """Every slot is open and a client waits in the backlog: stop watching (the socket
@@ -211,7 +212,7 @@ class Listener:
         self._timer = None
         self._watch()  # at the limit still, a client still waiting makes _accept call _full
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, addr: Any) -> None:
         # A plain socket's descriptor goes to its protocol, which may write to it directly.
         factory, fd = self.factory, -1 if self.tls else conn.fileno()
         try:
@@ -223,9 +224,20 @@ class Listener:
                 await self.loop.connect_accepted_socket(lambda: factory(fd), conn)
         except Exception as exc:
             # No protocol saw this connection (a failed TLS handshake, say): count it closed here.
-            self.log.debug("Connection setup failed: %r", exc)
+            self._setup_failed(exc, addr)
             conn.close()
             self.closed_one()
+
+    def _setup_failed(self, exc: Exception, addr: Any) -> None:
+        """A handshake the client got wrong (no certificate, plain HTTP on the TLS port, not TLS
+        at all) is a warning in gthread's words (gunicorn's handle_error), so that refused
+        clients show in the log. Resets, timeouts and an end of stream mid-handshake stay at
+        debug, as gthread has them: port scanners and health checks make many."""
+        if isinstance(exc, ssl.SSLError) and exc.args[0] != ssl.SSL_ERROR_EOF:
+            ip = addr[0] if isinstance(addr, tuple) else ""
+            self.log.warning("Invalid request from ip=%s: %s", ip, exc)
+        else:
+            self.log.debug("Connection setup failed: %r", exc)
 
 
 def tune(sock: socket.socket) -> None:

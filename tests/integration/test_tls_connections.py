@@ -1,4 +1,5 @@
-"""TLS connections as the worker sets them up and ends them: the handshake's time limit.
+"""TLS connections as the worker sets them up and ends them: the handshake's time limit, and
+what a failed handshake leaves in the error log (as gthread logs it).
 
 In-loop: the real worker's listener and server on a loopback socket, real TLS clients (Python's
 ssl through asyncio), gunicorn's real logger writing to a file; no master.
@@ -111,3 +112,57 @@ def test_a_client_that_never_completes_the_handshake_is_closed_at_the_header_tim
                 w.close()
 
     run(test, loop_kind)
+
+
+# -- failed handshakes in the error log --------------------------------------------------------
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_handshakes_the_client_got_wrong_are_warnings_as_gthread_logs_them(
+        loop_kind, pki, tmp_path):
+    async def test() -> None:
+        settings = tls(pki, tmp_path, ca_certs=pki["ca_file"], cert_reqs=ssl.CERT_REQUIRED)
+        async with serving(app, **settings) as (_worker, port):
+            # No client certificate where one is required (TLS 1.3: the client's handshake
+            # completes before the server judges its certificate).
+            _r, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_context(pki), server_hostname="localhost")
+            await until(lambda: "PEER_DID_NOT_RETURN_A_CERTIFICATE" in error_log(tmp_path),
+                        "the missing certificate in the log")
+            writer.close()
+            # Plain HTTP on the TLS port; then bytes that are not TLS at all.
+            for data, reason in ((REQUEST, "HTTP_REQUEST"), (b"\x16\x03\x09" + b"\0" * 64,
+                                                             "WRONG_VERSION_NUMBER")):
+                _r, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(data)
+                await until(lambda r=reason: r in error_log(tmp_path), f"{reason} in the log")
+                writer.close()
+            # With a certificate, served.
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_context(pki, cert=True), server_hostname="localhost")
+            writer.write(REQUEST)
+            assert (await asyncio.wait_for(reader.read(), WAIT)).startswith(b"HTTP/1.1 200 ")
+            writer.close()
+
+    run(test, loop_kind)
+    warnings = [line for line in error_log(tmp_path).splitlines() if "[WARNING]" in line]
+    assert len(warnings) == 3, warnings
+    for warning, reason in zip(warnings, ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "HTTP_REQUEST",
+                                          "WRONG_VERSION_NUMBER")):
+        assert f"Invalid request from ip=127.0.0.1: [SSL: {reason}]" in warning
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_clients_that_leave_before_or_during_the_handshake_stay_at_debug(loop_kind, pki, tmp_path):
+    # Port scanners and TCP health checks: connect and close, or close after a partial hello.
+    async def test() -> None:
+        async with serving(app, **tls(pki, tmp_path)) as (worker, port):
+            for data in (b"", HELLO_PART):
+                _r, writer = await asyncio.open_connection("127.0.0.1", port)
+                await until(lambda: worker.listener.open == 1, "the connection accepted")
+                writer.write(data)
+                writer.close()
+                await until(lambda: worker.listener.open == 0, "the connection closed")
+
+    run(test, loop_kind)
+    log = error_log(tmp_path)
+    assert log.count("Connection setup failed") == 2, log
+    assert "[WARNING]" not in log and "[ERROR]" not in log, log
