@@ -11,9 +11,9 @@ import os
 import socket
 import ssl
 import termios
-import time
-from collections.abc import Callable
 from typing import Any, Protocol
+
+from .tls import TlsContexts
 
 # Connections taken per readiness event: enough to empty a burst, few enough to stay fair to
 # requests already in progress (asyncio's own server takes up to `backlog` at a time).
@@ -23,58 +23,6 @@ FD_EXHAUSTED_PAUSE = 0.5
 # At worker_connections with a client waiting and no idle connection to close for it: how soon
 # to look again, once a connection mid-request may have become idle (seconds).
 FULL_RECHECK = 0.25
-
-# How often new TLS connections look at the certificate and key files (seconds).
-TLS_RELOAD_CHECK = 1.0
-
-
-class TlsContexts:
-    """The TLS context new connections get, rebuilt when the certificate or key file changes.
-
-    gthread builds a context (gunicorn's ssl_context, the hook included) for every connection,
-    so a renewed certificate (certbot) serves the next connection without a restart. Building
-    one per handshake costs the loop a file read and a key parse; this one is rebuilt only
-    when a file's size, time or inode changed, looked at once a second at most. A file caught
-    half-written is tried again at the next look; the old context serves meanwhile.
-    """
-
-    def __init__(self, build: Callable[[], Any], paths: list[str], log: Any) -> None:
-        self.build, self.paths, self.log = build, [p for p in paths if p], log
-        self.stamp = self._stamp()
-        self.context = build()
-        self.checked = time.monotonic()
-        self.failed: tuple[Any, ...] | None = None  # the stamp a rebuild failed on (logged once)
-
-    def _stamp(self) -> tuple[Any, ...]:
-        stamps: list[tuple[int, int, int] | None] = []
-        for path in self.paths:
-            try:
-                info = os.stat(path)
-                stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
-
-    def current(self) -> Any:
-        now = time.monotonic()
-        if now - self.checked >= TLS_RELOAD_CHECK:
-            self.checked = now
-            stamp = self._stamp()
-            if stamp != self.stamp:
-                self._rebuild(stamp)
-        return self.context
-
-    def _rebuild(self, stamp: tuple[Any, ...]) -> None:
-        try:
-            context = self.build()
-        except Exception:  # noqa: BLE001 - a file being replaced: keep serving with the old one
-            if stamp != self.failed:
-                self.failed = stamp
-                self.log.exception("TLS certificate or key changed but cannot be loaded yet; "
-                                   "still serving the previous one")
-            return
-        self.context, self.stamp, self.failed = context, stamp, None
-        self.log.info("TLS certificate or key changed: new connections use the new one")
 
 
 class ListenState(enum.Enum):
@@ -217,8 +165,11 @@ class Listener:
         factory, fd = self.factory, -1 if self.tls else conn.fileno()
         try:
             if self.tls:
+                context = self.tls.current()
+                if context is None:  # a rebuild is due (a file changed): this client gets it
+                    context = await self.tls.fresh()
                 await self.loop.connect_accepted_socket(
-                    lambda: factory(fd), conn, ssl=self.tls.current(),
+                    lambda: factory(fd), conn, ssl=context,
                     ssl_handshake_timeout=self.handshake_timeout)
             else:
                 await self.loop.connect_accepted_socket(lambda: factory(fd), conn)
