@@ -10,6 +10,7 @@ import fcntl
 import os
 import socket
 import ssl
+import struct
 import termios
 from typing import Any, Protocol
 
@@ -23,6 +24,9 @@ FD_EXHAUSTED_PAUSE = 0.5
 # At worker_connections with a client waiting and no idle connection to close for it: how soon
 # to look again, once a connection mid-request may have become idle (seconds).
 FULL_RECHECK = 0.25
+# Where Linux's struct tcp_info (getsockopt TCP_INFO) holds tcpi_bytes_acked, the bytes of this
+# connection the peer has acknowledged (a u64, Linux 4.1+; the struct only grows at its end).
+TCPI_BYTES_ACKED = 120
 
 
 class ListenState(enum.Enum):
@@ -239,3 +243,29 @@ def unread_bytes(transport: Any) -> int:
     except (AttributeError, OSError, ValueError):
         return 0
     return count[0]
+
+
+def acknowledged(transport: Any) -> int | None:
+    """Bytes the client has acknowledged on this TCP connection so far (a count that only
+    grows), when nothing sent is held before it: none in the TLS layer, none in the kernel's
+    send queue (SIOCOUTQ: bytes not yet acknowledged). None while some are held, and where it
+    cannot be told (not TCP, not Linux, a closed socket).
+
+    Not seen: the loop's own socket transport under the TLS layer keeps a buffer that neither
+    asyncio's nor uvloop's TLS transport counts or lets a protocol reach. It is written out as
+    soon as the socket takes more, so two looks with a poll of the loop between them that both
+    give the same count show it held nothing either: what it wrote meanwhile would be in the
+    kernel's queue or acknowledged. That is for the caller to do (Connection.retire).
+    """
+    if transport is None or transport.get_write_buffer_size():
+        return None
+    sock = transport.get_extra_info("socket")
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, queued)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCPI_BYTES_ACKED + 8)
+    except (AttributeError, OSError, ValueError):
+        return None
+    if queued[0] or len(info) < TCPI_BYTES_ACKED + 8:
+        return None
+    return int(struct.unpack_from("Q", info, TCPI_BYTES_ACKED)[0])

@@ -1,5 +1,6 @@
-"""TLS connections as the worker sets them up and ends them: the handshake's time limit, and
-what a failed handshake leaves in the error log (as gthread logs it).
+"""TLS connections as the worker sets them up and ends them: the handshake's time limit, what
+a failed handshake leaves in the error log (as gthread logs it), and an idle connection let go
+without the client's close_notify, never before everything sent has reached the client.
 
 In-loop: the real worker's listener and server on a loopback socket, real TLS clients (Python's
 ssl through asyncio), gunicorn's real logger writing to a file; no master.
@@ -8,6 +9,8 @@ ssl through asyncio), gunicorn's real logger writing to a file; no master.
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
 import ssl
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +18,8 @@ from typing import Any, Callable
 import pytest
 import trustme
 from inloop import serving
+
+from gunicorn_aiowsgi import timeouts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,9 +31,18 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 HELLO_PART = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
 
 
+# A response far larger than what a client that is not reading lets the kernels hold (its
+# receive buffer is set to RCVBUF), yet within what the worker's TLS transport takes before it
+# pauses the app (a quarter of AIOWSGI_WRITE_BUFFER): the response completes and its connection
+# goes idle while most of it still waits in the worker.
+LARGE = 1 << 20
+RCVBUF = 16 * 1024
+
+
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-    start_response("200 OK", [("Content-Length", "2")])
-    return [b"ok"]
+    body = b"x" * LARGE if environ["PATH_INFO"] == "/large" else b"ok"
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +180,63 @@ def test_clients_that_leave_before_or_during_the_handshake_stay_at_debug(loop_ki
     log = error_log(tmp_path)
     assert log.count("Connection setup failed") == 2, log
     assert "[WARNING]" not in log and "[ERROR]" not in log, log
+
+
+# -- an idle connection closed: its close_notify ---------------------------------------------------
+def stalled_client(port: int, pki: dict[str, Any]) -> ssl.SSLSocket:
+    """A blocking TLS client with a small receive buffer that asks for LARGE, keeps the
+    connection alive and reads nothing yet."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    raw.settimeout(WAIT)
+    raw.connect(("127.0.0.1", port))
+    sock = client_context(pki).wrap_socket(raw, server_hostname="localhost")
+    sock.sendall(b"GET /large HTTP/1.1\r\nHost: t\r\n\r\n")
+    return sock
+
+
+def read_response(sock: ssl.SSLSocket) -> bytes:
+    """The response's body, read to its Content-Length (and not a byte past it)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < size:
+        chunk = sock.recv(size - len(body))
+        assert chunk, f"cut off after {len(body)} of {size} bytes"
+        body += chunk
+    return body
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_an_idle_tls_connection_is_let_go_only_once_everything_sent_reached_the_client(
+        loop_kind, pki, tmp_path, monkeypatch):
+    # The reason an earlier fix (asyncio's close_notify wait cut to 5 s for every connection) was
+    # reverted: it cut off the end of responses slow clients were still reading. Here the
+    # response is complete on the worker's side and its connection idle (keep-alive, then
+    # retired) while the client reads nothing: the worker keeps looking and waits.
+    monkeypatch.setattr(timeouts, "TLS_CLOSE_WAIT", 0.05)
+    looks: list[int | None] = []
+    acknowledged = timeouts.acknowledged
+    monkeypatch.setattr(timeouts, "acknowledged",
+                        lambda transport: looks.append(acknowledged(transport)) or looks[-1])
+
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        async with serving(app, **tls(pki, tmp_path, keepalive=1)) as (worker, port):
+            sock = await loop.run_in_executor(None, stalled_client, port, pki)
+            await until(lambda: len(looks) >= 5 or not worker.server.conns,
+                        "the worker to look at the retired connection")
+            assert worker.server.conns, "let go while bytes were still on their way"
+            assert looks == [None] * len(looks)  # bytes still on their way each time
+            body = await loop.run_in_executor(None, read_response, sock)
+            assert body == b"x" * LARGE
+            await until(lambda: not worker.server.conns, "the connection let go")
+            # Let go while the client holds it open and has not read the close_notify: the
+            # worker did not wait for the client's.
+            assert select.select([sock], [], [], 0)[0]
+            sock.close()
+
+    run(test, loop_kind)
+    assert "no TLS close_notify from the client" in error_log(tmp_path)
