@@ -27,8 +27,9 @@ from .bridge import call_in_thread
 # How often new connections look at the certificate, key and CA files (seconds).
 TLS_RELOAD_CHECK = 1.0
 # With an ssl_context hook: the age at which the context is rebuilt for the next connection
-# (seconds). What the hook reads (a CRL, another CA file) is unknown; gthread runs it per connection.
-TLS_HOOK_REFRESH = 5.0
+# (seconds). What the hook reads (a CRL, another CA file) is unknown; gthread runs it per
+# connection. A rebuild takes about a millisecond (a key, a CA file and a CRL loaded), in a thread.
+TLS_HOOK_REFRESH = 2.0
 # Longest a new connection waits for a rebuild in progress; past it, the previous context
 # serves it (seconds). A rebuild takes milliseconds; a hook stuck on the network must not
 # hold every new client.

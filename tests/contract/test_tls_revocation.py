@@ -21,7 +21,7 @@ from .helpers import tls_serve
 
 REQUEST = b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 # Failure detection only: how long the worker may take to apply a change to its next connections
-# (seconds). It looks at the files once a second, and rebuilds a hook's context 5 s old.
+# (seconds). It looks at the files once a second, and rebuilds a hook's context 2 s old.
 APPLIED = 30.0
 # With this hook, client certificates are checked against the CRL file $TEST_CRL (replaced by
 # whoever revokes one, without telling gunicorn).
