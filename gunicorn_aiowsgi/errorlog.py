@@ -12,6 +12,9 @@ from typing import Any
 
 # The context keys asyncio fills with a list of frames (debug mode): printed as a stack.
 TRACEBACK_KEYS = ("source_traceback", "handle_traceback")
+# Where asyncio's socket transport tears itself down: a second call there (asyncio's own, see
+# double_connection_lost) finds its socket and protocol gone and raises AttributeError.
+TEARDOWN = ("selector_events.py", "_call_connection_lost")
 
 
 class WSGIErrors(io.RawIOBase):
@@ -64,6 +67,9 @@ def loop_exception_handler(log: Any) -> LoopHandler:
     def handle(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         message = context.get("message") or "Unhandled exception in the event loop"
         exc = context.get("exception")
+        if double_connection_lost(exc):
+            log.debug("%s: %r (asyncio tore down a connection twice; harmless)", message, exc)
+            return
         details = []
         for key, value in context.items():
             if key in ("message", "exception"):
@@ -77,3 +83,22 @@ def loop_exception_handler(log: Any) -> LoopHandler:
         log.error("%s%s", message, "".join(details), exc_info=exc_info)
 
     return handle
+
+
+def double_connection_lost(exc: Any) -> bool:
+    """asyncio's socket transport (3.10 to 3.13 at least; CPython gh-156512) tears a connection
+    down twice when the client resets it while its protocol resumes writing:
+    _write_ready empties its buffer and calls protocol.resume_writing(); asyncio's own TLS layer
+    writes from there, the write meets the reset and schedules _call_connection_lost; back in
+    _write_ready, the now empty buffer of a closing transport calls it again, at once. The
+    scheduled call then finds the socket and protocol gone: AttributeError ('connection_lost',
+    then 'close'). Nothing of ours runs in between and the connection did close (once); only
+    that exact error is told apart, every other one stays an ERROR."""
+    if not isinstance(exc, AttributeError):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    last = frames[-1]
+    return (last.filename.endswith(TEARDOWN[0]) and last.name == TEARDOWN[1]
+            and "asyncio" in last.filename)

@@ -9,10 +9,12 @@ import errno
 import fcntl
 import os
 import socket
+import ssl
+import struct
 import termios
-import time
-from collections.abc import Callable
 from typing import Any, Protocol
+
+from .tls import TlsContexts
 
 # Connections taken per readiness event: enough to empty a burst, few enough to stay fair to
 # requests already in progress (asyncio's own server takes up to `backlog` at a time).
@@ -22,61 +24,9 @@ FD_EXHAUSTED_PAUSE = 0.5
 # At worker_connections with a client waiting and no idle connection to close for it: how soon
 # to look again, once a connection mid-request may have become idle (seconds).
 FULL_RECHECK = 0.25
-# Time a client has to finish the TLS handshake (seconds); asyncio's default.
-TLS_HANDSHAKE_TIMEOUT = 60.0
-
-
-# How often new TLS connections look at the certificate and key files (seconds).
-TLS_RELOAD_CHECK = 1.0
-
-
-class TlsContexts:
-    """The TLS context new connections get, rebuilt when the certificate or key file changes.
-
-    gthread builds a context (gunicorn's ssl_context, the hook included) for every connection,
-    so a renewed certificate (certbot) serves the next connection without a restart. Building
-    one per handshake costs the loop a file read and a key parse; this one is rebuilt only
-    when a file's size, time or inode changed, looked at once a second at most. A file caught
-    half-written is tried again at the next look; the old context serves meanwhile.
-    """
-
-    def __init__(self, build: Callable[[], Any], paths: list[str], log: Any) -> None:
-        self.build, self.paths, self.log = build, [p for p in paths if p], log
-        self.stamp = self._stamp()
-        self.context = build()
-        self.checked = time.monotonic()
-        self.failed: tuple[Any, ...] | None = None  # the stamp a rebuild failed on (logged once)
-
-    def _stamp(self) -> tuple[Any, ...]:
-        stamps: list[tuple[int, int, int] | None] = []
-        for path in self.paths:
-            try:
-                info = os.stat(path)
-                stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
-
-    def current(self) -> Any:
-        now = time.monotonic()
-        if now - self.checked >= TLS_RELOAD_CHECK:
-            self.checked = now
-            stamp = self._stamp()
-            if stamp != self.stamp:
-                self._rebuild(stamp)
-        return self.context
-
-    def _rebuild(self, stamp: tuple[Any, ...]) -> None:
-        try:
-            context = self.build()
-        except Exception:  # noqa: BLE001 - a file being replaced: keep serving with the old one
-            if stamp != self.failed:
-                self.failed = stamp
-                self.log.exception("TLS certificate or key changed but cannot be loaded yet; "
-                                   "still serving the previous one")
-            return
-        self.context, self.stamp, self.failed = context, stamp, None
-        self.log.info("TLS certificate or key changed: new connections use the new one")
+# Where Linux's struct tcp_info (getsockopt TCP_INFO) holds tcpi_bytes_acked, the bytes of this
+# connection the peer has acknowledged (a u64, Linux 4.1+; the struct only grows at its end).
+TCPI_BYTES_ACKED = 120
 
 
 class ListenState(enum.Enum):
@@ -111,11 +61,15 @@ class Listener:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[Any],
-                 factory: Connections, tls: TlsContexts | None, limit: int, log: Any) -> None:
+                 factory: Connections, tls: TlsContexts | None, limit: int, log: Any,
+                 handshake_timeout: float = 30.0) -> None:
         self.loop = loop
         self.sockets = [s.sock if hasattr(s, "sock") else s for s in sockets]
         self.factory = factory
         self.tls = tls                # None: plain TCP
+        # Time a TLS client has to complete its handshake (seconds): AIOWSGI_HEADER_TIMEOUT, as
+        # the handshake is the start of getting a request's head (asyncio's default is 60 s).
+        self.handshake_timeout = handshake_timeout
         self.limit = limit
         self.log = log
         self.open = 0                # accepted connections not yet closed (count)
@@ -176,7 +130,7 @@ class Listener:
             if self.open >= self.limit:
                 return  # the next readiness says whether another client waits
             try:
-                conn, _addr = sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -191,7 +145,7 @@ class Listener:
             conn.setblocking(False)
             tune(conn)
             self.open += 1
-            self.loop.create_task(self._connect(conn))
+            self.loop.create_task(self._connect(conn, addr))
 
     def _full(self) -> None:
         """Every slot is open and a client waits in the backlog: stop watching (the socket
@@ -210,21 +164,35 @@ class Listener:
         self._timer = None
         self._watch()  # at the limit still, a client still waiting makes _accept call _full
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, addr: Any) -> None:
         # A plain socket's descriptor goes to its protocol, which may write to it directly.
         factory, fd = self.factory, -1 if self.tls else conn.fileno()
         try:
             if self.tls:
+                context = self.tls.current()
+                if context is None:  # a rebuild is due (a file changed): this client gets it
+                    context = await self.tls.fresh()
                 await self.loop.connect_accepted_socket(
-                    lambda: factory(fd), conn, ssl=self.tls.current(),
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+                    lambda: factory(fd), conn, ssl=context,
+                    ssl_handshake_timeout=self.handshake_timeout)
             else:
                 await self.loop.connect_accepted_socket(lambda: factory(fd), conn)
         except Exception as exc:
             # No protocol saw this connection (a failed TLS handshake, say): count it closed here.
-            self.log.debug("Connection setup failed: %r", exc)
+            self._setup_failed(exc, addr)
             conn.close()
             self.closed_one()
+
+    def _setup_failed(self, exc: Exception, addr: Any) -> None:
+        """A handshake the client got wrong (no certificate, plain HTTP on the TLS port, not TLS
+        at all) is a warning in gthread's words (gunicorn's handle_error), so that refused
+        clients show in the log. Resets, timeouts and an end of stream mid-handshake stay at
+        debug, as gthread has them: port scanners and health checks make many."""
+        if isinstance(exc, ssl.SSLError) and exc.args[0] != ssl.SSL_ERROR_EOF:
+            ip = addr[0] if isinstance(addr, tuple) else ""
+            self.log.warning("Invalid request from ip=%s: %s", ip, exc)
+        else:
+            self.log.debug("Connection setup failed: %r", exc)
 
 
 def tune(sock: socket.socket) -> None:
@@ -275,3 +243,29 @@ def unread_bytes(transport: Any) -> int:
     except (AttributeError, OSError, ValueError):
         return 0
     return count[0]
+
+
+def acknowledged(transport: Any) -> int | None:
+    """Bytes the client has acknowledged on this TCP connection so far (a count that only
+    grows), when nothing sent is held before it: none in the TLS layer, none in the kernel's
+    send queue (SIOCOUTQ: bytes not yet acknowledged). None while some are held, and where it
+    cannot be told (not TCP, not Linux, a closed socket).
+
+    Not seen: the loop's own socket transport under the TLS layer keeps a buffer that neither
+    asyncio's nor uvloop's TLS transport counts or lets a protocol reach. It is written out as
+    soon as the socket takes more, so two looks with a poll of the loop between them that both
+    give the same count show it held nothing either: what it wrote meanwhile would be in the
+    kernel's queue or acknowledged. That is for the caller to do (Connection.retire).
+    """
+    if transport is None or transport.get_write_buffer_size():
+        return None
+    sock = transport.get_extra_info("socket")
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, queued)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCPI_BYTES_ACKED + 8)
+    except (AttributeError, OSError, ValueError):
+        return None
+    if queued[0] or len(info) < TCPI_BYTES_ACKED + 8:
+        return None
+    return int(struct.unpack_from("Q", info, TCPI_BYTES_ACKED)[0])

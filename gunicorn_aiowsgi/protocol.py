@@ -310,7 +310,9 @@ class Connection(Timeouts, asyncio.Protocol):
     def close(self) -> None:
         self.state = CLOSED
         transport = self.transport
-        if transport is not None:
+        # Once only: asyncio's TLS transport closed a second time drops its TLS layer, and with
+        # it what it still had to send and any later abort() (the exit closes every connection).
+        if transport is not None and not transport.is_closing():
             # Counted open till connection_lost: a TLS transport still sends what it holds (and
             # its close_notify) after this, and its socket stays open meanwhile.
             if transport.get_write_buffer_size():  # flushed before the socket closes

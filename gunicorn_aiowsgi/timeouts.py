@@ -1,4 +1,4 @@
-"""A connection's clocks: the deadline of the state it waits in, and the send timeout while its output waits for the client.
+"""A connection's clocks: the deadline of the state it waits in, the send timeout while its output waits for the client, and how long a TLS connection closed as idle waits for the client's close_notify.
 
 The state deadlines (boundary.deadline: header, body, keep-alive, linger) share one timer per
 connection. The send timeout is nginx's `send_timeout` (the time between two writes that the
@@ -14,7 +14,12 @@ from typing import Any, Callable
 
 from .boundary import APP, BODY, IDLE, LINGER, ConnState, deadline
 from .context import Context
-from .listener import unread_bytes
+from .listener import acknowledged, unread_bytes
+
+# A TLS connection retired (closed with nothing left to deliver) waits this long for the client's
+# close_notify, then looks whether everything sent has reached the client; it is let go once two
+# such looks in a row agree (seconds). asyncio alone waits 30 s.
+TLS_CLOSE_WAIT = 1.0
 
 
 class Timeouts:
@@ -86,10 +91,58 @@ class Timeouts:
                                self.ctx.settings.body_timeout)
             self.abort()
             return
-        if self.state is not IDLE and self.state is not LINGER:
+        if self.state is LINGER:
+            self.close()
+            return
+        if self.state is not IDLE:
             self.ctx.log.debug("Closing %s: request head not received within %ss",
                                self.peer, self.ctx.settings.header_timeout)
+        self.retire()  # idle, or a head that never came: nothing of ours is left to deliver
+
+    # -- a retired connection's close_notify (TLS) ---------------------------------------
+    def retire(self) -> None:
+        """Close a connection that has nothing left to deliver: idle between requests (its
+        keep-alive timeout, a drain, a slot taken back for a waiting client) or waiting for a
+        head that never came.
+
+        Over TLS, asyncio then sends close_notify and keeps the socket, and the connection's
+        worker_connections slot and a graceful stop with it, until the client answers, up to
+        30 s: a pooled client that does not read its idle connection never does (gthread just
+        closes). Here the connection is let go TLS_CLOSE_WAIT after the last byte sent has
+        reached the client; a client still reading is never cut off.
+        """
+        transport = self.transport
+        tls = (transport is not None and not transport.is_closing()
+               and transport.get_extra_info("ssl_object") is not None)
         self.close()
+        if tls:
+            self._await_close_notify(None)
+
+    def _await_close_notify(self, looked: int | None) -> None:
+        """Look again in TLS_CLOSE_WAIT; `looked` is what the last look found (None: bytes
+        still held). The state's timer slot: a closed connection has no other deadline."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.ctx.call_at(self.ctx.clock() + TLS_CLOSE_WAIT,
+                                      self._close_notify_overdue, looked)
+
+    def _close_notify_overdue(self, looked: int | None) -> None:
+        """No close_notify from the client yet (connection_lost cancels this). Let the socket go
+        once nothing we sent is held anywhere: two looks in a row, TLS_CLOSE_WAIT apart, find the
+        TLS layer and the kernel's send queue empty and the client's acknowledged count
+        unchanged, so the loop's own buffer under the TLS layer held nothing either
+        (listener.acknowledged). Its slot is free then, as under gthread."""
+        self.timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        now = acknowledged(transport)
+        if now is None or now != looked:
+            self._await_close_notify(now)
+            return
+        self.ctx.log.debug("Closing %s: no TLS close_notify from the client, which has "
+                           "everything sent", self.peer)
+        transport.abort()
 
     # -- the send timeout -----------------------------------------------------------------
     def _watch_send(self) -> None:

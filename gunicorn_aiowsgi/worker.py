@@ -18,8 +18,9 @@ from . import diagnostics, fdlimit, startup
 from . import settings as settings_mod
 from .bridge import ThreadPool
 from .errorlog import WSGIErrors, loop_exception_handler
-from .listener import Listener, TlsContexts
+from .listener import Listener
 from .server import Server
+from .tls import TlsContexts, gunicorn_context, hook_refresh, watched_files
 
 # Heartbeat period (seconds): at most this, and at most a quarter of gunicorn's --timeout
 # (self.timeout, as gunicorn gives it to a worker, is half of it); this with --timeout 0.
@@ -273,10 +274,11 @@ class Worker(base.Worker):
         self.pool = ThreadPool(self.settings.threads)
         self.server = Server(self, self.settings, self.wsgi, self.pool, self.loop, self.log,
                              WSGIErrors(self.cfg))
-        tls = (TlsContexts(self.ssl_context, [self.cfg.certfile, self.cfg.keyfile], self.log)
-               if self.cfg.is_ssl else None)
+        tls = (TlsContexts(self.loop, self.ssl_context, watched_files(self.cfg), self.log,
+                           hook_refresh(self.cfg)) if self.cfg.is_ssl else None)
         self.listener = Listener(self.loop, self.sockets, self.server, tls,
-                                 self.settings.worker_connections, self.log)
+                                 self.settings.worker_connections, self.log,
+                                 self.settings.header_timeout)
         self.server.on_close = self.on_connection_closed
         self.server.spools.warn = self.log.warning
         if self.phase is WorkerPhase.SERVING:  # a TERM during boot: never take a connection
@@ -289,11 +291,9 @@ class Worker(base.Worker):
             self._poke()
 
     def ssl_context(self) -> Any:
-        from gunicorn import sock
-
-        context = sock.ssl_context(self.cfg)  # applies the ssl_context hook, as sync/gthread do
-        context.set_alpn_protocols(["http/1.1"])  # HTTP/2 is not spoken here
-        return context
+        """The TLS context, as sync and gthread build it (the ssl_context hook applied); run in
+        a thread when rebuilt (tls.py)."""
+        return gunicorn_context(self.cfg)
 
     def warn_unsupported(self) -> None:
         startup.warn_unsupported(self.cfg, self.log)

@@ -1,4 +1,4 @@
-"""The worker's threads and their job queues: the app thread pool and the spool writer thread."""
+"""The worker's threads and their job queues: the app thread pool and the spool writer thread; a thread of its own for a rare call that may block long."""
 
 from __future__ import annotations
 
@@ -184,3 +184,24 @@ class SpoolWriter:
         """Stop after the jobs already queued (files still open get closed); wait at most `timeout`."""
         self._jobs.put(None)
         self._thread.join(timeout)
+
+
+def call_in_thread(loop: asyncio.AbstractEventLoop, function: Callable[[], Any],
+                   done: Callable[[Any, BaseException | None], None], name: str) -> None:
+    """Run `function()` in a new daemon thread, then `done(result, error)` on `loop` (not if the
+    loop has closed meanwhile: the worker is exiting). For a rare call that may block for long,
+    the TLS context's rebuild (it runs the user's ssl_context hook): neither the app threads nor
+    the spool writer ever wait behind it. Raises RuntimeError if no thread can be started."""
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = function()
+        except Exception as exc:  # noqa: BLE001 - `done` decides what it means
+            error = exc
+        try:
+            loop.call_soon_threadsafe(done, result, error)
+        except RuntimeError:  # the loop is closed: the worker is exiting
+            pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()

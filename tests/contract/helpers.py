@@ -33,6 +33,14 @@ def serve(*args: str, marks: Path | None = None, app: str = APP, env: dict | Non
     return Gunicorn(app, *args, env=env, **kwargs)
 
 
+def tls_serve(*args: str, **kwargs: Any) -> Gunicorn:
+    """serve() for TLS: the harness only reads the port of an http:// listener."""
+    server = serve(*args, **kwargs)
+    assert server.url.startswith("https://127.0.0.1:"), server.url
+    server.port = int(server.url.rpartition(":")[2])
+    return server
+
+
 def in_app(marks_path: Path, path: str, count: int = 1, timeout: float = 10.0) -> list[dict]:
     """Wait until pre_request marked `count` requests for `path`: they are in the app now."""
     def found() -> list[dict] | None:

@@ -18,7 +18,7 @@ from gunicorn.config import Config
 from server import Conn, listen_queue, needs, wait_until
 from server import request as send_raw
 
-from .helpers import marks, serve
+from .helpers import marks, serve, tls_serve
 
 AIOWSGI, GTHREAD = "gunicorn_aiowsgi.Worker", "gthread"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -179,14 +179,6 @@ def client_context(pki: dict, alpn: list[str] | None = None, with_cert: bool = F
     if max_version is not None:
         context.maximum_version = max_version
     return context
-
-
-def tls_serve(*args: str, **kwargs: Any) -> Any:
-    """serve() for TLS: the harness only reads the port of an http:// listener."""
-    server = serve(*args, **kwargs)
-    assert server.url.startswith("https://127.0.0.1:"), server.url
-    server.port = int(server.url.rpartition(":")[2])
-    return server
 
 
 def tls_wrap(context: ssl.SSLContext) -> Any:

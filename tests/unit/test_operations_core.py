@@ -16,6 +16,7 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.instrument.statsd import Statsd
+from memory import Log
 
 from gunicorn_aiowsgi import diagnostics, fdlimit
 from gunicorn_aiowsgi.errorlog import WSGIErrors, loop_exception_handler
@@ -187,6 +188,72 @@ def test_an_exception_on_the_loop_goes_to_gunicorns_error_log(error_log):
     assert "[ERROR] Exception in callback" in text and "\nhandle: <Handle" in text
     assert "Traceback (most recent call last):" in text
     assert "RuntimeError: raised in a loop callback" in text
+
+
+class ResumeMeetsAReset(asyncio.Protocol):
+    """Pauses on a large write; resuming, finds its client gone: as asyncio's TLS layer does when
+    its write from resume_writing() meets a reset (here the transport is aborted directly)."""
+
+    def __init__(self) -> None:
+        self.lost: list[BaseException | None] = []
+        self.gone = asyncio.Event()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def resume_writing(self) -> None:
+        self.transport.abort()
+
+    def connection_lost(self, exc) -> None:
+        self.lost.append(exc)
+        self.gone.set()
+
+
+def test_asyncios_double_teardown_of_a_connection_is_not_an_error():
+    # asyncio's socket transport (CPython gh-156512): a transport closed from resume_writing()
+    # tears itself down twice, the second time with AttributeError in the loop's handler.
+    async def scenario(log: Log) -> ResumeMeetsAReset:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(loop_exception_handler(log))
+        ours, client = socket.socketpair()
+        client.setblocking(False)
+        transport, protocol = await loop.connect_accepted_socket(ResumeMeetsAReset, ours)
+        transport.write(b"x" * (4 << 20))  # more than the socket takes: buffered, paused
+
+        def read() -> None:
+            try:
+                while client.recv(1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+
+        loop.add_reader(client.fileno(), read)
+        await asyncio.wait_for(protocol.gone.wait(), 10)
+        await asyncio.sleep(0)  # the teardown asyncio scheduled before the one that ran
+        loop.remove_reader(client.fileno())
+        client.close()
+        return protocol
+
+    log = Log()
+    protocol = asyncio.run(scenario(log))
+    assert protocol.lost == [None]  # the connection closed once, as far as its protocol knows
+    assert [level for level, _ in log.lines] in ([], ["debug"])  # [] where asyncio is fixed
+    assert all("_call_connection_lost" in line for _, line in log.lines)
+
+
+def test_other_attribute_errors_on_the_loop_stay_errors():
+    def broken() -> None:
+        None.connection_lost  # type: ignore[attr-defined]  # noqa: B018 - raises AttributeError
+
+    log = Log()
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_exception_handler(loop_exception_handler(log))
+        loop.call_soon(broken)
+        loop.run_until_complete(asyncio.sleep(0))  # the callback queued before runs first
+    finally:
+        loop.close()
+    assert [level for level, _ in log.lines] == ["error"]
 
 
 # -- wsgi.errors -----------------------------------------------------------------------------
