@@ -66,6 +66,19 @@ def check_tls(cfg: Any) -> None:
                             f"{cfg.keyfile!r}): {type(exc).__name__}: {exc}") from None
 
 
+def readable_as_worker(build: Callable[[], Any]) -> Any:
+    """Build a worker's TLS contexts (`build`), running as its user (--user): a file the master
+    could read and this user cannot (a root-only key) is a setting no worker will ever start
+    with, so the master stops with one line (gunicorn's boot error), rather than a worker
+    crashing and respawning in a loop. Anything else, a file caught half-written during a
+    certificate renewal, is a crash the master heals by starting another worker."""
+    try:
+        return build()
+    except PermissionError as exc:
+        raise SettingsError(f"a TLS file cannot be read by the worker's user (uid {os.geteuid()}): "
+                            f"{exc}") from None
+
+
 def writable(directory: str) -> bool:
     """Whether this process may create files in `directory`."""
     return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)

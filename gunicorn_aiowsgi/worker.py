@@ -274,8 +274,10 @@ class Worker(base.Worker):
         self.pool = ThreadPool(self.settings.threads)
         self.server = Server(self, self.settings, self.wsgi, self.pool, self.loop, self.log,
                              WSGIErrors(self.cfg))
-        tls = (TlsContexts(self.loop, self.ssl_context, watched_files(self.cfg), self.log,
-                           hook_refresh(self.cfg)) if self.cfg.is_ssl else None)
+        loop = self.loop
+        tls = (startup.readable_as_worker(lambda: TlsContexts(
+            loop, self.ssl_context, watched_files(self.cfg), self.log, hook_refresh(self.cfg)))
+            if self.cfg.is_ssl else None)
         self.listener = Listener(self.loop, self.sockets, self.server, tls,
                                  self.settings.worker_connections, self.log,
                                  self.settings.header_timeout)

@@ -191,6 +191,31 @@ def test_a_certificate_broken_when_a_worker_recycles_is_retried_until_it_is_fixe
         assert "Worker failed to boot" not in g.log()
 
 
+def test_a_key_only_the_master_can_read_is_one_boot_error_not_a_respawn_loop(pki: dict) -> None:
+    """A root-only key (0600) with workers run as nobody: the master's check reads it, each
+    worker cannot. That never heals, so the worker says it in one line and exits with gunicorn's
+    boot error, and the master stops, instead of starting a worker that fails again at once,
+    for ever (a traceback and a fork each time)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the workers as nobody")
+    where = Path(tempfile.mkdtemp(prefix="root-key-"))  # nobody reaches /tmp (not tmp_path)
+    try:
+        os.chmod(where, 0o755)
+        cert, key = tls_files(where, pki)
+        os.chmod(cert, 0o644)
+        os.chmod(key, 0o600)
+        with Gunicorn("apps:hello", "--certfile", str(cert), "--keyfile", str(key), "--user",
+                      "nobody", "--group", "nogroup", "--preload", wait_ready=False) as g:
+            assert g.wait(30) == 3
+            log = g.log()
+            assert "Reason: Worker failed to boot." in log
+            [line] = [x for x in error_lines(log) if BOOT_ERROR in x]
+            assert "uid 65534" in line and "Permission denied" in line
+            assert log.count("Booting worker") == 1 and "Traceback" not in log
+    finally:
+        shutil.rmtree(where)
+
+
 def test_a_certificate_broken_at_first_boot_is_one_master_error(tmp_path: Path, pki: dict) -> None:
     cert, key = tls_files(tmp_path, pki)
     cert.write_bytes(b"")
