@@ -73,7 +73,8 @@ if os.path.isdir("/dev/shm"):
 # Trust X-Forwarded-Proto/-For (and the other secure_scheme_headers) only from these
 # addresses. nginx on the same host (deploy/nginx.conf) connects over a unix socket, which
 # gunicorn always trusts, or from 127.0.0.1. Behind a cloud balancer set FORWARDED_ALLOW_IPS
-# to its subnet, e.g. "10.0.0.0/8"; "*" only when nothing else can reach the port. On Heroku,
+# to its subnet, e.g. "10.0.0.0/8" (gunicorn 23.x takes addresses only: there "*", with only the
+# balancer able to reach the port); "*" only when nothing else can reach the port. On Heroku,
 # "*" (its router is not loopback: deploy/README.md).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 

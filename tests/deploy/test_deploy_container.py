@@ -227,8 +227,24 @@ def pod_container() -> dict:
 
 
 def pod_env() -> dict[str, str]:
-    """What the pod runs with: the image's ENV, then the container's env: on top."""
-    return {**image_env(), **{e["name"]: e["value"] for e in pod_container().get("env", [])}}
+    """What the pod runs with: the image's ENV, then the container's env: on top. On a gunicorn
+    that takes addresses only in forwarded_allow_ips (23.x), the "*" the manifest says to use
+    there instead of its network."""
+    env = {**image_env(), **{e["name"]: e["value"] for e in pod_container().get("env", [])}}
+    if not takes_networks():
+        assert 'gunicorn 23.x takes addresses only here' in (DEPLOY / "kubernetes.yaml").read_text()
+        env["FORWARDED_ALLOW_IPS"] = "*"
+    return env
+
+
+def takes_networks() -> bool:
+    """Whether this gunicorn's forwarded_allow_ips takes a network (21, 22: any string, the
+    worker matches it; 23: addresses only; 24 and later: networks)."""
+    try:
+        Config().set("forwarded_allow_ips", "10.0.0.0/8")
+    except ValueError:
+        return False
+    return True
 
 
 def test_probes_hit_the_path_the_worker_answers_itself():
