@@ -310,13 +310,16 @@ class Connection(Timeouts, asyncio.Protocol):
     def close(self) -> None:
         self.state = CLOSED
         transport = self.transport
+        if transport is None:
+            return
+        # Counted open till connection_lost: a transport still sends what it holds (a TLS one
+        # its close_notify too) after this, and its socket stays open meanwhile: the send
+        # timeout watches that flush, also when asyncio closed the transport itself (a FIN).
+        if transport.get_write_buffer_size():
+            self._watch_send()
         # Once only: asyncio's TLS transport closed a second time drops its TLS layer, and with
         # it what it still had to send and any later abort() (the exit closes every connection).
-        if transport is not None and not transport.is_closing():
-            # Counted open till connection_lost: a TLS transport still sends what it holds (and
-            # its close_notify) after this, and its socket stays open meanwhile.
-            if transport.get_write_buffer_size():  # flushed before the socket closes
-                self._watch_send()
+        if not transport.is_closing():
             transport.close()
 
     def abort(self) -> None:

@@ -119,6 +119,24 @@ def test_requests_pipelined_before_a_half_close_are_all_answered_then_it_closes(
     assert h.transport.closed
 
 
+def test_an_error_answer_the_client_never_takes_after_its_fin_is_cut_off_by_the_send_timeout():
+    """A refused request: its 400 waits in the transport (the client reads nothing), then the
+    client half-closes and asyncio closes the transport itself. When lingering ends, the send
+    timeout still watches the flush: the connection (and its worker_connections slot) is let
+    go, not held for as long as the client keeps its socket open."""
+    # Under the transport's high-water mark (1 KiB), so writing never paused: nothing else
+    # watches these bytes (a paused transport arms the send timeout itself).
+    h = harness(clock=True, write_buffer=4096, send_timeout=10.0)
+    deliver(h, get("/x") + b"NOT A REQUEST\r\n\r\n")
+    assert h.conn.state is ConnState.LINGER and h.transport.pending and not h.transport.paused
+    h.eof()  # the FIN: eof_received returns None while lingering, so the transport closes
+    assert h.transport.closed and not h.transport.aborted
+    h.advance(3.0)  # past LINGER_TIME: the connection's own close comes
+    assert h.conn.stall is not None, "no send timeout watches the flush"
+    h.advance(11.0)
+    assert h.transport.aborted
+
+
 def test_answers_waiting_for_the_client_are_not_an_idle_connection_but_time_out_as_a_send():
     h = harness(clock=True, write_buffer=4096, health_path="/healthz", keepalive=2.0,
                 send_timeout=10.0)
