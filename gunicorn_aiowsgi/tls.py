@@ -34,6 +34,10 @@ TLS_HOOK_REFRESH = 2.0
 # serves it (seconds). A rebuild takes milliseconds; a hook stuck on the network must not
 # hold every new client.
 TLS_BUILD_WAIT = 2.0
+# A rebuild still running this long is given up (seconds): said once, and the next change starts
+# another (its thread may stay stuck; what it returns later is dropped). Without it one hook
+# call that never returns (the network, an NFS mount) ended every later rebuild, silently.
+TLS_BUILD_STUCK = 30.0
 
 
 class TlsState(enum.Enum):
@@ -95,6 +99,8 @@ class TlsContexts:
     def current(self) -> Any:
         """The context for a new connection; None while a rebuild it should wait for runs."""
         now = time.monotonic()
+        if self.state is TlsState.BUILDING and now - self.tried >= TLS_BUILD_STUCK:
+            self._given_up()
         if self.state is TlsState.READY and now - self.checked >= TLS_RELOAD_CHECK:
             self.checked = now
             stamp = self._stamp()
@@ -122,10 +128,18 @@ class TlsContexts:
         except RuntimeError as exc:  # no thread to be had: tried again at the next look
             built(None, exc)
 
+    def _given_up(self) -> None:
+        self.log.error("TLS context rebuild still running after %ss (the ssl_context hook or a "
+                       "file read does not return); still serving the previous context, and "
+                       "the next change starts another", TLS_BUILD_STUCK)
+        self.state, self.done = TlsState.READY, None
+
     def _built(self, stamp: tuple[Any, ...], done: asyncio.Future[None], context: Any,
                error: BaseException | None) -> None:
         """On the loop: the rebuild's outcome. A success serves the next connections; a failure
         keeps the last good context, said once per state of the files."""
+        if done is not self.done:  # a rebuild given up on (TLS_BUILD_STUCK): too late to serve
+            return
         self.state = TlsState.READY
         if error is None:
             changed, recovered = stamp != self.stamp, self.failed is not None

@@ -197,7 +197,7 @@ def call_in_thread(loop: asyncio.AbstractEventLoop, function: Callable[[], Any],
         result, error = None, None
         try:
             result = function()
-        except Exception as exc:  # noqa: BLE001 - `done` decides what it means
+        except BaseException as exc:  # noqa: BLE001 - `done` decides (a hook's SystemExit too)
             error = exc
         try:
             loop.call_soon_threadsafe(done, result, error)

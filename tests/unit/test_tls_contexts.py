@@ -161,3 +161,62 @@ def test_a_rebuild_that_hangs_holds_new_connections_no_longer_than_the_wait(file
         asyncio.run(test())
     finally:
         release.set()
+
+
+def test_a_rebuild_that_never_returns_is_given_up_said_once_and_later_changes_rebuild(
+        files, monkeypatch):
+    """One hook call stuck for good (a CRL fetch that hangs) must not end reloading for the
+    worker's life: past TLS_BUILD_STUCK it is said in the log and given up, the next change of
+    the files is built, and the stuck call's late answer is dropped."""
+    monkeypatch.setattr(tls_mod, "TLS_BUILD_WAIT", 0.01)
+    monkeypatch.setattr(tls_mod, "TLS_BUILD_STUCK", 0.1)
+    cert, key = files
+    release, calls = threading.Event(), []
+
+    def build() -> str:
+        calls.append(cert.read_text())
+        if len(calls) == 2:  # the first rebuild hangs
+            release.wait(WAIT)
+            return "late"
+        return cert.read_text()
+
+    async def test() -> None:
+        log = Log()
+        tls = TlsContexts(asyncio.get_running_loop(), build, [str(cert)], log)
+        cert.write_text("cert 2")
+        assert await connect(tls) == "cert 1"  # the rebuild hangs: the previous one serves
+        await asyncio.sleep(0.15)              # past TLS_BUILD_STUCK
+        cert.write_text("cert 3")
+        await until(lambda: tls.current() == "cert 3", "the next change to be built")
+        assert [level for level, line in log.lines if "still running" in line] == ["error"]
+        release.set()
+        await until(lambda: len(calls) == 3 and tls.state is TlsState.READY, "the late answer")
+        await asyncio.sleep(0.05)
+        assert tls.context == "cert 3"         # the given-up rebuild's answer came too late
+
+    try:
+        asyncio.run(test())
+    finally:
+        release.set()
+
+
+def test_a_hook_that_raises_systemexit_in_its_thread_ends_the_rebuild(files):
+    """A BaseException from the hook (sys.exit in it) still reports back: the rebuild fails,
+    the previous context serves, and the state is READY again."""
+    cert, key = files
+    built = ["cert 1"]
+
+    def build() -> str:
+        if built:
+            return built.pop()
+        raise SystemExit(1)
+
+    async def test() -> None:
+        log = Log()
+        tls = TlsContexts(asyncio.get_running_loop(), build, [str(cert)], log)
+        cert.write_text("cert 2")
+        assert await connect(tls) == "cert 1"
+        await until(lambda: tls.state is TlsState.READY, "the failed rebuild to report")
+        assert [level for level, line in log.lines if "cannot be rebuilt" in line] == ["error"]
+
+    asyncio.run(test())
