@@ -249,7 +249,9 @@ def acknowledged(transport: Any) -> int | None:
     """Bytes the client has acknowledged on this TCP connection so far (a count that only
     grows), when nothing sent is held before it: none in the TLS layer, none in the kernel's
     send queue (SIOCOUTQ: bytes not yet acknowledged). None while some are held, and where it
-    cannot be told (not TCP, not Linux, a closed socket).
+    cannot be told (not Linux, a closed socket). On a unix socket (gunicorn's `unix:` bind)
+    SIOCOUTQ counts what the client has not read yet, and nothing is acknowledged: 0 once it
+    has read everything.
 
     Not seen: the loop's own socket transport under the TLS layer keeps a buffer that neither
     asyncio's nor uvloop's TLS transport counts or lets a protocol reach. It is written out as
@@ -263,6 +265,8 @@ def acknowledged(transport: Any) -> int | None:
     queued = array.array("i", [0])
     try:
         fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, queued)
+        if sock.family == socket.AF_UNIX:
+            return None if queued[0] else 0
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCPI_BYTES_ACKED + 8)
     except (AttributeError, OSError, ValueError):
         return None

@@ -15,20 +15,22 @@ from gunicorn_aiowsgi.worker import Worker
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Callable[..., Any], **settings: Any) -> AsyncIterator[tuple[Worker, int]]:
-    """Yield (worker, port) with `app` served by a real Worker's server on the running loop."""
+async def serving(app: Callable[..., Any], unix: str | None = None,
+                  **settings: Any) -> AsyncIterator[tuple[Worker, Any]]:
+    """Yield (worker, port) with `app` served by a real Worker's server on the running loop;
+    (worker, path) on a unix socket at `unix` (gunicorn's `unix:` bind)."""
     cfg = Config()
     for name, value in settings.items():
         cfg.set(name, value)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = socket.socket(socket.AF_UNIX) if unix else socket.socket()
+    sock.bind(unix or ("127.0.0.1", 0))
     sock.listen(128)
     worker = Worker(1, os.getppid(), [sock], None, cfg.timeout, cfg, Logger(cfg))
     worker.loop = asyncio.get_running_loop()
     worker.wsgi = app
     worker.start()
     try:
-        yield worker, sock.getsockname()[1]
+        yield worker, unix or sock.getsockname()[1]
     finally:
         assert worker.listener is not None and worker.server is not None and worker.pool is not None
         worker.listener.stop()

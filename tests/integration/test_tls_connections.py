@@ -9,9 +9,12 @@ ssl through asyncio), gunicorn's real logger writing to a file; no master.
 from __future__ import annotations
 
 import asyncio
+import os
 import select
+import shutil
 import socket
 import ssl
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -239,4 +242,40 @@ def test_an_idle_tls_connection_is_let_go_only_once_everything_sent_reached_the_
             sock.close()
 
     run(test, loop_kind)
+    assert "no TLS close_notify from the client" in error_log(tmp_path)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_an_idle_tls_connection_on_a_unix_socket_is_let_go_once_the_client_read_everything(
+        loop_kind, pki, tmp_path, monkeypatch):
+    """gunicorn's `unix:` bind: no TCP acknowledgements to count, but the socket's send queue
+    holds what the client has not read; once that is empty (the close_notify read too), the
+    retired connection is let go, without the 30 s wait for the client's own close_notify."""
+    monkeypatch.setattr(timeouts, "TLS_CLOSE_WAIT", 0.05)
+    where = tempfile.mkdtemp(prefix="tls-")  # a unix socket's path is short (108 bytes)
+    path = os.path.join(where, "s")
+
+    def client() -> ssl.SSLSocket:
+        raw = socket.socket(socket.AF_UNIX)
+        raw.connect(path)
+        sock = client_context(pki).wrap_socket(raw, server_hostname="localhost")
+        sock.settimeout(WAIT)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")  # kept alive, then retired
+        data = b""
+        while chunk := sock.recv(65536):  # to the worker's close_notify (recv gives b"")
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nok")
+        return sock  # held open: its own close_notify never sent
+
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        async with serving(app, unix=path, **tls(pki, tmp_path, keepalive=1)) as (worker, _):
+            sock = await loop.run_in_executor(None, client)
+            await until(lambda: not worker.server.conns, "the retired connection let go")
+            sock.close()
+
+    try:
+        run(test, loop_kind)
+    finally:
+        shutil.rmtree(where)
     assert "no TLS close_notify from the client" in error_log(tmp_path)
