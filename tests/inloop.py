@@ -13,6 +13,18 @@ from gunicorn.glogging import Logger
 
 from gunicorn_aiowsgi.worker import Worker
 
+# Failure detection only: how long `until` lets the loop run before the test fails (seconds).
+WAIT = 10.0
+
+
+async def until(ready: Callable[[], Any], what: str) -> None:
+    """Let the loop run until `ready()` (a state the worker reaches), or fail naming `what`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while not ready():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
 
 @contextlib.asynccontextmanager
 async def serving(app: Callable[..., Any], unix: str | None = None,

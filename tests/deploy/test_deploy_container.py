@@ -189,6 +189,18 @@ def test_kubernetes_agrees_with_the_app_the_config_and_the_image():
     assert conf["forwarded_allow_ips"] == env["FORWARDED_ALLOW_IPS"]
 
 
+def run_healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The image's HEALTHCHECK command, as the container runs it, with `env`."""
+    return subprocess.run([sys.executable, *healthcheck()[1:]], env=base_env(**env),
+                          capture_output=True, text=True, check=False, timeout=30)
+
+
+def example_server(port: int, env: dict[str, str]) -> Gunicorn:
+    """A real master serving the example app with the shipped config on `port`, given `env`."""
+    return Gunicorn("example_app:app", "--chdir", str(DEPLOY), config=str(CONF),
+                    bind=f"127.0.0.1:{port}", env=env)
+
+
 def test_healthcheck_probes_the_port_the_config_binds():
     """HEALTHCHECK runs inside the container, with its environment: it must probe $PORT, the
     port gunicorn.conf.py binds (8000 when PORT is unset, the EXPOSEd port)."""
@@ -197,27 +209,9 @@ def test_healthcheck_probes_the_port_the_config_binds():
     assert f"'{bind_port(load_conf())}'" in probe[-1], "PORT's default should be the conf's"
     port = free_port()
     env = {**image_env(), "PORT": str(port)}
-
-    def run() -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, *probe[1:]],
-            env=base_env(**env),
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-        )
-
-    assert run().returncode != 0  # nothing listens there yet: the probe fails
-    with Gunicorn(
-        "example_app:app",
-        "--chdir",
-        str(DEPLOY),
-        config=str(CONF),
-        bind=f"127.0.0.1:{port}",
-        env=env,
-    ):
-        ok = run()
+    assert run_healthcheck(env).returncode != 0  # nothing listens there yet: the probe fails
+    with example_server(port, env):
+        ok = run_healthcheck(env)
         assert ok.returncode == 0, ok.stderr
 
 
@@ -267,14 +261,7 @@ def test_probes_answered_while_streams_hold_every_thread():
     pod's readiness probe are still answered, while both streams run."""
     port = free_port()
     env = {**pod_env(), "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "PORT": str(port)}
-    with Gunicorn(
-        "example_app:app",
-        "--chdir",
-        str(DEPLOY),
-        config=str(CONF),
-        bind=f"127.0.0.1:{port}",
-        env=env,
-    ) as server:
+    with example_server(port, env) as server:
         results: list = [None] * 2
         first = threading.Barrier(3, timeout=10)
 
@@ -291,14 +278,7 @@ def test_probes_answered_while_streams_hold_every_thread():
         path = pod_container()["readinessProbe"]["httpGet"]["path"]
         status, _, body = get(server, path)
         assert (status, body) == (200, b"ok\n")
-        docker = subprocess.run(
-            [sys.executable, *healthcheck()[1:]],
-            env=base_env(**env),
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-        )
+        docker = run_healthcheck(env)
         probed = time.time()
         assert docker.returncode == 0, docker.stderr
         for t in streams:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 import trustme
-from inloop import serving
+from inloop import serving, until
 
 from gunicorn_aiowsgi import timeouts
 
@@ -76,15 +76,6 @@ def tls(pki: dict[str, Any], tmp_path: Path, **settings: Any) -> dict[str, Any]:
 def error_log(tmp_path: Path) -> str:
     path = tmp_path / "error.log"
     return path.read_text() if path.exists() else ""
-
-
-async def until(ready: Callable[[], Any], what: str) -> None:
-    """Let the loop run until `ready()` (a state the worker reaches), or fail naming `what`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not ready():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:

@@ -11,7 +11,7 @@ import threading
 from typing import Any, Callable
 
 import pytest
-from inloop import serving
+from inloop import serving, until
 
 from gunicorn_aiowsgi.boundary import ConnState
 
@@ -70,15 +70,6 @@ class Client:
 
     def close(self) -> None:
         self.writer.close()
-
-
-async def until(ready: Callable[[], Any], what: str) -> None:
-    """Let the loop run until `ready()` (a state the worker reaches), or fail naming `what`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not ready():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 def run(test: Callable[[], Any], loop_kind: str = "asyncio") -> None:

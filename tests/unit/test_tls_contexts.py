@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import pytest
 from gunicorn.config import Config
+from inloop import until
 from memory import Log
 
 from gunicorn_aiowsgi import tls as tls_mod
@@ -51,14 +52,6 @@ async def connect(tls: TlsContexts) -> Any:
     """The context a new connection gets, as the listener asks for it."""
     context = tls.current()
     return context if context is not None else await asyncio.wait_for(tls.fresh(), WAIT)
-
-
-async def until(ready: Callable[[], Any], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not ready():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 def test_unchanged_files_keep_the_context_built_once(files):
