@@ -127,7 +127,7 @@ class Server:
         A scan of every connection, at the limit only: no bookkeeping per request. Longest to
         the loop clock's step (uvloop's: a millisecond, read once a turn); ties in accept order."""
         found = [(conn.since, conn) for conn in self.conns  # since: idle since, when IDLE
-                 if conn.state is IDLE and conn.requests and conn.writable and not conn.held]
+                 if between_requests(conn)]
         oldest = heapq.nsmallest(RECLAIM_BATCH, found, key=itemgetter(0))
         oldest.reverse()
         return oldest
@@ -151,11 +151,17 @@ class Server:
             conn.close()
 
 
+def between_requests(conn: Connection) -> bool:
+    """Between requests after at least one answered (a new connection's first request is the
+    header timeout's to wait for), its answers taken, nothing of a next request read (held):
+    what the loop knows without asking the transport or the kernel."""
+    return conn.state is IDLE and conn.requests > 0 and conn.writable and not conn.held
+
+
 def idle(conn: Connection) -> bool:
-    """Whether closing `conn` loses nothing: between requests after at least one answered (a
-    new connection's first request is the header timeout's to wait for), its answers taken,
-    nothing of a next request read (held) or waiting in the socket. Its client meets what a
-    keep-alive timeout gives, which it must be ready for (RFC 9112 section 9.5)."""
+    """Whether closing `conn` loses nothing: between requests, nothing left in its transport
+    and nothing of a next request waiting in the socket. Its client meets what a keep-alive
+    timeout gives, which it must be ready for (RFC 9112 section 9.5)."""
     transport = conn.transport
-    return (conn.state is IDLE and conn.requests > 0 and conn.writable and not conn.held
-            and not transport.get_write_buffer_size() and not unread_bytes(transport))
+    return (between_requests(conn) and not transport.get_write_buffer_size()
+            and not unread_bytes(transport))
