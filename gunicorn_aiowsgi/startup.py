@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .settings import Settings, SettingsError, from_cfg, gunicorn_setting
+from .tls import gunicorn_context
 
 # gunicorn settings aiohttp (or this worker) cannot honour: (setting, is it set?, what happens).
 # Said once at startup, in the log, never silently ignored (README settings table, same words).
@@ -57,10 +58,8 @@ def check_tls(cfg: Any) -> None:
     """Build the TLS context once as the workers will (gunicorn's ssl_context, the hook
     included): a certificate or key that cannot be loaded is said now, in one line, rather than
     by each worker's start in turn."""
-    from gunicorn import sock
-
     try:
-        sock.ssl_context(cfg)
+        gunicorn_context(cfg)
     except Exception as exc:  # noqa: BLE001 - a file, a password or the hook: said as it is
         raise SettingsError(f"cannot build the TLS context (certfile {cfg.certfile!r}, keyfile "
                             f"{cfg.keyfile!r}): {type(exc).__name__}: {exc}") from None

@@ -34,10 +34,6 @@ EXIT_MARGIN = 1.0
 EXIT_MARGIN_SHARE = 0.1
 # At exit, how long the loop waits for its cancelled tasks (seconds): well inside EXIT_MARGIN.
 EXIT_TASKS_WAIT = 0.5
-# The settings said at start-up as not honoured live in startup.py; this was their home, and
-# code that reads them (the tests, a deployment's checks) may still look here.
-UNSUPPORTED = startup.UNSUPPORTED
-
 def drain_budget(graceful_timeout: float) -> float:
     """Seconds a graceful drain may last: graceful_timeout less the exit margin."""
     margin = max(EXIT_MARGIN, graceful_timeout * EXIT_MARGIN_SHARE)

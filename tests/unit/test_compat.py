@@ -135,7 +135,7 @@ def test_tolerate_dangerous_framing_is_warned_where_the_release_has_it():
     assert lines[0].startswith("tolerate_dangerous_framing is set but not supported")
 
 
-# Each warned setting (worker.UNSUPPORTED) with a value that sets it, as a user would set it
+# Each warned setting (startup.UNSUPPORTED) with a value that sets it, as a user would set it
 # (gunicorn's own validator normalises it: http2_cleartext True is "prior-knowledge" from 27 on).
 WARNED = {
     "permit_obsolete_folding": True,
@@ -152,7 +152,7 @@ WARNED = {
 
 
 def test_every_warned_setting_is_in_the_table():
-    assert sorted(WARNED) == sorted(name for name, _, _ in worker_mod.UNSUPPORTED)
+    assert sorted(WARNED) == sorted(name for name, _, _ in startup.UNSUPPORTED)
 
 
 def test_each_warned_setting_the_release_has_is_one_warning_line():
@@ -167,11 +167,11 @@ def test_each_warned_setting_the_release_has_is_one_warning_line():
     together = config(**{name: WARNED[name] for name in present})
     lines = warnings_for(together)
     assert lines == [warning_line(name, together.settings[name].get())
-                     for name, _, _ in worker_mod.UNSUPPORTED if name in present]
+                     for name, _, _ in startup.UNSUPPORTED if name in present]
 
 
 def warning_line(name: str, value) -> str:
-    what = next(what for setting, _, what in worker_mod.UNSUPPORTED if setting == name)
+    what = next(what for setting, _, what in startup.UNSUPPORTED if setting == name)
     return f"{name} is set but not supported by gunicorn_aiowsgi: {what} ({name}={value!r})"
 
 
