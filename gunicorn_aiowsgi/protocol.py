@@ -154,9 +154,10 @@ class Connection(Timeouts, asyncio.Protocol):
             self.pause_reading()
 
     def _open(self) -> None:
-        """A request's first byte: a new parser at the message boundary, nothing carried over."""
+        """A request's first byte: a parser at the message boundary (a spare one, which has
+        nothing of its last heads left: parser.Parsers), a new request line boundary."""
         limits = self.ctx.limits
-        self.parser = Parser(limits, self.ctx.loop)
+        self.parser = self.ctx.parsers.take()
         self.bound = Boundary(limits.max_line, limits.max_head)
         self.state, self.since = HEAD, self.ctx.clock()  # armed by _feed or _expire
 
@@ -246,7 +247,9 @@ class Connection(Timeouts, asyncio.Protocol):
         if not keep_alive or self.state is not APP:
             self.close()
             return
-        self.parser = self.bound = None  # the next request gets new ones (_open)
+        if self.parser is not None:  # set from _open on: checked, as a spare is never worth a crash
+            self.ctx.parsers.give(self.parser)
+        self.parser = self.bound = None  # the next request takes its own (_open)
         self._enter(IDLE)
         if self.held or self.eof:
             # Later, not now: a long pipeline must not nest one call per request. After a FIN,

@@ -13,6 +13,7 @@ from memory import Harness, chunked, get, post, splits
 from gunicorn_aiowsgi.boundary import ConnState, deadline, protocol_ok
 from gunicorn_aiowsgi.bridge import ThreadPool
 from gunicorn_aiowsgi.listener import tune
+from gunicorn_aiowsgi.parser import SPARE_PARSERS
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gunicorn_aiowsgi"
 
@@ -193,20 +194,82 @@ def test_an_idle_connection_holds_no_parser_and_serves_the_next_request(reads):
     assert h.conn.state is ConnState.IDLE and holds_nothing(h)
 
 
-def test_every_pipelined_request_gets_a_parser_of_its_own():
-    """No parser outlives its message: the next one starts from a new parser at the boundary."""
+# A connection's request, and whether the parser that read it is reused by the worker's next
+# head (on any connection): only one that read whole heads of requests without a body, kept alive.
+REUSE = [
+    ("get", get("/one"), True),
+    ("post without a body", post("/one", b""), True),
+    ("http/1.0 keep-alive", b"GET /one HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+    ("body", post("/one", b"hello"), False),
+    ("chunked", chunked("/one", b"ab"), False),
+    ("chunked, no chunk", chunked("/one"), False),
+    ("trailer", chunked("/one", b"abc")[:-2] + b"X-Leak: secret\r\n\r\n", False),
+    ("connection close", get("/one", "Connection: close\r\n"), False),
+    ("http/1.0", b"GET /one HTTP/1.0\r\n\r\n", False),
+    ("http/1.0 keep-alive, close", b"GET /one HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+     False),
+    ("malformed", b"GET /one HTTP/1.1\r\nHost: t\r\nBad Field: x\r\n\r\n", False),
+    ("duplicate content-length", b"GET /one HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n"
+     b"Content-Length: 0\r\n\r\n", False),
+]
+
+
+@pytest.mark.parametrize(("first", "reused"), [case[1:] for case in REUSE], ids=[case[0] for case in REUSE])
+def test_a_parser_is_reused_only_after_whole_heads_of_requests_without_a_body(first, reused):
+    h = Harness()
+    HARNESSES.append(h)
+    h.feed(first[:1])
+    parser = h.conn.parser  # built on the first byte
+    h.feed(first[1:])
+    assert h.responses(), "the first request is answered (or refused)"
+    other = h.connect()
+    other.feed(b"G")
+    assert (other.conn.parser is parser) is reused
+    other.feed(get("/next")[1:])
+    assert other.responses() == [(200, b"GET /next ")]
+
+
+def test_spare_parsers_kept_are_bounded():
+    """A burst of heads in progress at once leaves at most SPARE_PARSERS parsers kept."""
+    h = Harness()
+    HARNESSES.append(h)
+    clients = [h.connect() for _ in range(SPARE_PARSERS + 6)]
+    for client in clients:
+        client.feed(b"GET /one HTTP/1.1\r\n")
+    assert len(h.ctx.parsers) == 0
+    for client in clients:
+        client.feed(b"Host: t\r\n\r\n")
+        assert client.responses() == [(200, b"GET /one ")]
+    assert len(h.ctx.parsers) == SPARE_PARSERS
+
+
+FIRST = get("/one", "X-Secret: a\r\nContent-Encoding: gzip\r\nCookie: s=1\r\nExpect: 100-continue\r\n")
+NEXT = post("/two", b"\x1f\x8b\x08 not gzip")
+
+
+@pytest.mark.parametrize("at", range(1, len(FIRST)))
+def test_a_reused_parser_gives_another_clients_head_only_its_own_fields(at):
+    """Nothing of one client's head reaches the next one parsed by the same parser: not a
+    field, not its Content-Encoding (the body arrives as sent), whatever the reads."""
     seen = []
 
     def app(environ, start_response):
-        seen.append(h.conn.parser)
+        seen.append(({k for k in environ if k.startswith("HTTP_")}, environ["wsgi.input"].read()))
         start_response("200 OK", [("Content-Length", "0")])
         return [b""]
 
     h = Harness(app)
     HARNESSES.append(h)
-    h.feed(PIPELINE)
-    assert len(seen) == 4 and len({id(parser) for parser in seen}) == 4 and None not in seen
-    assert holds_nothing(h)
+    h.feed(FIRST[:at])
+    parser = h.conn.parser
+    h.feed(FIRST[at:])
+    other = h.connect()
+    cut = min(at, len(NEXT) - 1)
+    other.feed(NEXT[:cut])
+    assert other.conn.parser is parser
+    other.feed(NEXT[cut:])
+    assert seen == [({"HTTP_HOST", "HTTP_X_SECRET", "HTTP_CONTENT_ENCODING", "HTTP_COOKIE",
+                      "HTTP_EXPECT"}, b""), ({"HTTP_HOST"}, b"\x1f\x8b\x08 not gzip")]
 
 
 @pytest.mark.parametrize("reads", splits(chunked("/c", b"abc")[:-2] + b"X-Leak: secret\r\n\r\n"
