@@ -47,8 +47,9 @@ class Connection(Timeouts, asyncio.Protocol):
         mode = ctx.settings.proxy_protocol
         self.proxy = proxy_protocol.ProxyParser(mode) if proxy_protocol.enabled(mode) else None
         self.state = PREAMBLE if self.proxy else IDLE
-        # The current message's parser and request line: built on its first byte, dropped when
-        # its response is complete, so an idle connection holds neither (~1.7 KiB together).
+        # The current message's parser and request line: taken on its first byte, let go when
+        # its response is complete (the parser to the worker's spares, parser.Parsers), so an
+        # idle connection holds neither (~1.7 KiB together).
         self.parser: Parser | None = None
         self.bound: Boundary | None = None
         self.exchange: Exchange | None = None
@@ -154,8 +155,8 @@ class Connection(Timeouts, asyncio.Protocol):
             self.pause_reading()
 
     def _open(self) -> None:
-        """A request's first byte: a parser at the message boundary (a spare one, which has
-        nothing of its last heads left: parser.Parsers), a new request line boundary."""
+        """A request's first byte: a parser at a message boundary (a spare one when there is
+        one: parser.Parsers), a new request line boundary."""
         limits = self.ctx.limits
         self.parser = self.ctx.parsers.take()
         self.bound = Boundary(limits.max_line, limits.max_head)

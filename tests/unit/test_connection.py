@@ -209,6 +209,9 @@ REUSE = [
     ("http/1.0 keep-alive, close", b"GET /one HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
      False),
     ("malformed", b"GET /one HTTP/1.1\r\nHost: t\r\nBad Field: x\r\n\r\n", False),
+    ("content-length 2^64-1", b"GET /one HTTP/1.1\r\nHost: t\r\nContent-Length: 18446744073709551615\r\n"
+     b"\r\n", False),
+    ("content-length 000", b"GET /one HTTP/1.1\r\nHost: t\r\nContent-Length: 000\r\n\r\n", True),
     ("duplicate content-length", b"GET /one HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n"
      b"Content-Length: 0\r\n\r\n", False),
 ]
