@@ -195,12 +195,16 @@ def test_an_idle_connection_holds_no_parser_and_serves_the_next_request(reads):
 
 
 # A connection's request, and whether the parser that read it is reused by the worker's next
-# head (on any connection): only one that read whole heads of requests without a body, kept alive.
+# head (on any connection): only one that read whole requests, kept alive, none chunked or upgraded.
 REUSE = [
     ("get", get("/one"), True),
     ("post without a body", post("/one", b""), True),
     ("http/1.0 keep-alive", b"GET /one HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
-    ("body", post("/one", b"hello"), False),
+    ("body", post("/one", b"hello"), True),
+    # The parser stops at an Upgrade head and is made anew there (Parser.reset): what is kept is new.
+    ("upgrade", get("/one", "Connection: upgrade\r\nUpgrade: websocket\r\n"), True),
+    ("upgrade with a body", b"PUT /one HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\n"
+     b"Upgrade: websocket\r\nContent-Length: 5\r\n\r\nhello", False),
     ("chunked", chunked("/one", b"ab"), False),
     ("chunked, no chunk", chunked("/one"), False),
     ("trailer", chunked("/one", b"abc")[:-2] + b"X-Leak: secret\r\n\r\n", False),
@@ -218,7 +222,7 @@ REUSE = [
 
 
 @pytest.mark.parametrize(("first", "reused"), [case[1:] for case in REUSE], ids=[case[0] for case in REUSE])
-def test_a_parser_is_reused_only_after_whole_heads_of_requests_without_a_body(first, reused):
+def test_a_parser_is_reused_only_after_whole_requests_neither_chunked_nor_upgraded(first, reused):
     h = Harness()
     HARNESSES.append(h)
     h.feed(first[:1])
@@ -246,12 +250,16 @@ def test_spare_parsers_kept_are_bounded():
     assert len(h.ctx.parsers) == SPARE_PARSERS
 
 
-FIRST = get("/one", "X-Secret: a\r\nContent-Encoding: gzip\r\nCookie: s=1\r\nExpect: 100-continue\r\n")
+FIELDS = "X-Secret: a\r\nContent-Encoding: gzip\r\nCookie: s=1\r\nExpect: 100-continue\r\n"
+FIRSTS = {"get": (get("/one", FIELDS), b""),
+          "post": (post("/one", b"\x1f\x8b\x08 gzip").replace(b"\r\n\r\n", ("\r\n" + FIELDS + "\r\n").encode(), 1),
+                   b"\x1f\x8b\x08 gzip")}
 NEXT = post("/two", b"\x1f\x8b\x08 not gzip")
 
 
-@pytest.mark.parametrize("at", range(1, len(FIRST)))
-def test_a_reused_parser_gives_another_clients_head_only_its_own_fields(at):
+@pytest.mark.parametrize(("first", "at"), [(name, at) for name, (data, _) in FIRSTS.items()
+                                           for at in range(1, len(data))])
+def test_a_reused_parser_gives_another_clients_head_only_its_own_fields(first, at):
     """Nothing of one client's head reaches the next one parsed by the same parser: not a
     field, not its Content-Encoding (the body arrives as sent), whatever the reads."""
     seen = []
@@ -263,16 +271,17 @@ def test_a_reused_parser_gives_another_clients_head_only_its_own_fields(at):
 
     h = Harness(app)
     HARNESSES.append(h)
-    h.feed(FIRST[:at])
+    data, body = FIRSTS[first]
+    h.feed(data[:at])
     parser = h.conn.parser
-    h.feed(FIRST[at:])
+    h.feed(data[at:])
     other = h.connect()
     cut = min(at, len(NEXT) - 1)
     other.feed(NEXT[:cut])
     assert other.conn.parser is parser
     other.feed(NEXT[cut:])
     assert seen == [({"HTTP_HOST", "HTTP_X_SECRET", "HTTP_CONTENT_ENCODING", "HTTP_COOKIE",
-                      "HTTP_EXPECT"}, b""), ({"HTTP_HOST"}, b"\x1f\x8b\x08 not gzip")]
+                      "HTTP_EXPECT"}, body), ({"HTTP_HOST"}, b"\x1f\x8b\x08 not gzip")]
 
 
 @pytest.mark.parametrize("reads", splits(chunked("/c", b"abc")[:-2] + b"X-Leak: secret\r\n\r\n"
