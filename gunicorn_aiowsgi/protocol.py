@@ -160,7 +160,12 @@ class Connection(Timeouts, asyncio.Protocol):
         limits = self.ctx.limits
         self.parser = self.ctx.parsers.take()
         self.bound = Boundary(limits.max_line, limits.max_head)
-        self.state, self.since = HEAD, self.ctx.clock()  # armed by _feed or _expire
+        self.state = HEAD  # armed by _feed or _expire
+        # A connection's first head must be complete within header_timeout of the connection's
+        # start, as with nginx's client_header_timeout: a client that waits, then trickles,
+        # does not get the time twice. A later head's time counts from its first byte.
+        if self.requests:
+            self.since = self.ctx.clock()
 
     def _head(self, data: bytes) -> bytes:
         """Feed head bytes, up to and including the blank line that ends the head."""
@@ -388,7 +393,8 @@ class Connection(Timeouts, asyncio.Protocol):
         info, rest = result
         if info is not None:
             self.peer = proxied_peer(self.peer, info)
-        self._enter(IDLE)
+        self.state = IDLE  # the first head's time still counts from the connection's start (_open)
+        self._arm()
         return rest
 
     def _untrusted_preamble(self) -> bool:

@@ -93,6 +93,35 @@ def test_a_head_trickled_within_the_header_timeout_is_served(first):
     assert h.conn.state is ConnState.IDLE and not h.transport.closed
 
 
+# A connection's first head counts from the connection's start (nginx's client_header_timeout),
+# after a PROXY preamble too: waiting first does not add to the head's time.
+STARTS = {"plain": ({}, b""),
+          "proxy": ({"proxy_protocol": "v1", "proxy_allow_ips": ("*",)},
+                    b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n")}
+
+
+@pytest.mark.parametrize("start", list(STARTS))
+@pytest.mark.parametrize("complete", [False, True])
+def test_the_first_head_counts_from_the_connection_start(start, complete):
+    settings, preamble = STARTS[start]
+    h = OPENED.add(Harness(clock=True, header_timeout=HEADER_TIMEOUT, keepalive=KEEPALIVE, **settings))
+    h.advance(3.0)
+    h.feed(preamble)  # (nothing, for a plain connection)
+    h.advance(3.0)
+    h.feed(b"GET /one HTTP/1.1\r\n")  # 6 s after the start
+    h.advance(HEADER_TIMEOUT - 6.0 - UNDER)
+    assert not h.transport.closed and h.conn.state is ConnState.HEAD
+    if complete:
+        h.feed(b"Host: t\r\n\r\n")  # just in time
+        assert h.responses() == [(200, b"GET /one ")]
+        h.advance(UNDER + OVER)
+        assert not h.transport.closed and h.conn.state is ConnState.IDLE
+        return
+    h.advance(UNDER + OVER)  # HEADER_TIMEOUT after the start, 4 s after the head's first byte
+    assert h.transport.closed and h.responses() == []
+    assert debug(h) == [f"Closing {h.conn.peer}: request head not received within {HEADER_TIMEOUT}s"]
+
+
 # -- AIOWSGI_BODY_TIMEOUT: the longest pause between body reads ----------------------------------
 BODIES = {  # a head, then its body's bytes in the reads a slow client sends them
     "content-length": (post("/p", b"0123456789")[:-10], [b"01", b"23", b"45", b"67", b"89"]),
