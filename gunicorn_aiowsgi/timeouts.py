@@ -78,8 +78,10 @@ class Timeouts:
             self._arm()
             return
         if self.state is IDLE and unread_bytes(self.transport):
-            # The next request is in the socket, not read yet: a head has begun, never close.
+            # The next request is in the socket, not read yet: a head has begun, never close
+            # (a reset would drop it). It has its header_timeout from now, a first one too.
             self._open()
+            self.since = self.ctx.clock()
             self._arm()
             return
         if self.state is BODY and not self.reading:  # waiting for the disk, not the client

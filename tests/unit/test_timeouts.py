@@ -7,6 +7,8 @@ read restarts it, so a body may take longer in all than the timeout, but never p
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from memory import Harness, Opened, get, post
 
@@ -120,6 +122,29 @@ def test_the_first_head_counts_from_the_connection_start(start, complete):
     h.advance(UNDER + OVER)  # HEADER_TIMEOUT after the start, 4 s after the head's first byte
     assert h.transport.closed and h.responses() == []
     assert debug(h) == [f"Closing {h.conn.peer}: request head not received within {HEADER_TIMEOUT}s"]
+
+
+@pytest.mark.parametrize("first", FIRST)
+def test_a_head_waiting_in_the_socket_when_the_idle_time_ends_gets_the_header_timeout(first):
+    """Closing with unread bytes resets the connection and loses them: the timer that finds a
+    request in the socket, not read yet (reading paused, say), gives its head a header_timeout."""
+    h = harness()
+    begin(h, first)
+    answered = len(h.responses())
+    ours, client = socket.socketpair()
+    try:
+        client.sendall(get("/two"))
+        h.transport.sock = ours
+        h.advance((1.0 if first == "after-a-request" else HEADER_TIMEOUT) + OVER)
+        assert h.conn.state is ConnState.HEAD and not h.transport.closed
+        h.advance(HEADER_TIMEOUT - OVER - UNDER)
+        assert h.conn.state is ConnState.HEAD and not h.transport.closed
+        h.feed(ours.recv(1024))
+    finally:
+        ours.close()
+        client.close()
+    assert len(h.responses()) == answered + 1 and h.responses()[-1] == (200, b"GET /two ")
+    assert h.conn.state is ConnState.IDLE and not h.transport.closed
 
 
 # -- AIOWSGI_BODY_TIMEOUT: the longest pause between body reads ----------------------------------
