@@ -73,18 +73,25 @@ def empty_lines_end(data: bytes) -> int:
     return end
 
 
-def check_head_only(method: str, chunked: bool, transfer_encoding: bool, content_length: str) -> None:
-    """A request at which aiohttp's parser stopped (Connection: Upgrade, CONNECT): what follows
-    its head is judged as the next request, so a body it announces must be one we can frame.
+def check_head_only(method: str, chunked: bool, transfer_encoding: bool, content_length: str,
+                    stopped: bool) -> None:
+    """An Upgrade or CONNECT request, whose head aiohttp's parser may stop at (`stopped`: it read
+    none of the body): what follows its head, then, is judged as the next request, so a body
+    must be one we can frame, and one it did not read is refused.
 
     RFC 9112 section 6.3: a Transfer-Encoding that does not end in chunked gives no length a
     reader can trust: 400, then close (the parser refuses it elsewhere, not here). RFC 9110
     section 9.3.6: CONNECT has no content (the parser would hand its bytes on as a tunnel's),
-    never given a length that wsgi.input does not hold."""
+    never given a length that wsgi.input does not hold. RFC 9110 section 7.8 lets an Upgrade
+    request have content (curl --http2 sends its POST body with Upgrade: h2c): served when the
+    parser reads it, refused when it stopped at the head, never read as the next request."""
+    content = chunked or content_length != "0"
     if transfer_encoding and not chunked:
         raise BadRequest("Transfer-Encoding without chunked as the final coding")
-    if method == "CONNECT" and (chunked or content_length != "0"):
+    if method == "CONNECT" and content:
         raise BadRequest("CONNECT request with content")
+    if stopped and content:
+        raise BadRequest("Upgrade request with content")
 
 
 def protocol_ok(line: bytes) -> bool:

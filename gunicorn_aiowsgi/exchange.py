@@ -65,8 +65,8 @@ class Exchange:
         come when `body_done`: the parser has seen its end, RFC 9112 section 6.3)."""
         ctx, conn, req = self.ctx, self.conn, self.request
         settings = ctx.settings
-        head_only = req.upgrade or req.method == "CONNECT"  # the parser stopped at the head:
-        if (settings.health_path and not head_only  # judged first (check_head_only, below)
+        head_only = req.upgrade or req.method == "CONNECT" or req.stopped  # the parser may stop
+        if (settings.health_path and not head_only  # there: judged first (check_head_only)
                 and req.target.partition("?")[0] == settings.health_path):
             self.health()
             return
@@ -78,7 +78,7 @@ class Exchange:
             self.environ = environ
             if head_only:  # the field, not the environ key ("dangerous" header_map maps _ too)
                 check_head_only(method, req.chunked, req.has_field(b"transfer-encoding"),
-                                environ.get("CONTENT_LENGTH", "0"))
+                                environ.get("CONTENT_LENGTH", "0"), req.stopped)
             if body_done:
                 environ["wsgi.input"] = BytesIO()  # no body: nothing to wait for
                 self.dispatch()

@@ -79,7 +79,8 @@ FLOW = Flow()
 class Request:
     """One parsed request head, as plain values (the connection and environ never see aiohttp's types)."""
 
-    __slots__ = ("method", "target", "version", "raw_headers", "close", "chunked", "upgrade", "body")
+    __slots__ = ("method", "target", "version", "raw_headers", "close", "chunked", "upgrade", "stopped",
+                 "body")
 
     def __init__(self, message: Any, payload: Any) -> None:
         self.method: str = message.method
@@ -93,6 +94,9 @@ class Request:
             self.close = asks_close(self.raw_headers)
         self.chunked: bool = message.chunked
         self.upgrade: bool = message.upgrade
+        # The parser stopped at this head (Parser.upgraded): it read none of a body the head
+        # announces (aiohttp 3.13 stops at a websocket Upgrade head; 3.14 reads its body first).
+        self.stopped = False
         self.body = payload                          # aiohttp's payload: read only below
 
     def take_body(self) -> bytes:
@@ -200,14 +204,17 @@ class Parser:
             self.upgraded = True
             self.reusable = False  # llhttp stays paused there: a next head would be refused
         requests = []
-        for message, payload in messages:
-            if payload.is_eof() and not message.chunked and not zero(message.headers.get(LENGTH)):
+        last = len(messages) - 1
+        for index, (message, payload) in enumerate(messages):
+            request = Request(message, payload)
+            if upgraded and index == last:  # a body it announces: refused (check_head_only)
+                request.stopped = True
+            elif payload.is_eof() and not message.chunked and not zero(message.headers.get(LENGTH)):
                 # aiohttp gives no body for a Content-Length of 2^64-1 (its C parser takes that
                 # value for "none"), while llhttp still reads that many bytes as the body: the
                 # next request would be read as body bytes here, as a request by the proxy.
                 self.reusable = False
                 raise BadRequest("Invalid Content-Length: too large")
-            request = Request(message, payload)
             if request.close or request.chunked:
                 # llhttp refuses anything after a message that closes; aiohttp's parser keeps a
                 # chunked body's last trailer field past the message's end, into its next head.
@@ -287,8 +294,9 @@ class Parsers:
 
 
 def zero(length: str | None) -> bool:
-    """A Content-Length field's value (the parser checked it is digits) is 0, or there is none."""
-    return length is None or not length.strip("0")
+    """A Content-Length field's value (the parser checked it is digits; aiohttp 3.13 keeps the
+    whitespace after them) is 0, or there is none."""
+    return length is None or not length.strip(" \t0")
 
 
 def without_values(text: str) -> str:

@@ -219,25 +219,28 @@ def test_trailer_bytes_count_from_the_last_read_that_gave_body_bytes():
         bound.check_tail(1, False)
 
 
-# A head the parser stopped at (Upgrade, CONNECT): (method, chunked, Transfer-Encoding field,
-# Content-Length, refused with).
+# An Upgrade or CONNECT head: (method, chunked, Transfer-Encoding field, Content-Length, whether
+# the parser stopped at it, refused with).
 HEAD_ONLY = [
-    ("POST", False, True, "0", "Transfer-Encoding without chunked"),   # identity, gzip, chunked<TAB>
-    ("GET", True, True, "0", None),                                     # chunked: framed
-    ("GET", False, False, "0", None),                                   # no body: an offer declined
-    ("POST", False, False, "5", None),                                  # a length frames it
-    ("CONNECT", False, False, "0", None),
-    ("CONNECT", False, False, "10", "CONNECT request with content"),
-    ("CONNECT", True, True, "0", "CONNECT request with content"),
-    ("CONNECT", False, True, "0", "Transfer-Encoding without chunked"),
+    ("POST", False, True, "0", True, "Transfer-Encoding without chunked"),  # identity, gzip
+    ("POST", False, True, "0", False, "Transfer-Encoding without chunked"),  # chunked<TAB>
+    ("GET", True, True, "0", False, None),                              # chunked: framed, read
+    ("GET", False, False, "0", True, None),                             # no body: an offer declined
+    ("POST", False, False, "5", False, None),                           # a length frames it, read
+    ("POST", False, False, "5", True, "Upgrade request with content"),  # ... but not read
+    ("GET", True, True, "0", True, "Upgrade request with content"),
+    ("CONNECT", False, False, "0", True, None),
+    ("CONNECT", False, False, "10", True, "CONNECT request with content"),
+    ("CONNECT", True, True, "0", True, "CONNECT request with content"),
+    ("CONNECT", False, True, "0", True, "Transfer-Encoding without chunked"),
 ]
 
 
-@pytest.mark.parametrize("method, chunked, te, length, refused", HEAD_ONLY)
-def test_a_head_the_parser_stopped_at_frames_its_body_or_is_refused(method, chunked, te, length,
-                                                                     refused):
+@pytest.mark.parametrize("method, chunked, te, length, stopped, refused", HEAD_ONLY)
+def test_an_upgrade_or_connect_head_frames_its_body_or_is_refused(method, chunked, te, length,
+                                                                    stopped, refused):
     if refused is None:
-        check_head_only(method, chunked, te, length)
+        check_head_only(method, chunked, te, length, stopped)
         return
     with pytest.raises(BadRequest, match=refused):
-        check_head_only(method, chunked, te, length)
+        check_head_only(method, chunked, te, length, stopped)
