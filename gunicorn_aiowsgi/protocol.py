@@ -56,7 +56,7 @@ class Connection(Timeouts, asyncio.Protocol):
         self.request: Request | None = None      # the request whose head or body is being read
         self.held: bytes | bytearray = b""  # bytes after the request, known to start the next
         self.requests = 0           # requests answered on this connection (count)
-        self.since = ctx.clock()  # when the current state began, or the last body byte came
+        self.since = 0.0  # when the current state began, or the last body byte came (loop s)
         self.timer: Any = None      # the state's deadline (timeouts.py)
         self.stall: Any = None      # the send timeout, while output waits for the client
         self.body_left: int | None = None  # Content-Length bytes still to come; None: chunked
@@ -73,6 +73,7 @@ class Connection(Timeouts, asyncio.Protocol):
         transport.set_write_buffer_limits(high=high, low=high // 4)
         self.peer = make_peer(self.ctx.settings, transport.get_extra_info("peername"),
                               transport.get_extra_info("sockname"))
+        self.since = self.ctx.clock()  # the start; over TLS, the handshake's end (its own limit)
         self.ctx.opened(self)
         self._arm()
 

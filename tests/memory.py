@@ -259,9 +259,10 @@ class Harness:
             assert self.loop.time() < deadline, f"timed out waiting for {what}"
             self.wait(0.002)
 
-    def connect(self) -> "Client":
-        """Another client's connection on the same worker context (shared pool, slots, budget)."""
-        client = Client(self, 40001 + len(self.clients))
+    def connect(self, handshake: float = 0.0) -> "Client":
+        """Another client's connection on the same worker context (shared pool, slots, budget);
+        `handshake`: seconds a TLS handshake takes before it is made (a clock harness only)."""
+        client = Client(self, 40001 + len(self.clients), handshake)
         self.clients.append(client)
         return client
 
@@ -279,10 +280,12 @@ class Harness:
 class Client:
     """One more connection on a Harness's worker (Harness.connect), with a transport of its own."""
 
-    def __init__(self, harness: Harness, port: int) -> None:
+    def __init__(self, harness: Harness, port: int, handshake: float = 0.0) -> None:
         self.harness = harness
         self.transport = FakeTransport(("127.0.0.1", port))
         self.conn = Connection(harness.ctx)
+        if handshake:  # asyncio builds the protocol on accept, makes it once the handshake is done
+            harness.advance(handshake)
         self.transport.protocol = self.conn
         self.conn.connection_made(self.transport)
 

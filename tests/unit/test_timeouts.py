@@ -124,6 +124,20 @@ def test_the_first_head_counts_from_the_connection_start(start, complete):
     assert debug(h) == [f"Closing {h.conn.peer}: request head not received within {HEADER_TIMEOUT}s"]
 
 
+def test_the_first_head_over_tls_counts_from_the_end_of_the_handshake():
+    """The handshake has its own time (AIOWSGI_HEADER_TIMEOUT, tls.py); asyncio makes the
+    connection once it is done, and the first head gets a whole header_timeout from then."""
+    h = harness()
+    client = h.connect(handshake=HEADER_TIMEOUT - 1.0)
+    client.feed(b"GET /one HTTP/1.1\r\n")
+    h.advance(HEADER_TIMEOUT - UNDER)
+    assert not client.transport.closed and client.conn.state is ConnState.HEAD
+    client.feed(b"Host: t\r\n\r\n")
+    assert client.responses() == [(200, b"GET /one ")]
+    h.advance(UNDER + OVER)
+    assert not client.transport.closed and client.conn.state is ConnState.IDLE
+
+
 @pytest.mark.parametrize("first", FIRST)
 def test_a_head_waiting_in_the_socket_when_the_idle_time_ends_gets_the_header_timeout(first):
     """Closing with unread bytes resets the connection and loses them: the timer that finds a
