@@ -37,9 +37,13 @@ HEAD_UNLIMITED = 1 << 62
 LENGTH = "Content-Length"
 # Spare parsers a worker keeps for its next request heads (count, parser.Parsers). Building
 # aiohttp's parser is a good part of a small request's cost, and its objects set off the garbage
-# collector once every 55 requests or so: reusing them made hello world 6-9% faster. Bounded, so a burst's parsers are not all kept; each keeps its last head's fields
-# until its next head begins (at most this many heads' worth of memory).
+# collector once every 55 requests or so: reusing them made hello world 6-9% faster. Bounded, so
+# a burst's parsers are not all kept.
 SPARE_PARSERS = 64
+# The largest head whose parser is kept as a spare (bytes): a spare holds its last head's fields
+# (aiohttp keeps each twice) until it parses another, so the spares hold about 1 MiB at most,
+# whatever AIOWSGI_MAX_HEAD_SIZE allows. Browsers' heads, cookies and all, are rarely larger.
+SPARE_HEAD = 8 * 1024
 # aiohttp's LineTooLong says which limit it hit: "Got more than 8190 bytes when reading".
 LINE_TOO_LONG = re.compile(r"Got more than (\d+) bytes")
 # The bytes aiohttp quotes in a parse error: a request line (METHOD target HTTP/x), shown as
@@ -264,11 +268,12 @@ class Parsers:
     its flow-control flags are never set (our protocol never pauses the payload). What is left
     is set only by a chunked body (its last trailer field, kept into the next head), an upgrade
     (llhttp stays paused) or an error, after which a parser is never reused. A spare keeps its
-    last request's fields (a cookie, say) until its next head begins; nothing of them reaches
-    that head (the tests in tests/unit/test_connection.py; one-off differential fuzzes of 60,000
-    and of 56,000 sequences of requests against fresh parsers, on aiohttp 3.13.4 and 3.14.5,
-    found the 2^64-1 Content-Length that feed() refuses and the Upgrade request with a body,
-    whose parser is not reused).
+    last request's fields (a cookie, say) until it parses another head, so one whose head was
+    larger than SPARE_HEAD is not kept; nothing of them reaches that head (the tests in
+    tests/unit/test_connection.py; one-off differential fuzzes of 60,000 and of 56,000
+    sequences of requests against fresh parsers, on aiohttp 3.13.4 and 3.14.5, found the
+    2^64-1 Content-Length that feed() refuses and the Upgrade request with a body, whose
+    parser is not reused).
     """
 
     __slots__ = ("_limits", "_loop", "_spare")

@@ -19,7 +19,7 @@ from .environ import Peer, is_trusted, make_peer, proxied_peer
 from .errors import BadRequest, Forbidden, HTTPError, IncompleteBody
 from .exchange import Exchange
 from .listener import send
-from .parser import Parser, Request
+from .parser import SPARE_HEAD, Parser, Request
 from .replies import error_reply
 from .timeouts import Timeouts
 
@@ -47,9 +47,8 @@ class Connection(Timeouts, asyncio.Protocol):
         mode = ctx.settings.proxy_protocol
         self.proxy = proxy_protocol.ProxyParser(mode) if proxy_protocol.enabled(mode) else None
         self.state = PREAMBLE if self.proxy else IDLE
-        # The current message's parser and request line: taken on its first byte, let go when
-        # its response is complete (the parser to the worker's spares, parser.Parsers), so an
-        # idle connection holds neither (~1.7 KiB together).
+        # The current message's parser and request line: taken on its first byte, let go (the
+        # parser to the worker's spares) when its response is complete: none held while idle.
         self.parser: Parser | None = None
         self.bound: Boundary | None = None
         self.exchange: Exchange | None = None
@@ -183,6 +182,8 @@ class Connection(Timeouts, asyncio.Protocol):
         if len(requests) > 1 or tail:
             # Strict CRLF parsing ends a head at its blank line; anything else is not HTTP/1.1.
             raise BadRequest("Invalid request framing")
+        if bound.size > SPARE_HEAD:  # a spare keeps its last head's fields: not a large one's
+            parser.reusable = False
         bound.reset()
         if parser.upgraded:
             # The parser stops at an Upgrade or CONNECT head; what follows it starts a new one.

@@ -13,7 +13,7 @@ from memory import Harness, chunked, get, post, splits
 from gunicorn_aiowsgi.boundary import ConnState, deadline, protocol_ok
 from gunicorn_aiowsgi.bridge import ThreadPool
 from gunicorn_aiowsgi.listener import tune
-from gunicorn_aiowsgi.parser import SPARE_PARSERS
+from gunicorn_aiowsgi.parser import SPARE_HEAD, SPARE_PARSERS
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gunicorn_aiowsgi"
 
@@ -248,6 +248,20 @@ def test_spare_parsers_kept_are_bounded():
         client.feed(b"Host: t\r\n\r\n")
         assert client.responses() == [(200, b"GET /one ")]
     assert len(h.ctx.parsers) == SPARE_PARSERS
+
+
+@pytest.mark.parametrize("size, kept", [(SPARE_HEAD, True), (SPARE_HEAD + 1, False)])
+def test_a_parser_is_kept_only_after_a_head_no_larger_than_spare_head(size, kept):
+    """A spare holds its last head's fields until it parses another: a large head's parser
+    (cookies of 60 KiB, say) is let go, so the spares stay small whatever heads may be."""
+    h = Harness()
+    HARNESSES.append(h)
+    head = get("/one", "X-Pad: \r\n")
+    data = head.replace(b"X-Pad: ", b"X-Pad: " + b"a" * (size - len(head)))
+    assert len(data) == size
+    h.feed(data)
+    assert h.responses() == [(200, b"GET /one ")]
+    assert len(h.ctx.parsers) == (1 if kept else 0)
 
 
 FIELDS = "X-Secret: a\r\nContent-Encoding: gzip\r\nCookie: s=1\r\nExpect: 100-continue\r\n"
