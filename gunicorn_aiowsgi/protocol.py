@@ -1,4 +1,4 @@
-"""One client connection as an asyncio.Protocol: request boundaries, timeouts, PROXY preambles, flow control.
+"""One client connection as an asyncio.Protocol: request boundaries, timeouts, flow control (PROXY preambles: preamble.py).
 
 The connection serves one request at a time, as gunicorn does. Its request boundary is one state
 machine (ConnState). The parser is fed only bytes that follow, in order, what it was fed since a
@@ -15,11 +15,12 @@ from typing import Any
 from . import proxy_protocol
 from .boundary import APP, BODY, CLOSED, HEAD, IDLE, LINGER, PREAMBLE, Boundary
 from .context import Context
-from .environ import Peer, is_trusted, make_peer, proxied_peer
-from .errors import BadRequest, Forbidden, HTTPError, IncompleteBody
+from .environ import Peer, make_peer
+from .errors import BadRequest, HTTPError, IncompleteBody
 from .exchange import Exchange
 from .listener import send
 from .parser import SPARE_HEAD, Parser, Request
+from .preamble import Preamble
 from .replies import error_reply
 from .timeouts import Timeouts
 
@@ -27,7 +28,7 @@ from .timeouts import Timeouts
 HELD_LIMIT = 64 * 1024
 
 
-class Connection(Timeouts, asyncio.Protocol):
+class Connection(Timeouts, Preamble, asyncio.Protocol):
     """The asyncio protocol of one client socket.
 
     A plain protocol: each read arrives as one bytes object of its exact size, which the loop
@@ -369,40 +370,3 @@ class Connection(Timeouts, asyncio.Protocol):
             return True  # finish() answers what is complete, then closes
         self._client_done()
         return None
-
-    # -- PROXY protocol ------------------------------------------------------------------
-    def _preamble(self, data: bytes) -> bytes:
-        """Consume a PROXY protocol preamble before any request byte is parsed."""
-        assert self.proxy is not None and self.peer is not None
-        try:
-            result = self.proxy.feed(data)
-        except proxy_protocol.ProxyProtocolError as exc:
-            # A peer not allowed to send one hears 403 whatever its preamble holds, as under
-            # gunicorn, and what it sent is not echoed to the log.
-            error = Forbidden("Request forbidden") if self._untrusted_preamble() else \
-                BadRequest(f"Invalid PROXY line: {exc}")
-            self.refuse(error)
-            return b""
-        # Judged as soon as the signature is recognised (the parser's `version`), as gunicorn
-        # does: a v2 header may announce 64 KiB, which an untrusted peer must not make us hold
-        # until header_timeout.
-        if self._untrusted_preamble():
-            self.refuse(Forbidden("Request forbidden"))
-            return b""
-        if result is None:
-            return b""
-        self.proxy = None
-        info, rest = result
-        if info is not None:
-            self.peer = proxied_peer(self.peer, info)
-        self.state = IDLE  # the first head's time still counts from the connection's start (_open)
-        self._arm()
-        return rest
-
-    def _untrusted_preamble(self) -> bool:
-        """A PROXY signature came from a TCP peer outside proxy_allow_ips."""
-        settings, peer = self.ctx.settings, self.peer
-        assert self.proxy is not None and peer is not None
-        return (self.proxy.version is not None and peer.remote_port is not None
-                and not is_trusted(peer.remote_addr, settings.proxy_allow_ips,
-                                   settings.proxy_networks))
