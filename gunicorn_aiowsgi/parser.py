@@ -84,9 +84,9 @@ class Request:
     """One parsed request head, as plain values (the connection and environ never see aiohttp's types)."""
 
     __slots__ = ("method", "target", "version", "raw_headers", "close", "chunked", "upgrade", "stopped",
-                 "body")
+                 "body", "complete")
 
-    def __init__(self, message: Any, payload: Any) -> None:
+    def __init__(self, message: Any, payload: Any, complete: bool) -> None:
         self.method: str = message.method
         self.target: str = message.path             # the request-target as aiohttp decoded it
         self.version: tuple[int, int] = (message.version[0], message.version[1])
@@ -102,6 +102,9 @@ class Request:
         # announces (aiohttp 3.13 stops at a websocket Upgrade head; 3.14 reads its body first).
         self.stopped = False
         self.body = payload                          # aiohttp's payload: read only below
+        # The parser had seen the body's end (or there is none) when the head completed: the
+        # payload's is_eof() then, asked once by the parser (body_done() asks again later).
+        self.complete = complete
 
     def take_body(self) -> bytes:
         """Every body byte parsed so far (b"" if none); the payload keeps nothing."""
@@ -138,7 +141,7 @@ class Limits:
     Shared by every parser: a dict of them per connection cost each idle connection ~180 bytes.
     """
 
-    __slots__ = ("options", "max_head")
+    __slots__ = ("options", "max_line", "max_head")
 
     def __init__(self, settings: Settings) -> None:
         line = settings.limit_request_line
@@ -151,13 +154,11 @@ class Limits:
             max_headers=MAX_FIELDS if fields <= 0 or fields > MAX_FIELDS else fields,
             auto_decompress=False,
         )
+        # The request-target limit in force (limit_request_line; 0 means the maximum), read
+        # once per request head: a plain attribute, not a property (a Python call on 3.11).
+        self.max_line: int = self.options["max_line_size"]
         # AIOWSGI_MAX_HEAD_SIZE, which the connection counts itself (boundary.Boundary); 0: none.
         self.max_head = settings.max_head_size or HEAD_UNLIMITED
-
-    @property
-    def max_line(self) -> int:
-        """The request-target limit in force (limit_request_line; 0 means the maximum)."""
-        return int(self.options["max_line_size"])
 
 
 class Parser:
@@ -210,10 +211,10 @@ class Parser:
         requests = []
         last = len(messages) - 1
         for index, (message, payload) in enumerate(messages):
-            request = Request(message, payload)
+            request = Request(message, payload, payload.is_eof())
             if upgraded and index == last:  # a body it announces: refused (check_head_only)
                 request.stopped = True
-            elif payload.is_eof() and not message.chunked and not zero(message.headers.get(LENGTH)):
+            elif request.complete and not message.chunked and not zero(message.headers.get(LENGTH)):
                 # aiohttp gives no body for a Content-Length of 2^64-1 (its C parser takes that
                 # value for "none"), while llhttp still reads that many bytes as the body: the
                 # next request would be read as body bytes here, as a request by the proxy.

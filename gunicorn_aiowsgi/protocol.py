@@ -195,7 +195,7 @@ class Connection(Timeouts, Preamble, asyncio.Protocol):
     def _begin(self, request: Request) -> None:
         """A head is complete: start its exchange; read its body, if any, next."""
         self.exchange = exchange = Exchange(self.ctx, self, request, self.requests + 1)
-        done = request.body_done()
+        done = request.complete
         if done:
             self.state = APP
         else:
