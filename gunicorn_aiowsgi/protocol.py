@@ -254,7 +254,10 @@ class Connection(Timeouts, Preamble, asyncio.Protocol):
             self.linger()
             return
         if not keep_alive or self.state is not APP:
-            self.close()
+            # Nothing of ours is left to deliver but what the transport holds: over TLS, let go
+            # once the client has all of it, not after asyncio's 30 s wait for a close_notify a
+            # client that has read its answer may never send (gthread just closes).
+            self.retire()
             return
         if self.parser is not None:  # set from _open on: checked, as a spare is never worth a crash
             self.ctx.parsers.give(self.parser)

@@ -104,8 +104,8 @@ class Timeouts:
     # -- a retired connection's close_notify (TLS) ---------------------------------------
     def retire(self) -> None:
         """Close a connection that has nothing left to deliver: idle between requests (its
-        keep-alive timeout, a drain, a slot taken back for a waiting client) or waiting for a
-        head that never came.
+        keep-alive timeout, a drain, a slot taken back for a waiting client), waiting for a
+        head that never came, or after a complete response that closes it.
 
         Over TLS, asyncio then sends close_notify and keeps the socket, and the connection's
         worker_connections slot and a graceful stop with it, until the client answers, up to

@@ -1,6 +1,7 @@
-"""TLS connections the worker closes as idle: given up once everything sent has reached the
-client, not held for the close_notify a pooled client that does not read never sends (asyncio
-waits 30 s for it; gthread just closes). Real masters, real TLS clients (Python's ssl).
+"""TLS connections the worker closes as idle, or after a response that closes them: given up
+once everything sent has reached the client, not held for the close_notify a client that does
+not read never sends (asyncio waits 30 s for it; gthread just closes). Real masters, real TLS
+clients (Python's ssl).
 """
 
 from __future__ import annotations
@@ -90,6 +91,27 @@ def test_idle_tls_clients_that_never_read_give_way_and_do_not_hold_a_stop(pki, w
         assert log.count("no TLS close_notify from the client") >= 3
         for sock in (*idle, last):
             sock.close()
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_a_tls_client_that_read_a_closing_answer_and_stays_silent_gives_way(pki, worker_class):
+    # Connection: close: the worker's close_notify follows the answer. A client that has read
+    # it and keeps its socket without a word (no close_notify, no FIN) held the connection,
+    # and worker_connections' only slot, for asyncio's 30 s wait.
+    with tls_serve("--certfile", pki["server"], "--keyfile", pki["server"],
+                   "--worker-connections", "1", app="apps:router", worker_class=worker_class,
+                   loglevel="debug") as g:
+        silent = tls_connect(g, pki)
+        conn = Conn(silent)
+        conn.send(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        status, headers, body = conn.response()
+        assert (status, headers.get("connection"), body) == (200, "close", b"Hello, world!\n")
+        with Conn(tls_connect(g, pki, BEFORE_ASYNCIOS_WAIT), BEFORE_ASYNCIOS_WAIT) as second:
+            second.send(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert second.response()[0] == 200
+        assert unread_from_server(silent)  # its close_notify and FIN wait there, unread
+        assert "no TLS close_notify from the client" in g.log()
+        silent.close()
 
 
 @pytest.mark.parametrize("worker_class", WORKERS)
