@@ -29,10 +29,15 @@ except ImportError as exc:  # pragma: no cover - an aiohttp too old or too new t
 # Request body bytes the parser's payload buffer may hold before it would ask us to pause reading
 # (it asks at twice this). We empty it after every read, so this is never reached by one read.
 PAYLOAD_BUFFER = 1024 * 1024
-# gunicorn's maxima for its limits: a value of 0 (or above these) means these (MAX_LINE: 8190).
+# gunicorn's maxima for its limits: a value above these means these (MAX_LINE: 8190); so does 0,
+# but for limit_request_line (below).
 MAX_FIELDS = 32768
 # No limit on a head's total size (AIOWSGI_MAX_HEAD_SIZE=0): gunicorn's own limits alone.
 HEAD_UNLIMITED = 1 << 62
+# limit_request_line 0 is no limit for gunicorn (its own parser, from gunicorn 27 on, stops at
+# 1 MiB): a request-target may then be as long as AIOWSGI_MAX_HEAD_SIZE lets a head be, or this
+# long when that is 0 too (bytes).
+LINE_UNLIMITED = 1024 * 1024
 # The field whose value frames a body (RFC 9112 section 6.3).
 LENGTH = "Content-Length"
 # Spare parsers a worker keeps for its next request heads (count, parser.Parsers). Building
@@ -147,18 +152,27 @@ class Limits:
         line = settings.limit_request_line
         fields = settings.limit_request_fields
         field = settings.limit_request_field_size
+        # AIOWSGI_MAX_HEAD_SIZE, which the connection counts itself (boundary.Boundary); 0: none.
+        self.max_head = settings.max_head_size or HEAD_UNLIMITED
         self.options: dict[str, Any] = dict(
-            max_line_size=MAX_LINE if line <= 0 or line > MAX_LINE else line,
+            max_line_size=line_limit(line, self.max_head),
             # gunicorn counts a whole field line, "Name: value\r\n"; aiohttp counts name + value.
             max_field_size=max(1, (field if field > 0 else MAX_LINE) - 4),
             max_headers=MAX_FIELDS if fields <= 0 or fields > MAX_FIELDS else fields,
             auto_decompress=False,
         )
-        # The request-target limit in force (limit_request_line; 0 means the maximum), read
-        # once per request head: a plain attribute, not a property (a Python call on 3.11).
+        # The request-target limit in force (limit_request_line), read once per request head:
+        # a plain attribute, not a property (a Python call on 3.11).
         self.max_line: int = self.options["max_line_size"]
-        # AIOWSGI_MAX_HEAD_SIZE, which the connection counts itself (boundary.Boundary); 0: none.
-        self.max_head = settings.max_head_size or HEAD_UNLIMITED
+
+
+def line_limit(line: int, max_head: int) -> int:
+    """The request-target limit for gunicorn's limit_request_line: gunicorn's maximum for a value
+    above it (or below 0), as gunicorn has it; for 0, gunicorn's "no limit", as long as a head
+    may be (LINE_UNLIMITED at most)."""
+    if line == 0:
+        return min(max_head, LINE_UNLIMITED)
+    return MAX_LINE if line < 0 or line > MAX_LINE else line
 
 
 class Parser:

@@ -55,7 +55,7 @@ class Settings:
     graceful_timeout: float = 30.0         # drain time on TERM before a hard exit (seconds)
     timeout: float = 30.0                  # master heartbeat timeout (seconds)
     workers: int = 1                       # worker processes (count), for wsgi.multiprocess
-    limit_request_line: int = 4094         # request line length (bytes); 0 = aiohttp's maximum
+    limit_request_line: int = 4094         # request line length (bytes); 0 = no limit (parser.py)
     limit_request_fields: int = 100        # header fields per request (count)
     limit_request_field_size: int = 8190   # one header field line (bytes)
     tmp_upload_dir: str | None = None      # where large bodies spool (directory)
@@ -122,7 +122,7 @@ class Settings:
     @property
     def min_head_size(self) -> int:
         """The smallest max_head_size allowed: a request line and one field line at gunicorn's
-        limits (0 means their maximum, 8190) must fit, or those limits would never be reached."""
+        limits (0 counted as their maximum, 8190) must fit, or those limits would never be reached."""
         line = self.limit_request_line if 0 < self.limit_request_line <= MAX_LINE else MAX_LINE
         field = self.limit_request_field_size if self.limit_request_field_size > 0 else MAX_LINE
         return line + field + HEAD_SLACK

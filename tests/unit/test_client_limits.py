@@ -12,6 +12,7 @@ import pytest
 from memory import Harness, InlinePool, Opened, get, splits
 
 from gunicorn_aiowsgi.boundary import ConnState
+from gunicorn_aiowsgi.parser import HEAD_UNLIMITED, LINE_UNLIMITED, line_limit
 from gunicorn_aiowsgi.protocol import HELD_LIMIT
 
 pytestmark = pytest.mark.timeout(60)
@@ -314,6 +315,36 @@ def test_a_head_limit_of_zero_leaves_gunicorns_limits_alone():
     h = harness(slow=False, max_head_size=0, limit_request_field_size=80 * 1024)
     h.feed(head(64 * 1024) + get("/canary"))
     assert statuses(h) == [200, 200]
+
+
+@pytest.mark.parametrize("line, max_head, limit", [
+    (4094, 65536, 4094), (8190, 65536, 8190), (8191, 65536, 8190), (20000, 65536, 8190),
+    (-1, 65536, 8190), (0, 65536, 65536), (0, 20000, 20000), (0, HEAD_UNLIMITED, LINE_UNLIMITED),
+    (0, 4 * LINE_UNLIMITED, LINE_UNLIMITED),
+])
+def test_the_request_target_limit_of_gunicorns_limit_request_line(line, max_head, limit):
+    """gunicorn's values above its maximum mean that maximum; its 0 (no limit) means as long as
+    AIOWSGI_MAX_HEAD_SIZE lets a head be (gunicorn 27's own parser stops at 1 MiB)."""
+    assert line_limit(line, max_head) == limit
+
+
+def in_reads(data: bytes, size: int = READ) -> list[bytes]:
+    return [data[at:at + size] for at in range(0, len(data), size)]
+
+
+def test_a_request_line_limit_of_zero_is_gunicorns_no_limit_within_the_head_limit():
+    """A request-target past 8190 bytes is served with limit_request_line 0 (it was 414), as under
+    gunicorn, the canary behind it too; one longer than AIOWSGI_MAX_HEAD_SIZE (64 KiB) is 414."""
+    long_target = "/t?" + "a" * 20_000
+    h = harness(slow=False, limit_request_line=0)
+    h.feed(*in_reads(get(long_target) + get("/canary")))
+    assert h.responses() == [(200, b"GET /t "), (200, b"GET /canary ")]
+    h = harness(slow=False, limit_request_line=0)
+    h.feed(*in_reads(get("/t?" + "a" * 64 * 1024) + get("/canary")))
+    assert statuses(h) == [414] and h.worker.served == 0
+    h = harness(slow=False, limit_request_line=8190)  # gunicorn's maximum as a number: a limit
+    h.feed(*in_reads(get(long_target) + get("/canary")))
+    assert statuses(h) == [414] and h.worker.served == 0
 
 
 def test_trailers_count_against_the_head_limit_as_they_arrive():
