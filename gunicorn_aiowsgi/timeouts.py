@@ -1,4 +1,4 @@
-"""A connection's clocks: the deadline of the state it waits in, the send timeout while its output waits for the client, and how long a TLS connection closed as idle waits for the client's close_notify.
+"""A connection's clocks: the deadline of the state it waits in, the send timeout while its output waits for the client, and how long a TLS connection closed with nothing left to deliver waits for the client's close_notify.
 
 The state deadlines (boundary.deadline: header, body, keep-alive, linger) share one timer per
 connection. The send timeout is nginx's `send_timeout` (the time between two writes that the
