@@ -347,6 +347,18 @@ def test_a_request_line_limit_of_zero_is_gunicorns_no_limit_within_the_head_limi
     assert statuses(h) == [414] and h.worker.served == 0
 
 
+def test_a_request_target_past_8190_bytes_with_limit_request_line_zero_split_anywhere():
+    """Just past the old cap (8190): the request line kept across reads however it is split,
+    the canary behind it answered as its own request, at every split."""
+    data = get("/t?" + "a" * 8200) + get("/canary")
+    h = harness(slow=False, limit_request_line=0)
+    for at in range(len(data)):
+        client = h.connect()  # a connection of its own per split, on the one worker
+        for read in ([data[:at], data[at:]] if at else [data]):
+            client.feed(read)
+        assert client.responses() == [(200, b"GET /t "), (200, b"GET /canary ")], at
+
+
 def test_trailers_count_against_the_head_limit_as_they_arrive():
     """A trailer section (fields within gunicorn's limits each) that never ends: refused once
     the bytes since the last body byte pass the limit, the app never called."""
