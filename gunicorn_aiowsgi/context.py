@@ -17,7 +17,7 @@ from .environ import refusal_environ
 from .parser import Limits, Parsers
 from .records import RequestRecord, ResponseRecord
 from .replies import HttpDate
-from .settings import Settings
+from .settings import Settings, gunicorn_setting
 
 
 class Context:
@@ -151,9 +151,9 @@ def request_hooks(cfg: Any, log: Any) -> tuple[Callable[..., Any] | None, Callab
 
     gunicorn's workers call all three per request. Its default post_request does nothing, its
     default pre_request only logs at debug level, and its Logger.access returns at once unless
-    an access log is configured (the `access_log_enabled` it computes in setup(), gunicorn 27).
-    Those calls are skipped; a hook set by the user, a logger_class that overrides access (the
-    statsd logger times every request there) or debug, and a debug log level keep every call.
+    an access log is configured (access_logged). Those calls are skipped; a hook set by the
+    user, a logger_class that overrides access (the statsd logger times every request there) or
+    debug, and a debug log level keep every call.
     """
     settings = getattr(cfg, "settings", {})
 
@@ -166,8 +166,22 @@ def request_hooks(cfg: Any, log: Any) -> tuple[Callable[..., Any] | None, Callab
     quiet = (getattr(type(log), "debug", None) is Logger.debug and isinstance(debug, logging.Logger)
              and not debug.isEnabledFor(logging.DEBUG))
     own = type(log)
-    idle_access = (getattr(own, "access", None) is Logger.access
-                   and getattr(own, "access_log_enabled", None) is not None  # gunicorn 27+
-                   and not log.access_log_enabled)
+    idle_access = getattr(own, "access", None) is Logger.access and not access_logged(cfg, log)
     return (configured("pre_request", quiet), configured("post_request", True),
             None if idle_access else log.access)
+
+
+# The settings that give gunicorn's Logger.access somewhere to write a line (besides syslog).
+ACCESS_LOG_SETTINGS = ("accesslog", "logconfig", "logconfig_dict", "logconfig_json")
+
+
+def access_logged(cfg: Any, log: Any) -> bool:
+    """Whether gunicorn's own Logger.access writes lines. gunicorn 27 computes it once, in setup()
+    (access_log_enabled); gunicorn 21 to 26 ask the same of cfg in every access() call, and a
+    request paid for its records and that call (about 6 us of app-thread time) to learn no."""
+    if getattr(type(log), "access_log_enabled", None) is not None:
+        return bool(log.access_log_enabled)
+    if any(gunicorn_setting(cfg, name) for name in ACCESS_LOG_SETTINGS):
+        return True
+    return bool(gunicorn_setting(cfg, "syslog")
+                and not gunicorn_setting(cfg, "disable_redirect_access_to_syslog"))

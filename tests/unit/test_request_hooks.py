@@ -19,7 +19,7 @@ from gunicorn.instrument.statsd import Statsd
 from test_appcall import RecordingChannel, RecordingLog
 
 from gunicorn_aiowsgi.application import AppCall
-from gunicorn_aiowsgi.context import request_hooks
+from gunicorn_aiowsgi.context import access_logged, request_hooks
 from gunicorn_aiowsgi.environ import Peer, build_environ
 from gunicorn_aiowsgi.settings import Settings
 
@@ -41,13 +41,29 @@ def post(worker: object, req: object, environ: object, resp: object) -> None:
 
 
 def test_defaults_call_nothing() -> None:
+    # On every gunicorn: 27 computes access_log_enabled; 21 to 26 ask cfg in each access() call.
     cfg, log = configured()
-    pre_request, post_request, access = request_hooks(cfg, log)
-    assert (pre_request, post_request) == (None, None)
-    if getattr(Logger, "access_log_enabled", None) is not None:  # gunicorn 27 says so
-        assert access is None
-    else:  # before it, nothing tells whether an access log is configured: keep the call
-        assert access == log.access
+    assert request_hooks(cfg, log) == (None, None, None)
+
+
+# What gives gunicorn's Logger.access somewhere to write, the same rule in gunicorn 21 to 27 (27
+# computes it in setup(); ours, for the releases before, from the same settings). Syslog to a
+# loopback UDP port: nothing needs to listen there.
+SYSLOG = {"syslog": True, "syslog_addr": "udp://127.0.0.1:9"}
+ACCESS_LOGGED = [
+    ({"logconfig_dict": {"version": 1, "disable_existing_loggers": False}}, True),
+    (SYSLOG, True),
+    ({**SYSLOG, "disable_redirect_access_to_syslog": True}, False),
+    ({"disable_redirect_access_to_syslog": True}, False),
+]
+
+
+@pytest.mark.parametrize("settings, logged", ACCESS_LOGGED,
+                         ids=["logconfig_dict", "syslog", "syslog-not-redirected", "neither"])
+def test_the_access_log_is_called_where_gunicorn_would_write_a_line(settings, logged) -> None:
+    cfg, log = configured(**settings)
+    assert access_logged(cfg, log) is logged
+    assert request_hooks(cfg, log)[2] == (log.access if logged else None)
 
 
 def test_configured_hooks_are_called() -> None:
