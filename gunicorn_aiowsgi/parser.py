@@ -149,21 +149,20 @@ class Limits:
     __slots__ = ("options", "max_line", "max_head")
 
     def __init__(self, settings: Settings) -> None:
-        line = settings.limit_request_line
         fields = settings.limit_request_fields
         field = settings.limit_request_field_size
         # AIOWSGI_MAX_HEAD_SIZE, which the connection counts itself (boundary.Boundary); 0: none.
         self.max_head = settings.max_head_size or HEAD_UNLIMITED
+        # The request-target limit in force (limit_request_line), read once per request head:
+        # a plain attribute, not a property (a Python call on 3.11).
+        self.max_line = line_limit(settings.limit_request_line, self.max_head)
         self.options: dict[str, Any] = dict(
-            max_line_size=line_limit(line, self.max_head),
+            max_line_size=self.max_line,
             # gunicorn counts a whole field line, "Name: value\r\n"; aiohttp counts name + value.
             max_field_size=max(1, (field if field > 0 else MAX_LINE) - 4),
             max_headers=MAX_FIELDS if fields <= 0 or fields > MAX_FIELDS else fields,
             auto_decompress=False,
         )
-        # The request-target limit in force (limit_request_line), read once per request head:
-        # a plain attribute, not a property (a Python call on 3.11).
-        self.max_line: int = self.options["max_line_size"]
 
 
 def line_limit(line: int, max_head: int) -> int:
