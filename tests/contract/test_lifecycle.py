@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from gunicorn.reloader import reloader_engines
 from server import (
     ROOT,
     Conn,
+    Gunicorn,
     get,
     gone,
     listen_queue,
@@ -151,6 +153,24 @@ def test_max_requests_jitter_draws_each_workers_own_limit(tmp_path: Path) -> Non
 INOTIFY = importlib.util.find_spec("inotify") is not None  # gunicorn's inotify engine needs it
 
 
+def write_until_logged(g: Gunicorn, path: Path, logged: str, text: Callable[[int], str]) -> int:
+    """Rewrite `path` with `text(n)` for a growing n until the log holds `logged` (the reloader
+    seeing the change); returns the n last written. Each reloader starts watching in a thread of its own (the
+    poll one takes each file's first mtime as its baseline on its first pass, the inotify one
+    adds its watches), which may start late on a loaded machine: a write made before is not a
+    change to it. Each write has a new size: a .pyc records its source's mtime in whole seconds
+    and its size, so a same-size rewrite within that second would load stale code."""
+    for n in range(2, 10):
+        path.write_text(text(n))
+        try:
+            g.wait_log(logged, timeout=2)
+            return n
+        except AssertionError:
+            continue
+    g.wait_log(logged, timeout=1)
+    return n
+
+
 @pytest.mark.parametrize("engine", ["poll", "inotify"])
 def test_reload_engine_and_reload_extra_files(tmp_path: Path, engine: str) -> None:
     """The worker runs the reloader gunicorn's reload_engine names, watching reload_extra_files
@@ -175,20 +195,10 @@ def test_reload_engine_and_reload_extra_files(tmp_path: Path, engine: str) -> No
         pid = g.worker_pid()
         [init] = marks(marks_path, "post_worker_init")
         assert init["reloader"] == reloader_engines[engine].__name__
-        # Each reloader starts watching in a thread of its own (the poll one takes each file's
-        # first mtime as its baseline on its first pass, the inotify one adds its watches), which
-        # may start late on a loaded machine: a write made before is not a change to it. So
-        # write again, with a new size, until one is seen. The inotify engine names the file
-        # without its directory.
-        reloading = f"Worker reloading: {extra.name if engine == 'inotify' else extra} modified"
-        for size in range(22, 30):
-            extra.write_text(f"size = {size}\n")
-            try:
-                g.wait_log(reloading, timeout=2)
-                break
-            except AssertionError:
-                continue
-        g.wait_log(reloading, timeout=1)
+        # The inotify engine names the file without its directory.
+        shown = extra.name if engine == "inotify" else extra
+        write_until_logged(g, extra, f"Worker reloading: {shown} modified",
+                           lambda size: f"size = {size}\n")
         wait_until(lambda: gone(pid), 10, "the reloading worker to exit")
         g.wait_workers(1, exclude=(pid,))
 
@@ -204,15 +214,13 @@ def test_reload_in_development(tmp_path: Path) -> None:
     with serve("--reload", "--pythonpath", str(tmp_path), app="reloadable:app") as g:
         pid = g.worker_pid()
         assert answered(start_request(g, "/"))[2] == b"1"
-        # A different size: the first worker's .pyc records the source's mtime in whole
-        # seconds and its size, so a same-size rewrite within that second would load stale code.
-        module.write_text(source % (2, "22"))
         # The path in full from the poll engine, the file's name alone from the inotify one.
-        g.wait_log(f"{module.name} modified", timeout=15)
+        n = write_until_logged(g, module, f"{module.name} modified",
+                               lambda n: source % (n, "2" * n))
         wait_until(lambda: gone(pid), 10, "the reloading worker to exit")
         g.wait_workers(1, exclude=(pid,))
         wait_until(lambda: g.log().count("aiowsgi: serving") == 2, 10, "the new worker")
-        assert answered(start_request(g, "/"))[2] == b"22"
+        assert answered(start_request(g, "/"))[2] == b"2" * n
 
 
 # -- worker_connections -------------------------------------------------------------------
