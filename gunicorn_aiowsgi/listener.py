@@ -257,7 +257,7 @@ def acknowledged(transport: Any) -> int | None:
     asyncio's nor uvloop's TLS transport counts or lets a protocol reach. It is written out as
     soon as the socket takes more, so two looks with a poll of the loop between them that both
     give the same count show it held nothing either: what it wrote meanwhile would be in the
-    kernel's queue or acknowledged. That is for the caller to do (Connection.retire).
+    kernel's queue or acknowledged. That is for the caller to do (Timeouts.await_close_notify).
     """
     if transport is None or transport.get_write_buffer_size():
         return None

@@ -254,10 +254,7 @@ class Connection(Timeouts, Preamble, asyncio.Protocol):
             self.linger()
             return
         if not keep_alive or self.state is not APP:
-            # Nothing of ours is left to deliver but what the transport holds: over TLS, let go
-            # once the client has all of it, not after asyncio's 30 s wait for a close_notify a
-            # client that has read its answer may never send (gthread just closes).
-            self.retire()
+            self.close()
             return
         if self.parser is not None:  # set from _open on: checked, as a spare is never worth a crash
             self.ctx.parsers.give(self.parser)
@@ -323,6 +320,8 @@ class Connection(Timeouts, Preamble, asyncio.Protocol):
             self.resume_reading()
 
     def close(self) -> None:
+        """End the connection once what the transport holds is sent; over TLS, let it go once
+        the client has all of it (Timeouts.await_close_notify)."""
         self.state = CLOSED
         transport = self.transport
         if transport is None:
@@ -335,7 +334,10 @@ class Connection(Timeouts, Preamble, asyncio.Protocol):
         # Once only: asyncio's TLS transport closed a second time drops its TLS layer, and with
         # it what it still had to send and any later abort() (the exit closes every connection).
         if not transport.is_closing():
+            tls = transport.get_extra_info("ssl_object") is not None
             transport.close()
+            if tls:
+                self.await_close_notify()
 
     def abort(self) -> None:
         """Close at once: a response broke off and nothing more may be written."""

@@ -99,7 +99,7 @@ class Server:
             if ((not conn.requests and now - conn.since < FRESH_GRACE) or conn.held
                     or unread_bytes(conn.transport)):
                 continue  # the next request is read already (held) or waiting in the socket
-            conn.retire()
+            conn.close()
 
     def reclaim_idle(self) -> int:
         """worker_connections are all open and a client waits for one: close the connection
@@ -117,7 +117,7 @@ class Server:
             while self.reclaimable:
                 since, conn = self.reclaimable.pop()
                 if conn.since == since and idle(conn):  # idle since the scan, and still is
-                    conn.retire()
+                    conn.close()
                     self._reclaimed()
                     return 1
         return 0

@@ -1,4 +1,4 @@
-"""A connection's clocks: the deadline of the state it waits in, the send timeout while its output waits for the client, and how long a TLS connection closed with nothing left to deliver waits for the client's close_notify.
+"""A connection's clocks: the deadline of the state it waits in, the send timeout while its output waits for the client, and how long a closed TLS connection waits for the client's close_notify.
 
 The state deadlines (boundary.deadline: header, body, keep-alive, linger) share one timer per
 connection. The send timeout is nginx's `send_timeout` (the time between two writes that the
@@ -16,9 +16,9 @@ from .boundary import APP, BODY, IDLE, LINGER, ConnState, deadline
 from .context import Context
 from .listener import acknowledged, unread_bytes
 
-# A TLS connection retired (closed with nothing left to deliver) waits this long for the client's
-# close_notify, then looks whether everything sent has reached the client; it is let go once two
-# such looks in a row agree (seconds). asyncio alone waits 30 s.
+# A closed TLS connection waits this long for the client's close_notify, then looks whether
+# everything sent has reached the client; it is let go once two such looks in a row agree
+# (seconds). asyncio alone waits 30 s.
 TLS_CLOSE_WAIT = 1.0
 
 
@@ -99,30 +99,21 @@ class Timeouts:
         if self.state is not IDLE:
             self.ctx.log.debug("Closing %s: request head not received within %ss",
                                self.peer, self.ctx.settings.header_timeout)
-        self.retire()  # idle, or a head that never came: nothing of ours is left to deliver
+        self.close()  # idle, or a head that never came
 
-    # -- a retired connection's close_notify (TLS) ---------------------------------------
-    def retire(self) -> None:
-        """Close a connection that has nothing left to deliver: idle between requests (its
-        keep-alive timeout, a drain, a slot taken back for a waiting client), waiting for a
-        head that never came, or after a complete response that closes it.
+    # -- a closed connection's close_notify (TLS) ----------------------------------------
+    def await_close_notify(self, looked: int | None = None) -> None:
+        """A TLS connection just closed (close() calls this): asyncio sends close_notify and
+        keeps the socket, and the connection's worker_connections slot and a graceful stop with
+        it, until the client answers, up to 30 s. A pooled client that does not read its idle
+        connection never does, nor need a client that has read a closing answer, an error page
+        or a response cut short (gthread just closes). Here the connection is let go
+        TLS_CLOSE_WAIT after the last byte sent has reached the client; a client still reading
+        is never cut off.
 
-        Over TLS, asyncio then sends close_notify and keeps the socket, and the connection's
-        worker_connections slot and a graceful stop with it, until the client answers, up to
-        30 s: a pooled client that does not read its idle connection never does (gthread just
-        closes). Here the connection is let go TLS_CLOSE_WAIT after the last byte sent has
-        reached the client; a client still reading is never cut off.
+        Looks again in TLS_CLOSE_WAIT; `looked` is what the last look found (None: bytes still
+        held). The state's timer slot: a closed connection has no other deadline.
         """
-        transport = self.transport
-        tls = (transport is not None and not transport.is_closing()
-               and transport.get_extra_info("ssl_object") is not None)
-        self.close()
-        if tls:
-            self._await_close_notify(None)
-
-    def _await_close_notify(self, looked: int | None) -> None:
-        """Look again in TLS_CLOSE_WAIT; `looked` is what the last look found (None: bytes
-        still held). The state's timer slot: a closed connection has no other deadline."""
         if self.timer is not None:
             self.timer.cancel()
         self.timer = self.ctx.call_at(self.ctx.clock() + TLS_CLOSE_WAIT,
@@ -140,7 +131,7 @@ class Timeouts:
             return
         now = acknowledged(transport)
         if now is None or now != looked:
-            self._await_close_notify(now)
+            self.await_close_notify(now)
             return
         self.ctx.log.debug("Closing %s: no TLS close_notify from the client, which has "
                            "everything sent", self.peer)

@@ -1,7 +1,7 @@
-"""TLS connections the worker closes as idle, or after a response that closes them: given up
-once everything sent has reached the client, not held for the close_notify a client that does
-not read never sends (asyncio waits 30 s for it; gthread just closes). Real masters, real TLS
-clients (Python's ssl).
+"""TLS connections the worker closes (idle, after a response that closes them, an error page or
+a response cut short): given up once everything sent has reached the client, not held for the
+close_notify a client that does not read never sends (asyncio waits 30 s for it; gthread just
+closes). Real masters, real TLS clients (Python's ssl).
 """
 
 from __future__ import annotations
@@ -93,19 +93,37 @@ def test_idle_tls_clients_that_never_read_give_way_and_do_not_hold_a_stop(pki, w
             sock.close()
 
 
+# What a client reads before it falls silent, and how the answer ends: each is followed by the
+# worker's close_notify. The cut-short one is chunked: what the client has of it ends mid-body.
+CLOSED_AFTER = {
+    "a closing answer": (b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                         b"HTTP/1.1 200 ", b"\r\n\r\nHello, world!\n"),
+    "an error page": (b"GET /hello HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n",
+                      b"HTTP/1.1 400 ", b"</html>\n"),
+    "a response cut short": (b"GET /fail?when=after HTTP/1.1\r\nHost: t\r\n\r\n",
+                             b"HTTP/1.1 200 ", b"first chunk\r\n"),
+}
+
+
+@pytest.mark.parametrize("fate", CLOSED_AFTER)
 @pytest.mark.parametrize("worker_class", WORKERS)
-def test_a_tls_client_that_read_a_closing_answer_and_stays_silent_gives_way(pki, worker_class):
-    # Connection: close: the worker's close_notify follows the answer. A client that has read
-    # it and keeps its socket without a word (no close_notify, no FIN) held the connection,
-    # and worker_connections' only slot, for asyncio's 30 s wait.
+def test_a_tls_client_that_read_its_last_answer_and_stays_silent_gives_way(pki, worker_class,
+                                                                         fate):
+    # A client that has read what the worker sent before closing, and keeps its socket without
+    # a word (no close_notify, no FIN), held the connection, and worker_connections' only slot,
+    # for asyncio's 30 s wait.
+    request, status, end = CLOSED_AFTER[fate]
     with tls_serve("--certfile", pki["server"], "--keyfile", pki["server"],
                    "--worker-connections", "1", app="apps:router", worker_class=worker_class,
                    loglevel="debug") as g:
         silent = tls_connect(g, pki)
-        conn = Conn(silent)
-        conn.send(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        status, headers, body = conn.response()
-        assert (status, headers.get("connection"), body) == (200, "close", b"Hello, world!\n")
+        silent.sendall(request)
+        answer = b""
+        while not answer.endswith(end):  # no further: the close_notify after it stays unread
+            chunk = silent.recv(4096)
+            assert chunk, f"closed before the end of the answer: {answer!r}"
+            answer += chunk
+        assert answer.startswith(status), answer
         with Conn(tls_connect(g, pki, BEFORE_ASYNCIOS_WAIT), BEFORE_ASYNCIOS_WAIT) as second:
             second.send(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             assert second.response()[0] == 200
