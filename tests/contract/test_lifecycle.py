@@ -155,11 +155,12 @@ INOTIFY = importlib.util.find_spec("inotify") is not None  # gunicorn's inotify 
 
 def write_until_logged(g: Gunicorn, path: Path, logged: str, text: Callable[[int], str]) -> int:
     """Rewrite `path` with `text(n)` for a growing n until the log holds `logged` (the reloader
-    seeing the change); returns the n last written. Each reloader starts watching in a thread of its own (the
-    poll one takes each file's first mtime as its baseline on its first pass, the inotify one
-    adds its watches), which may start late on a loaded machine: a write made before is not a
-    change to it. Each write has a new size: a .pyc records its source's mtime in whole seconds
-    and its size, so a same-size rewrite within that second would load stale code."""
+    seeing the change); returns the n last written. Each reloader starts watching in a thread
+    of its own (the poll one takes each file's first mtime as its baseline on its first pass,
+    the inotify one adds its watches), which may start late on a loaded machine: a write made
+    before is not a change to it. Each write has a new size: a .pyc records its source's mtime
+    in whole seconds and its size, so a same-size rewrite within that second would load stale
+    code."""
     for n in range(2, 10):
         path.write_text(text(n))
         try:
