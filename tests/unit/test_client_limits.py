@@ -328,22 +328,18 @@ def test_the_request_target_limit_of_gunicorns_limit_request_line(line, max_head
     assert line_limit(line, max_head) == limit
 
 
-def in_reads(data: bytes, size: int = READ) -> list[bytes]:
-    return [data[at:at + size] for at in range(0, len(data), size)]
-
-
 def test_a_request_line_limit_of_zero_is_gunicorns_no_limit_within_the_head_limit():
     """A request-target past 8190 bytes is served with limit_request_line 0 (it was 414), as under
     gunicorn, the canary behind it too; one longer than AIOWSGI_MAX_HEAD_SIZE (64 KiB) is 414."""
     long_target = "/t?" + "a" * 20_000
     h = harness(slow=False, limit_request_line=0)
-    h.feed(*in_reads(get(long_target) + get("/canary")))
+    deliver(h, get(long_target) + get("/canary"))
     assert h.responses() == [(200, b"GET /t "), (200, b"GET /canary ")]
     h = harness(slow=False, limit_request_line=0)
-    h.feed(*in_reads(get("/t?" + "a" * 64 * 1024) + get("/canary")))
+    deliver(h, get("/t?" + "a" * 64 * 1024) + get("/canary"))
     assert statuses(h) == [414] and h.worker.served == 0
     h = harness(slow=False, limit_request_line=8190)  # gunicorn's maximum as a number: a limit
-    h.feed(*in_reads(get(long_target) + get("/canary")))
+    deliver(h, get(long_target) + get("/canary"))
     assert statuses(h) == [414] and h.worker.served == 0
 
 
