@@ -6,7 +6,7 @@ so an aiohttp patch release cannot break the worker through a private detail. Wh
 needs is checked once, at import, with a message that names the supported range. One behaviour
 is relied on beyond them, the one aiohttp's own server relies on: a parser reads one message
 after another. A spare parser is reused only at a message boundary, after whole requests
-without a chunked body or an upgrade (Parsers).
+without a body or an upgrade (Parsers).
 """
 
 from __future__ import annotations
@@ -187,9 +187,11 @@ class Parser:
         self._limits = limits
         self._parser = self._new(loop)
         self.upgraded = False   # the parser stopped at an Upgrade/CONNECT head: build a new one
-        # Fed only whole requests, none chunked, upgraded, closing or refused: the only parser
-        # another request may reuse (Parsers.give). feed() refuses a head announcing a body the
-        # parser gives none of; bodies are fed up to their end, never past it (feed_body).
+        # Fed only whole requests, none with a body, upgraded, closing or refused: the only
+        # parser another request may reuse (Parsers.give). feed() refuses a head announcing a
+        # body the parser gives none of; a chunked body is fed up to its end, never past it
+        # (feed_body); a Content-Length body is counted by the connection, never fed, which
+        # marks its parser (left expecting it) not reusable.
         self.reusable = True
 
     def _new(self, loop: asyncio.AbstractEventLoop) -> Any:
@@ -272,16 +274,15 @@ class Parsers:
     """A worker's spare parsers: a request head is parsed by one the worker's last heads left
     behind, when one is spare, instead of a new one (SPARE_PARSERS at most).
 
-    Only a parser that has read whole requests (heads, and Content-Length bodies to their end),
-    each kept alive, none chunked or upgraded, is given back (Parser.reusable; the connection
-    gives it when the response is complete): llhttp is then at a message boundary, as aiohttp's
-    own server relies on to read all of a connection's requests with one parser. Of aiohttp's
-    own per-message fields, those a head sets are set anew by the next head (its fields, path,
-    singletons) or are used up when a head completes (the last field's name and value, its
-    Content-Encoding); a Content-Length body's payload is let go when its message completes, and
-    its flow-control flags are never set (our protocol never pauses the payload). What is left
-    is set only by a chunked body (its last trailer field, kept into the next head), an upgrade
-    (llhttp stays paused) or an error, after which a parser is never reused. A spare keeps its
+    Only a parser that has read whole requests without a body, each kept alive, none upgraded,
+    is given back (Parser.reusable; the connection gives it when the response is complete):
+    llhttp is then at a message boundary, as aiohttp's own server relies on to read all of a
+    connection's requests with one parser. Of aiohttp's own per-message fields, those a head
+    sets are set anew by the next head (its fields, path, singletons) or are used up when a
+    head completes (the last field's name and value, its Content-Encoding). What is left is set
+    only by a body (a Content-Length one is never fed to the parser, which then still expects
+    it; a chunked one keeps its last trailer field into the next head), an upgrade (llhttp
+    stays paused) or an error, after which a parser is never reused. A spare keeps its
     last request's fields (a cookie, say) until it parses another head, so one whose head was
     larger than SPARE_HEAD is not kept; nothing of them reaches that head (the tests in
     tests/unit/test_connection.py; one-off differential fuzzes of 60,000 and of 56,000

@@ -200,21 +200,27 @@ class Connection(Timeouts, Preamble, asyncio.Protocol):
             self.state = APP
         else:
             self.request = request
-            self.body_left = None if request.chunked else request.content_length()
+            if request.chunked:
+                self.body_left = None
+            else:
+                # A Content-Length body is framed by counting (RFC 9112 section 6.2): _body
+                # counts it and hands its bytes on as they came; the parser, which never sees
+                # them (it would copy each read once more), is left mid-message: not reused.
+                self.body_left = request.content_length()
+                self.parser.reusable = False  # type: ignore[union-attr]  # set in HEAD (_open)
             self.state, self.since = BODY, self.ctx.clock()  # armed by _feed
         exchange.begin(done)  # may answer at once (a health check, an error), or wait for the body
 
     def _body(self, data: bytes) -> bytes:
         """Feed body bytes: exactly Content-Length of them, or chunks up to the last chunk."""
-        request, exchange, parser = self.request, self.exchange, self.parser
-        assert request is not None and exchange is not None and parser is not None
+        request, exchange = self.request, self.exchange
+        assert request is not None and exchange is not None
         self.since = self.ctx.clock()
-        if self.body_left is not None:
-            cut = self.body_left
-            chunk, rest = (data, b"") if cut >= len(data) else (data[:cut], data[cut:])
-            self.body_left -= len(chunk)
-            parser.feed_body(chunk)
-            body = request.take_body()  # all this read gave: one piece for the body's store
+        left = self.body_left
+        if left is not None:  # never a byte past the body's end (the next request's bytes)
+            body, rest = (data, b"") if left >= len(data) else (data[:left], data[left:])
+            self.body_left = left = left - len(body)
+            done = not left
         else:
             bound = self.bound
             assert bound is not None  # a chunked body ends with a blank line (RFC 9112 7.1)
@@ -222,11 +228,12 @@ class Connection(Timeouts, Preamble, asyncio.Protocol):
             rest = data[end:] if end < len(data) else b""
             body = request.take_body()
             bound.check_tail(end, bool(body))  # trailer fields count as a head's do
+            done = request.body_done()
         if body:
             exchange.body(body)
             if self.state is not BODY:  # refused on the way in (413, 503, 507)
                 return b""
-        if request.body_done():
+        if done:
             self.request = None
             self.state = APP
             exchange.body_end()
