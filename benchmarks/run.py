@@ -55,9 +55,10 @@ OPTIONS = [  # (flags, argparse keywords)
     (("--profile-seconds",), dict(type=int, default=5)),
     (("--pin",), dict(action="store_true", help="pin wrk and the socket clients to the last "
                       "CPU (default: the kernel schedules everything)")),
-    (("--transfer-reps",), dict(type=int, default=2, help="1 GiB transfers per server per "
-                                "round in stream/upload (default 2; a single transfer takes "
-                                "well under a second and varies a lot)")),
+    (("--transfer-reps",), dict(type=int, default=4, help="1 GiB transfers per server per "
+                                "round in stream/upload (default 4; a single transfer takes "
+                                "well under a second and varies a lot: gthread's uploads are "
+                                "bimodal here)")),
     (("--no-install",), dict(action="store_true",
                              help="do not pip-install benchmarks/requirements.txt")),
     (("--results",), dict(default=None, help="where to write the markdown report (default: "
