@@ -223,8 +223,11 @@ def test_a_client_that_never_reads_is_cut_off_after_the_send_timeout(start, tmp_
     sock.connect((server.host, server.port))
     sock.sendall(b"GET /big?n=104857600 HTTP/1.1\r\nHost: t\r\n\r\n")
     server.wait_log("no response bytes taken for 1.0s")
-    wait_until(lambda: (tmp_path / "closed").exists(), what="the iterable closed")
-    assert int((tmp_path / "closed").read_text().split()[1]) > 0  # cut off: bytes were left
+    closed = tmp_path / "closed"
+    # The app thread creates the file, then writes its line: wait for the whole line.
+    line = wait_until(lambda: closed.exists() and closed.read_text().endswith("\n")
+                      and closed.read_text(), what="the iterable closed")
+    assert int(line.split()[1]) > 0  # cut off: bytes were left
     assert get(server, "/hello", timeout=5)[0] == 200  # the only thread is free
     sock.settimeout(10)
     received = 0
