@@ -190,8 +190,8 @@ class Parser:
         # Fed only whole requests, none with a body, upgraded, closing or refused: the only
         # parser another request may reuse (Parsers.give). feed() refuses a head announcing a
         # body the parser gives none of; a chunked body is fed up to its end, never past it
-        # (feed_body); a Content-Length body is counted by the connection, never fed, which
-        # marks its parser (left expecting it) not reusable.
+        # (feed_body); a Content-Length body is counted by the connection, never fed (the
+        # parser is left expecting it).
         self.reusable = True
 
     def _new(self, loop: asyncio.AbstractEventLoop) -> Any:
@@ -235,9 +235,11 @@ class Parser:
                 # next request would be read as body bytes here, as a request by the proxy.
                 self.reusable = False
                 raise BadRequest("Invalid Content-Length: too large")
-            if request.close or request.chunked:
-                # llhttp refuses anything after a message that closes; aiohttp's parser keeps a
-                # chunked body's last trailer field past the message's end, into its next head.
+            if request.close or not request.complete:
+                # llhttp refuses anything after a message that closes. A body still to come: the
+                # connection counts a Content-Length one and never feeds it here (llhttp is left
+                # expecting it), and aiohttp's parser keeps a chunked body's last trailer field
+                # past the message's end, into its next head.
                 self.reusable = False
             requests.append(request)
         return requests, tail or b""

@@ -200,14 +200,10 @@ class Connection(Timeouts, Preamble, asyncio.Protocol):
             self.state = APP
         else:
             self.request = request
-            if request.chunked:
-                self.body_left = None
-            else:
-                # A Content-Length body is framed by counting (RFC 9112 section 6.2): _body
-                # counts it and hands its bytes on as they came; the parser, which never sees
-                # them (it would copy each read once more), is left mid-message: not reused.
-                self.body_left = request.content_length()
-                self.parser.reusable = False  # type: ignore[union-attr]  # set in HEAD (_open)
+            # A Content-Length body is framed by counting (RFC 9112 section 6.2): _body hands
+            # its bytes on as they came, never through the parser (it would copy each read
+            # once more), which feed() marked not reusable.
+            self.body_left = None if request.chunked else request.content_length()
             self.state, self.since = BODY, self.ctx.clock()  # armed by _feed
         exchange.begin(done)  # may answer at once (a health check, an error), or wait for the body
 
